@@ -1,0 +1,345 @@
+package engram
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/engram-vm/engram/chunkstore"
+)
+
+// Buckets the catalog keeps in the store's metadata.
+var (
+	bucketEngrams = []byte("engram.roots")   // engram ID -> root encoding
+	bucketRecords = []byte("engram.records") // record key -> Record JSON
+	bucketNames   = []byte("engram.names")   // name -> record key
+)
+
+// recordVersion is the version of the Record JSON encoding.
+const recordVersion = 1
+
+var (
+	// ErrNotFound means no engram matches the ID, prefix or name given.
+	ErrNotFound = errors.New("no such engram")
+	// ErrAmbiguous means an ID prefix matches more than one engram.
+	ErrAmbiguous = errors.New("ambiguous engram ID prefix")
+)
+
+// Layer describes one file of the source's backing chain as it was found.
+type Layer struct {
+	Path        string `json:"path"`
+	Format      string `json:"format"`
+	ClusterSize int    `json:"cluster_size,omitempty"`
+	Size        int64  `json:"virtual_size"`
+	FileSize    int64  `json:"file_size"`
+	Compression string `json:"compression,omitempty"`
+}
+
+// IngestStats are what one ingest did.
+type IngestStats struct {
+	DataBytes   int64         `json:"data_bytes"`   // guest bytes read that were allocated
+	StoredBytes int64         `json:"stored_bytes"` // bytes in chunks of the manifest (non-zero data)
+	Chunks      int64         `json:"chunks"`
+	NewChunks   int64         `json:"new_chunks"`
+	NewBytes    int64         `json:"new_bytes"` // raw bytes of chunks this ingest added
+	Duration    time.Duration `json:"duration_ns"`
+}
+
+// Record is one ingest of an image: where it came from and what it was
+// called. Many records may point at one engram.
+type Record struct {
+	V           int               `json:"v"`
+	Key         string            `json:"key"`
+	Engram      string            `json:"engram"`
+	Name        string            `json:"name,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Source      string            `json:"source"`
+	Format      string            `json:"format"`
+	ClusterSize int               `json:"cluster_size,omitempty"`
+	VirtualSize int64             `json:"virtual_size"`
+	Chain       []Layer           `json:"chain,omitempty"`
+	Created     time.Time         `json:"created"`
+	Stats       IngestStats       `json:"stats"`
+}
+
+// EngramID parses Record.Engram.
+func (r *Record) EngramID() (ID, error) { return chunkstore.ParseID(r.Engram) }
+
+// newRecordKey orders records by creation time and keeps keys unique.
+func newRecordKey(t time.Time) string {
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	return fmt.Sprintf("%016x-%s", t.UnixNano(), hex.EncodeToString(rnd[:]))
+}
+
+// Commit records an engram and one ingest of it in a single transaction.
+// Every chunk the root names must already be stored. rec.Key, rec.Engram
+// and rec.V are filled in; a name moves to the new record.
+func Commit(ctx context.Context, w chunkstore.Writer, id ID, root []byte, rec *Record) error {
+	rec.V = recordVersion
+	rec.Engram = id.String()
+	if rec.Created.IsZero() {
+		rec.Created = time.Now().UTC()
+	}
+	rec.Key = newRecordKey(rec.Created)
+	enc, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return w.Update(ctx, func(tx chunkstore.MetaTx) error {
+		if tx.Get(bucketEngrams, id[:]) == nil {
+			if err := tx.Put(bucketEngrams, id[:], root); err != nil {
+				return err
+			}
+		}
+		if err := tx.Put(bucketRecords, []byte(rec.Key), enc); err != nil {
+			return err
+		}
+		if rec.Name != "" {
+			return tx.Put(bucketNames, []byte(rec.Name), []byte(rec.Key))
+		}
+		return nil
+	})
+}
+
+// Has reports whether engram id is in the catalog.
+func Has(ctx context.Context, r chunkstore.Reader, id ID) (bool, error) {
+	var ok bool
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		ok = tx.Get(bucketEngrams, id[:]) != nil
+		return nil
+	})
+	return ok, err
+}
+
+// LoadRoot returns the decoded root of engram id.
+func LoadRoot(ctx context.Context, r chunkstore.Reader, id ID) (Root, error) {
+	var root Root
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		b := tx.Get(bucketEngrams, id[:])
+		if b == nil {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		if chunkstore.Sum(b) != id {
+			return fmt.Errorf("engram %s: %w: root does not hash to its ID", id.Short(), ErrBadManifest)
+		}
+		var err error
+		root, err = DecodeRoot(b)
+		if err != nil {
+			return fmt.Errorf("engram %s: %w", id.Short(), err)
+		}
+		return nil
+	})
+	return root, err
+}
+
+// Resolve turns a name, a full ID or a unique hex prefix of an ID into an
+// engram ID. Names win over prefixes.
+func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
+	var id ID
+	if s == "" {
+		return id, fmt.Errorf("%w: empty ID", ErrNotFound)
+	}
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		if key := tx.Get(bucketNames, []byte(s)); key != nil {
+			rec, err := decodeRecord(tx.Get(bucketRecords, key))
+			if err != nil {
+				return fmt.Errorf("name %q: %w", s, err)
+			}
+			id, err = rec.EngramID()
+			return err
+		}
+		hexPrefix := strings.ToLower(s)
+		if _, err := hex.DecodeString(hexPrefix + strings.Repeat("0", len(hexPrefix)%2)); err != nil || len(hexPrefix) > 64 {
+			return fmt.Errorf("%w: %q is neither a name nor an ID", ErrNotFound, s)
+		}
+		// Byte prefix of the even part narrows the scan; the odd digit is
+		// checked on the hex form.
+		bytePrefix, _ := hex.DecodeString(hexPrefix[:len(hexPrefix)/2*2])
+		var matches []ID
+		err := tx.ForEach(bucketEngrams, bytePrefix, func(k, _ []byte) error {
+			if len(k) == len(id) && strings.HasPrefix(hex.EncodeToString(k), hexPrefix) {
+				var m ID
+				copy(m[:], k)
+				matches = append(matches, m)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		switch len(matches) {
+		case 0:
+			return fmt.Errorf("%w: %q", ErrNotFound, s)
+		case 1:
+			id = matches[0]
+			return nil
+		}
+		var names []string
+		for _, m := range matches {
+			names = append(names, m.String())
+		}
+		return fmt.Errorf("%w %q: matches %s", ErrAmbiguous, s, strings.Join(names, ", "))
+	})
+	return id, err
+}
+
+func decodeRecord(b []byte) (*Record, error) {
+	if b == nil {
+		return nil, fmt.Errorf("%w: dangling record", ErrNotFound)
+	}
+	var rec Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("%w: record: %v", ErrBadManifest, err)
+	}
+	if rec.V != recordVersion {
+		return nil, fmt.Errorf("%w: record version %d", ErrBadManifest, rec.V)
+	}
+	return &rec, nil
+}
+
+// Entry is an engram with its records, newest last.
+type Entry struct {
+	ID      ID
+	Size    int64
+	Pages   int
+	Records []*Record
+}
+
+// List returns every engram with its records, sorted by the time of the
+// newest record.
+func List(ctx context.Context, r chunkstore.Reader) ([]*Entry, error) {
+	byID := map[ID]*Entry{}
+	var out []*Entry
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		err := tx.ForEach(bucketEngrams, nil, func(k, v []byte) error {
+			var id ID
+			if len(k) != len(id) {
+				return fmt.Errorf("%w: catalog key of %d bytes", ErrBadManifest, len(k))
+			}
+			copy(id[:], k)
+			root, err := DecodeRoot(v)
+			if err != nil {
+				return fmt.Errorf("engram %s: %w", id.Short(), err)
+			}
+			e := &Entry{ID: id, Size: root.Size, Pages: len(root.Pages)}
+			byID[id] = e
+			out = append(out, e)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.ForEach(bucketRecords, nil, func(k, v []byte) error {
+			rec, err := decodeRecord(v)
+			if err != nil {
+				return fmt.Errorf("record %s: %w", k, err)
+			}
+			id, err := rec.EngramID()
+			if err != nil {
+				return fmt.Errorf("record %s: %w", k, err)
+			}
+			if e := byID[id]; e != nil {
+				e.Records = append(e.Records, rec)
+			}
+			return nil
+		})
+	})
+	sort.SliceStable(out, func(i, j int) bool { return latest(out[i]).Before(latest(out[j])) })
+	return out, err
+}
+
+func latest(e *Entry) time.Time {
+	if len(e.Records) == 0 {
+		return time.Time{}
+	}
+	return e.Records[len(e.Records)-1].Created
+}
+
+// Get returns the entry of one engram.
+func Get(ctx context.Context, r chunkstore.Reader, id ID) (*Entry, error) {
+	all, err := List(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range all {
+		if e.ID == id {
+			return e, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+}
+
+// Remove deletes engram id, its records and the names pointing at them.
+// Its chunks stay until a garbage collection finds them unreferenced.
+func Remove(ctx context.Context, w chunkstore.Writer, id ID) error {
+	return w.Update(ctx, func(tx chunkstore.MetaTx) error {
+		if tx.Get(bucketEngrams, id[:]) == nil {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		var recKeys, names [][]byte
+		idHex := id.String()
+		err := tx.ForEach(bucketRecords, nil, func(k, v []byte) error {
+			var rec Record
+			if json.Unmarshal(v, &rec) == nil && rec.Engram == idHex {
+				recKeys = append(recKeys, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = tx.ForEach(bucketNames, nil, func(k, v []byte) error {
+			for _, rk := range recKeys {
+				if bytes.Equal(v, rk) {
+					names = append(names, bytes.Clone(k))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range recKeys {
+			if err := tx.Delete(bucketRecords, k); err != nil {
+				return err
+			}
+		}
+		for _, k := range names {
+			if err := tx.Delete(bucketNames, k); err != nil {
+				return err
+			}
+		}
+		return tx.Delete(bucketEngrams, id[:])
+	})
+}
+
+// LiveChunks calls fn for every chunk (pages and data) that some engram in
+// the catalog needs. A chunk may be reported more than once.
+func LiveChunks(ctx context.Context, r chunkstore.Reader, fn func(chunkstore.ID)) error {
+	entries, err := List(ctx, r)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		root, err := LoadRoot(ctx, r, e.ID)
+		if err != nil {
+			return err
+		}
+		for _, p := range root.Pages {
+			fn(p.ID)
+		}
+		err = ForEachChunk(ctx, r, root, func(c ChunkRef) error { fn(c.ID); return nil })
+		if err != nil {
+			return fmt.Errorf("engram %s: %w", e.ID.Short(), err)
+		}
+	}
+	return nil
+}

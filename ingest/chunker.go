@@ -1,0 +1,130 @@
+package ingest
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/zeebo/xxh3"
+
+	"github.com/engram-vm/engram/chunkstore"
+)
+
+// Chunker cuts guest data at aligned, content-defined boundaries: the guest
+// is a sequence of Align-sized blocks, an all-zero block is never stored and
+// ends a chunk, and a chunk also ends after a block whose xxh3 falls under a
+// threshold (once it is Min long) or when it reaches Max. Boundaries depend
+// on the guest content only, never on how the image stores it.
+type Chunker struct {
+	p         chunkstore.ChunkParams
+	threshold uint64
+	zero      []byte
+	pool      sync.Pool
+}
+
+// NewChunker checks p and returns a Chunker for it.
+func NewChunker(p chunkstore.ChunkParams) (*Chunker, error) {
+	if p.Algorithm != chunkstore.DefaultChunkParams.Algorithm {
+		return nil, fmt.Errorf("chunking algorithm %q is not supported (want %q)", p.Algorithm, chunkstore.DefaultChunkParams.Algorithm)
+	}
+	if p.Align < 512 || p.Align&(p.Align-1) != 0 || p.Min < p.Align || p.Min%p.Align != 0 ||
+		p.Max%p.Align != 0 || p.Avg <= p.Min || p.Max < p.Avg || p.Max > 4<<20 {
+		return nil, fmt.Errorf("invalid chunking parameters %+v: need align a power of two >= 512, align <= min < avg <= max <= 4 MiB, min and max multiples of align", p)
+	}
+	// After Min, each block ends the chunk with probability Align/(Avg-Min),
+	// so the expected length is Avg.
+	blocks := uint64((p.Avg - p.Min) / p.Align)
+	if blocks == 0 {
+		blocks = 1
+	}
+	c := &Chunker{p: p, threshold: math.MaxUint64 / blocks, zero: make([]byte, p.Align)}
+	c.pool.New = func() any { b := make([]byte, 0, p.Max); return &b }
+	return c, nil
+}
+
+// Params returns the parameters the chunker cuts with.
+func (c *Chunker) Params() chunkstore.ChunkParams { return c.p }
+
+// IsZero reports whether b (at most Align bytes) is all zero.
+func (c *Chunker) IsZero(b []byte) bool { return bytes.Equal(b, c.zero[:len(b)]) }
+
+// getBuf returns an empty buffer of capacity Max from the pool.
+func (c *Chunker) getBuf() []byte { return (*(c.pool.Get().(*[]byte)))[:0] }
+
+// PutBuf hands a chunk's buffer back once nothing refers to it.
+func (c *Chunker) PutBuf(b []byte) {
+	if cap(b) == c.p.Max {
+		b = b[:0]
+		c.pool.Put(&b)
+	}
+}
+
+// Splitter feeds guest data through a Chunker. Write receives data in
+// increasing guest order; a gap between writes ends the current chunk, as
+// an all-zero block does. Emitted buffers come from the chunker's pool and
+// belong to the receiver (hand them back with PutBuf).
+type Splitter struct {
+	c     *Chunker
+	emit  func(off int64, data []byte) error
+	buf   []byte
+	start int64
+	next  int64
+}
+
+// NewSplitter returns a Splitter that calls emit for every chunk.
+func (c *Chunker) NewSplitter(emit func(off int64, data []byte) error) *Splitter {
+	return &Splitter{c: c, emit: emit, next: -1}
+}
+
+// Write adds guest bytes at off; off must be a multiple of Align and at or
+// after the end of the previous write. Only the last write of an image may
+// end off the Align grid.
+func (s *Splitter) Write(off int64, data []byte) error {
+	align := int64(s.c.p.Align)
+	if off%align != 0 || off < s.next {
+		return fmt.Errorf("chunker: write at %#x is unaligned or goes backwards (next %#x)", off, s.next)
+	}
+	if off != s.next {
+		if err := s.cut(); err != nil {
+			return err
+		}
+	}
+	for len(data) > 0 {
+		n := min(int(align), len(data))
+		blk := data[:n]
+		data = data[n:]
+		if s.c.IsZero(blk) {
+			if err := s.cut(); err != nil {
+				return err
+			}
+			off += int64(n)
+			continue
+		}
+		if s.buf == nil {
+			s.buf = s.c.getBuf()
+			s.start = off
+		}
+		s.buf = append(s.buf, blk...)
+		off += int64(n)
+		if len(s.buf) >= s.c.p.Max || (len(s.buf) >= s.c.p.Min && xxh3.Hash(blk) < s.c.threshold) {
+			if err := s.cut(); err != nil {
+				return err
+			}
+		}
+	}
+	s.next = off
+	return nil
+}
+
+// Flush emits the chunk in progress.
+func (s *Splitter) Flush() error { return s.cut() }
+
+func (s *Splitter) cut() error {
+	if s.buf == nil {
+		return nil
+	}
+	b := s.buf
+	s.buf = nil
+	return s.emit(s.start, b)
+}
