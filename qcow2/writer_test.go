@@ -1,0 +1,568 @@
+package qcow2
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/engram-vm/engram/internal/qemutest"
+)
+
+// writerModel drives a Writer and keeps the expected guest content in memory.
+type writerModel struct {
+	t       *testing.T
+	w       *Writer
+	path    string
+	raw     []byte
+	cs      int64
+	backing bool
+	touched map[int64]bool // guest clusters the overlay owns
+}
+
+func newWriterModel(t *testing.T, dir string, opts WriterOptions, base []byte) *writerModel {
+	t.Helper()
+	path := filepath.Join(dir, "out.qcow2")
+	w, err := Create(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := make([]byte, w.size)
+	copy(raw, base)
+	return &writerModel{t: t, w: w, path: path, raw: raw, cs: w.clusterSize, backing: opts.BackingFile != "", touched: map[int64]bool{}}
+}
+
+// touch applies the Writer's rule: the first write to a guest cluster makes
+// the whole cluster the overlay's, unwritten bytes reading zero.
+func (m *writerModel) touch(off, n int64) {
+	for gc := off / m.cs; gc*m.cs < off+n; gc++ {
+		if !m.touched[gc] {
+			m.touched[gc] = true
+			clear(m.raw[gc*m.cs : min((gc+1)*m.cs, int64(len(m.raw)))])
+		}
+	}
+}
+
+func (m *writerModel) write(off int64, p []byte) {
+	m.t.Helper()
+	n, err := m.w.WriteAt(p, off)
+	if err != nil || n != len(p) {
+		m.t.Fatalf("WriteAt(%d bytes at %d) = %d, %v", len(p), off, n, err)
+	}
+	m.touch(off, int64(len(p)))
+	copy(m.raw[off:], p)
+}
+
+func (m *writerModel) zeroes(off, n int64) {
+	m.t.Helper()
+	if err := m.w.WriteZeroes(off, n); err != nil {
+		m.t.Fatalf("WriteZeroes(%d, %d): %v", off, n, err)
+	}
+	m.touch(off, n)
+	clear(m.raw[off : off+n])
+}
+
+// finish closes the image and judges it with qemu-img check and compare.
+func (m *writerModel) finish() {
+	m.t.Helper()
+	if err := m.w.Close(); err != nil {
+		m.t.Fatal(err)
+	}
+	rawPath := m.path + ".raw"
+	if err := os.WriteFile(rawPath, m.raw, 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	qemutest.Check(m.t, m.path)
+	qemutest.Compare(m.t, m.path, rawPath, "-f", "qcow2", "-F", "raw")
+}
+
+func writerTestData(rng *rand.Rand, n int64) []byte {
+	p := make([]byte, n)
+	switch rng.Intn(3) {
+	case 0: // incompressible
+		rng.Read(p)
+	case 1: // compressible: short runs of one byte
+		for i := range p {
+			p[i] = byte(i/97) ^ 0x5a
+		}
+	default: // mostly zero with a few bytes set
+		for i := 0; i < len(p); i += 1 + rng.Intn(700) {
+			p[i] = byte(1 + rng.Intn(255))
+		}
+	}
+	return p
+}
+
+func TestWriterRandom(t *testing.T) {
+	qemutest.Require(t)
+	for _, cs := range []int64{512, 4096, 65536, 2 << 20} {
+		for _, comp := range []string{"", "zstd", "deflate"} {
+			for _, withBacking := range []bool{false, true} {
+				name := fmt.Sprintf("cluster=%d/comp=%s/backing=%v", cs, comp, withBacking)
+				t.Run(name, func(t *testing.T) {
+					writerRandomCase(t, cs, comp, withBacking)
+				})
+			}
+		}
+	}
+}
+
+func writerRandomCase(t *testing.T, cs int64, comp string, withBacking bool) {
+	dir := t.TempDir()
+	size := int64(3<<20 + 1536) // not a multiple of the cluster size
+	if cs == 2<<20 {
+		size = 16 << 20
+	}
+	rng := rand.New(rand.NewSource(cs*7 + int64(len(comp))*3 + map[bool]int64{true: 1}[withBacking]))
+	opts := WriterOptions{Size: size, ClusterSize: int(cs), Compression: comp}
+	var base []byte
+	if withBacking {
+		fmtName := "qcow2"
+		if cs == 4096 {
+			fmtName = "raw"
+		}
+		backing := filepath.Join(dir, "backing."+fmtName)
+		qemutest.Create(t, fmtName, backing, fmt.Sprint(size))
+		qemutest.IO(t, backing, fmtName,
+			fmt.Sprintf("write -P 0x5a 0 %d", size/3),
+			fmt.Sprintf("write -P 0xa5 %d %d", size/2, size/4),
+			fmt.Sprintf("write -P 0x11 %d 4096", size-4096))
+		rawBacking := filepath.Join(dir, "backing.raw-copy")
+		qemutest.ToRaw(t, backing, rawBacking)
+		var err error
+		if base, err = os.ReadFile(rawBacking); err != nil {
+			t.Fatal(err)
+		}
+		opts.BackingFile, opts.BackingFormat = backing, fmtName
+	}
+	m := newWriterModel(t, dir, opts, base)
+
+	// Compressed images take writes in increasing guest order (a flushed
+	// compressed cluster cannot be rewritten); plain ones take any order.
+	ordered := comp != ""
+	var pos int64 // compressed: no op may start before this cluster start
+	for i := 0; i < 60; i++ {
+		n := 1 + rng.Int63n(3*cs)
+		if rng.Intn(8) == 0 {
+			n = 1 + rng.Int63n(256<<10)
+		}
+		var off int64
+		if ordered {
+			off = pos + rng.Int63n(cs) + rng.Int63n(4)*cs
+		} else {
+			off = rng.Int63n(m.w.size)
+		}
+		if off >= m.w.size {
+			break
+		}
+		n = min(n, m.w.size-off)
+		switch r := rng.Intn(10); {
+		case r < 6:
+			m.write(off, writerTestData(rng, n))
+		case r < 7:
+			m.write(off, make([]byte, n))
+		default:
+			if rng.Intn(2) == 0 { // cluster aligned
+				off = off / cs * cs
+				n = min((n+cs-1)/cs*cs, m.w.size-off)
+			}
+			m.zeroes(off, n)
+		}
+		pos = (off + n - 1) / cs * cs
+	}
+	// Make sure the interesting entry kinds were produced.
+	m.w.wFlushCompressed()
+	kinds := map[string]int{}
+	for _, t := range m.w.l2 {
+		for _, e := range t {
+			switch {
+			case e&entryCompressed != 0:
+				kinds["compressed"]++
+			case e&offsetMask != 0:
+				kinds["plain"]++
+			case e == entryZero:
+				kinds["zero"]++
+			}
+		}
+	}
+	few := cs == 2<<20 // only 8 clusters: random writes cover them all
+	if (comp == "" && kinds["plain"] == 0) || (comp != "" && kinds["compressed"] == 0) || (withBacking && !few && kinds["zero"] == 0) {
+		t.Errorf("random writes produced too few kinds of L2 entries: %v", kinds)
+	}
+	shared := 0
+	for _, rc := range m.w.refcounts {
+		if rc > 1 {
+			shared++
+		}
+	}
+	if comp != "" && cs > 512 && !few && shared == 0 {
+		t.Error("no host cluster holds more than one compressed cluster")
+	}
+	m.finish()
+}
+
+func TestWriterGuestOrder(t *testing.T) {
+	qemutest.Require(t)
+	m := newWriterModel(t, t.TempDir(), WriterOptions{Size: 8 << 20}, nil)
+	rng := rand.New(rand.NewSource(1))
+	for _, c := range []int64{0, 3, 4, 10, 50, 51, 127} {
+		p := make([]byte, 65536)
+		rng.Read(p)
+		m.write(c*65536, p[:1000+rng.Intn(64536)])
+	}
+	if got := m.w.AllocatedClusters(); got != 7 {
+		t.Errorf("AllocatedClusters = %d, want 7", got)
+	}
+	m.finish()
+	var last int64 = -1
+	for _, e := range qemutest.Map(t, m.path) {
+		if !e.Data || e.Offset == nil {
+			continue
+		}
+		if *e.Offset <= last {
+			t.Fatalf("guest %#x maps to host %#x, not after previous host %#x", e.Start, *e.Offset, last)
+		}
+		last = *e.Offset
+	}
+	if last < 0 {
+		t.Fatal("qemu-img map shows no data")
+	}
+}
+
+func TestWriterSparseHuge(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	size := int64(8 << 30)
+	path := filepath.Join(dir, "big.qcow2")
+	w, err := Create(path, WriterOptions{Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawPath := filepath.Join(dir, "big.raw")
+	raw, err := os.Create(rawPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if err := raw.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	p := bytes.Repeat([]byte("engram!"), 65536/7+1)[:65536]
+	for _, off := range []int64{0, 4 << 30, size - 65536} {
+		if _, err := w.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() > 1<<20 {
+		t.Errorf("8 GiB image with 3 clusters takes %d bytes", st.Size())
+	}
+	qemutest.Check(t, path)
+	qemutest.Compare(t, path, rawPath, "-f", "qcow2", "-F", "raw")
+}
+
+func TestWriterManyRefcountBlocks(t *testing.T) {
+	qemutest.Require(t)
+	for _, comp := range []string{"", "zstd"} {
+		t.Run("comp="+comp, func(t *testing.T) {
+			// 512-byte clusters: a refcount block covers 256 clusters and the
+			// refcount table 64 blocks, so 10 MiB of data needs several
+			// refcount table clusters.
+			size := int64(10 << 20)
+			if comp != "" {
+				size = 2 << 20 // still 16 refcount blocks; zstd under -race is slow
+			}
+			m := newWriterModel(t, t.TempDir(), WriterOptions{Size: size, ClusterSize: 512, Compression: comp}, nil)
+			rng := rand.New(rand.NewSource(2))
+			for off := int64(0); off < m.w.size; off += 65536 {
+				p := make([]byte, 65536)
+				if comp == "" {
+					rng.Read(p)
+				} else {
+					for i := range p {
+						p[i] = byte(rng.Intn(4))
+					}
+				}
+				m.write(off, p)
+			}
+			m.finish()
+			hdr := make([]byte, writerHeaderLen)
+			f, err := os.Open(m.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.ReadAt(hdr, 0); err != nil {
+				t.Fatal(err)
+			}
+			if n := binary.BigEndian.Uint32(hdr[offRefcountTableClusters:]); comp == "" && n < 2 {
+				t.Errorf("refcount_table_clusters = %d, want >= 2", n)
+			}
+		})
+	}
+}
+
+func TestWriterEdgeWrites(t *testing.T) {
+	qemutest.Require(t)
+	for _, comp := range []string{"", "deflate"} {
+		t.Run("comp="+comp, func(t *testing.T) {
+			m := newWriterModel(t, t.TempDir(), WriterOptions{Size: 64<<10 + 512, ClusterSize: 4096, Compression: comp}, nil)
+			seq := func(n int, b byte) []byte {
+				p := make([]byte, n)
+				for i := range p {
+					p[i] = b + byte(i%13)
+				}
+				return p
+			}
+			// In increasing guest order, so the compressed image takes it too.
+			m.write(5, seq(3, 1))              // tiny, unaligned
+			m.write(100, seq(3000, 2))         // overlaps it in the same cluster
+			m.write(4095, seq(3, 3))           // crosses a cluster boundary
+			m.write(4097, seq(9000, 4))        // overlaps it, spans three clusters
+			m.zeroes(12500, 100)               // partial zero inside written data
+			m.write(16384, seq(4096, 5))       // exactly one cluster
+			m.zeroes(16384, 4096)              // and zero it again
+			m.write(20000, nil)                // zero-length
+			m.zeroes(24576, 4096)              // whole unwritten cluster
+			m.write(m.w.size-700, seq(700, 6)) // last bytes, last (partial) cluster
+			m.write(m.w.size, nil)             // zero-length at the end
+			if comp == "" {
+				m.write(50, seq(30, 7))       // back to early clusters
+				m.write(4000, seq(5000, 8))   // overlapping several old writes
+				m.zeroes(8192, 4096)          // zero a written whole cluster
+				m.write(30000, seq(10000, 9)) // then fill in between
+			}
+			for _, bad := range []struct{ off, n int64 }{{m.w.size - 1, 2}, {m.w.size + 1, 0}, {-1, 1}} {
+				if _, err := m.w.WriteAt(make([]byte, bad.n), bad.off); !errors.Is(err, ErrWriterOutOfRange) {
+					t.Errorf("WriteAt(%d bytes at %d) = %v, want ErrWriterOutOfRange", bad.n, bad.off, err)
+				}
+				if err := m.w.WriteZeroes(bad.off, max(bad.n, 1)); !errors.Is(err, ErrWriterOutOfRange) {
+					t.Errorf("WriteZeroes(%d, %d) = %v, want ErrWriterOutOfRange", bad.off, bad.n, err)
+				}
+			}
+			m.finish()
+			if err := m.w.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+			if err := m.w.Abort(); err != nil {
+				t.Errorf("Abort after Close: %v", err)
+			}
+			if _, err := m.w.WriteAt([]byte{1}, 0); !errors.Is(err, ErrWriterClosed) {
+				t.Errorf("WriteAt after Close = %v, want ErrWriterClosed", err)
+			}
+		})
+	}
+}
+
+func TestWriterCompressedRewrite(t *testing.T) {
+	qemutest.Require(t)
+	m := newWriterModel(t, t.TempDir(), WriterOptions{Size: 1 << 20, ClusterSize: 4096, Compression: "zstd"}, nil)
+	p := bytes.Repeat([]byte{7}, 4096)
+	m.write(0, p)
+	m.write(8192, p)
+	_, err := m.w.WriteAt(p[:10], 100)
+	if !errors.Is(err, ErrWriterCompressedRewrite) {
+		t.Fatalf("rewrite of a flushed compressed cluster = %v, want ErrWriterCompressedRewrite", err)
+	}
+	if err := m.w.WriteZeroes(0, 4096); !errors.Is(err, ErrWriterCompressedRewrite) {
+		t.Fatalf("zeroing a flushed compressed cluster = %v, want ErrWriterCompressedRewrite", err)
+	}
+	m.write(8192+100, p[:10]) // the pending cluster takes more writes
+	m.finish()                // the refused writes left the image valid
+}
+
+func TestWriterEmptyAndTiny(t *testing.T) {
+	qemutest.Require(t)
+	for _, size := range []int64{0, 1000} {
+		m := newWriterModel(t, t.TempDir(), WriterOptions{Size: size}, nil)
+		if size > 0 {
+			m.write(999, []byte{1})
+		}
+		m.finish()
+		var info struct {
+			VirtualSize int64 `json:"virtual-size"`
+		}
+		if err := json.Unmarshal([]byte(qemutest.Img(t, "info", "--output=json", m.path)), &info); err != nil {
+			t.Fatal(err)
+		}
+		if want := (size + 511) &^ 511; info.VirtualSize != want {
+			t.Errorf("virtual size %d, want %d", info.VirtualSize, want)
+		}
+	}
+}
+
+func TestWriterInfo(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	backing := filepath.Join(dir, "base.qcow2")
+	qemutest.Create(t, "qcow2", backing, "4M")
+	for _, tc := range []struct {
+		comp, wantComp string
+		cs             int
+		backing        bool
+	}{
+		{"", "zlib", 65536, false},
+		{"zstd", "zstd", 4096, true},
+		{"deflate", "zlib", 2 << 20, true},
+	} {
+		path := filepath.Join(dir, fmt.Sprintf("info-%s-%d.qcow2", tc.comp, tc.cs))
+		opts := WriterOptions{Size: 4 << 20, ClusterSize: tc.cs, Compression: tc.comp}
+		if tc.backing {
+			opts.BackingFile, opts.BackingFormat = backing, "qcow2"
+		}
+		w, err := Create(path, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.WriteAt(bytes.Repeat([]byte("abc"), 1000), 12345); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var info struct {
+			VirtualSize    int64  `json:"virtual-size"`
+			ClusterSize    int    `json:"cluster-size"`
+			Format         string `json:"format"`
+			BackingFile    string `json:"backing-filename"`
+			BackingFormat  string `json:"backing-filename-format"`
+			FormatSpecific struct {
+				Data struct {
+					Compat          string `json:"compat"`
+					CompressionType string `json:"compression-type"`
+					RefcountBits    int    `json:"refcount-bits"`
+				} `json:"data"`
+			} `json:"format-specific"`
+		}
+		out := qemutest.Img(t, "info", "--output=json", path)
+		if err := json.Unmarshal([]byte(out), &info); err != nil {
+			t.Fatal(err)
+		}
+		d := info.FormatSpecific.Data
+		if info.VirtualSize != 4<<20 || info.ClusterSize != tc.cs || info.Format != "qcow2" ||
+			d.Compat != "1.1" || d.RefcountBits != 16 || d.CompressionType != tc.wantComp ||
+			info.BackingFile != opts.BackingFile || info.BackingFormat != opts.BackingFormat {
+			t.Errorf("%s: unexpected qemu-img info:\n%s", path, out)
+		}
+		qemutest.Check(t, path)
+	}
+}
+
+func TestWriterOptionErrors(t *testing.T) {
+	dir := t.TempDir()
+	long := strings.Repeat("b", 600)
+	for _, tc := range []struct {
+		opts WriterOptions
+		want string
+	}{
+		{WriterOptions{Size: 1 << 20, ClusterSize: 1000}, "cluster size 1000"},
+		{WriterOptions{Size: 1 << 20, ClusterSize: 256}, "cluster size 256"},
+		{WriterOptions{Size: 1 << 20, ClusterSize: 4 << 20}, "cluster size 4194304"},
+		{WriterOptions{Size: -1}, "negative virtual size"},
+		{WriterOptions{Size: 1 << 40, ClusterSize: 512}, "32 MiB limit"},
+		{WriterOptions{Size: 1 << 20, Compression: "lz4"}, `unknown compression "lz4"`},
+		{WriterOptions{Size: 1 << 20, BackingFile: "base", BackingFormat: "vmdk"}, `backing format "vmdk"`},
+		{WriterOptions{Size: 1 << 20, BackingFile: "base"}, `backing format ""`},
+		{WriterOptions{Size: 1 << 20, BackingFormat: "raw"}, "without a backing file"},
+		{WriterOptions{Size: 1 << 20, BackingFile: strings.Repeat("x", 1024), BackingFormat: "raw"}, "at most 1023"},
+		{WriterOptions{Size: 1 << 20, ClusterSize: 512, BackingFile: long, BackingFormat: "raw"}, "more than one 512-byte cluster"},
+	} {
+		path := filepath.Join(dir, "bad.qcow2")
+		w, err := Create(path, tc.opts)
+		if err == nil {
+			w.Abort()
+			t.Errorf("Create(%+v) succeeded", tc.opts)
+			continue
+		}
+		if !errors.Is(err, ErrWriterOptions) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("Create(%+v) = %v, want ErrWriterOptions naming the file and %q", tc.opts, err, tc.want)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("Create(%+v) left a file behind", tc.opts)
+		}
+	}
+	// 1 TiB works with 64 KiB clusters, and a long name fits in 64 KiB.
+	w, err := Create(filepath.Join(dir, "tib.qcow2"), WriterOptions{Size: 1 << 40, BackingFile: long, BackingFormat: "raw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Abort()
+
+	f, err := os.Create(filepath.Join(dir, "nonempty"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("x"))
+	if _, err := NewWriter(f, WriterOptions{Size: 1 << 20}); !errors.Is(err, ErrWriterOptions) {
+		t.Errorf("NewWriter on a non-empty file = %v", err)
+	}
+	f.Close()
+}
+
+func TestWriterNewWriterAbort(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "restore-*.tmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWriter(f, WriterOptions{Size: 1 << 20, Compression: "zstd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt([]byte("hello"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Errorf("Close after Abort: %v", err)
+	}
+	if err := w.WriteZeroes(0, 512); !errors.Is(err, ErrWriterClosed) {
+		t.Errorf("WriteZeroes after Abort = %v, want ErrWriterClosed", err)
+	}
+	var hdr [4]byte
+	if n, _ := f.ReadAt(hdr[:], 0); n == 4 && binary.BigEndian.Uint32(hdr[:]) == Magic {
+		t.Error("aborted image has a qcow2 header")
+	}
+}
+
+// BenchmarkWriter measures sequential 64 KiB guest writes into an
+// uncompressed image with 64 KiB clusters, Close (and its fsync) included.
+func BenchmarkWriter(b *testing.B) {
+	const total = 256 << 20
+	p := make([]byte, 64<<10)
+	rand.New(rand.NewSource(1)).Read(p)
+	dir := b.TempDir()
+	b.SetBytes(total)
+	for i := 0; b.Loop(); i++ {
+		path := filepath.Join(dir, fmt.Sprintf("bench%d.qcow2", i))
+		w, err := Create(path, WriterOptions{Size: total})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for off := int64(0); off < total; off += int64(len(p)) {
+			if _, err := w.WriteAt(p, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(path)
+	}
+}
