@@ -28,6 +28,11 @@ package qcow2
 // cluster makes the whole cluster belong to the new image: bytes of that
 // cluster the caller does not write read as zero, not as backing data. An
 // overlay writer therefore writes whole clusters (or WriteZeroes the rest).
+//
+// Compressed images keep one guest cluster in memory and compress it when a
+// write moves to another cluster (or at Close); clusters that do not shrink
+// are stored plain, as QEMU does. A flushed compressed cluster cannot be
+// written again (ErrWriterCompressedRewrite): write in increasing guest order.
 
 import (
 	"bytes"

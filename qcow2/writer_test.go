@@ -566,3 +566,53 @@ func BenchmarkWriter(b *testing.B) {
 		os.Remove(path)
 	}
 }
+
+// A host cluster shared by so many compressed clusters that its 16-bit
+// refcount is full makes the next compressed cluster start a new host cluster.
+func TestWriterRefcountSaturation(t *testing.T) {
+	qemutest.Require(t)
+	m := newWriterModel(t, t.TempDir(), WriterOptions{Size: 1 << 20, ClusterSize: 4096, Compression: "zstd"}, nil)
+	p := bytes.Repeat([]byte{9}, 4096)
+	m.write(0, p)
+	m.write(4096, p) // flushes cluster 0 into host cluster 1
+	hc := m.w.end >> m.w.clusterBits
+	saved := m.w.refcounts[hc]
+	m.w.refcounts[hc] = writerMaxRefcount
+	m.write(8192, p) // flushes guest cluster 1
+	e := m.w.wEntry(1)
+	host := e & (uint64(1)<<(62-(m.w.clusterBits-8)) - 1)
+	if e&entryCompressed == 0 || host != uint64(hc+1)*4096 {
+		t.Fatalf("entry %#x: want compressed data at the start of host cluster %d", e, hc+1)
+	}
+	m.w.refcounts[hc] = saved
+	m.finish()
+}
+
+// Parallel WriteAt calls on distinct ranges are allowed (io.WriterAt).
+func TestWriterConcurrentWrites(t *testing.T) {
+	qemutest.Require(t)
+	m := newWriterModel(t, t.TempDir(), WriterOptions{Size: 4 << 20, ClusterSize: 4096}, nil)
+	const parts = 8
+	part := m.w.size / parts
+	done := make(chan error, parts)
+	for i := range int64(parts) {
+		p := bytes.Repeat([]byte{byte(i + 1)}, int(part))
+		copy(m.raw[i*part:], p)
+		go func() {
+			for off := int64(0); off < part; off += 12345 {
+				n := min(12345, part-off)
+				if _, err := m.w.WriteAt(p[off:off+n], i*part+off); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range parts {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.finish()
+}
