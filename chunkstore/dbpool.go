@@ -1,0 +1,208 @@
+package chunkstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// dbPool shares one handle of index.db among the goroutines of a process
+// and closes it whenever nobody uses it. bbolt holds an flock on the file
+// while it is open (exclusive for writers, shared for readers), so keeping
+// it open for a whole ingest would lock every other process out. Instead
+// the handle lives only while transactions run, plus a short linger so
+// back-to-back calls reuse it; a handle kept busy for longer than maxHold
+// is closed and the pool pauses for longer than bbolt's 50 ms flock retry
+// interval, so a process waiting in bolt.Open gets its turn.
+type dbPool struct {
+	path     string
+	readOnly bool
+	timeout  time.Duration
+
+	mu         sync.Mutex
+	cond       *sync.Cond
+	db         *bolt.DB
+	refs       int
+	openedAt   time.Time
+	draining   bool
+	pauseUntil time.Time
+	linger     *time.Timer
+	gen        int // bumps on every close, so a stale linger timer does nothing
+	closed     bool
+}
+
+const (
+	dbLinger   = 2 * time.Millisecond
+	dbMaxHold  = time.Second
+	dbRotPause = 70 * time.Millisecond
+)
+
+func newDBPool(path string, readOnly bool, timeout time.Duration) *dbPool {
+	p := &dbPool{path: path, readOnly: readOnly, timeout: timeout}
+	p.cond = sync.NewCond(&p.mu)
+	return p
+}
+
+func (p *dbPool) acquire(ctx context.Context) (*bolt.DB, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		if p.closed {
+			return nil, ErrClosed
+		}
+		if p.db != nil && !p.draining {
+			if p.refs > 0 && time.Since(p.openedAt) > dbMaxHold {
+				p.draining = true
+				continue
+			}
+			if p.linger != nil {
+				p.linger.Stop()
+				p.linger = nil
+			}
+			p.refs++
+			return p.db, nil
+		}
+		if p.db != nil { // draining: wait for the users to leave
+			p.cond.Wait()
+			continue
+		}
+		if d := time.Until(p.pauseUntil); d > 0 {
+			p.mu.Unlock()
+			time.Sleep(d)
+			p.mu.Lock()
+			continue
+		}
+		break
+	}
+	db, err := p.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.db, p.refs, p.openedAt = db, 1, time.Now()
+	return db, nil
+}
+
+func (p *dbPool) open(ctx context.Context) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil { // bbolt panics on some damaged files
+			db, err = nil, fmt.Errorf("%s: %v: %w", p.path, r, ErrIndexDamaged)
+		}
+	}()
+	deadline := time.Now().Add(p.timeout)
+	for {
+		db, err = bolt.Open(p.path, 0o644, &bolt.Options{Timeout: 200 * time.Millisecond, ReadOnly: p.readOnly})
+		if err == nil {
+			return db, nil
+		}
+		if !errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("%s: %w: %w", p.path, ErrIndexDamaged, err)
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: waiting for another process: %w", p.path, ctx.Err())
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s: another process kept it locked for over %s: %w", p.path, p.timeout, ErrLocked)
+		}
+	}
+}
+
+func (p *dbPool) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refs--
+	if p.refs > 0 {
+		return
+	}
+	if p.draining || p.closed {
+		p.closeLocked()
+		if !p.closed {
+			p.pauseUntil = time.Now().Add(dbRotPause)
+		}
+		return
+	}
+	gen := p.gen
+	p.linger = time.AfterFunc(dbLinger, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.gen == gen && p.refs == 0 && p.db != nil {
+			p.closeLocked()
+		}
+	})
+}
+
+func (p *dbPool) closeLocked() {
+	if p.linger != nil {
+		p.linger.Stop()
+		p.linger = nil
+	}
+	if p.db != nil {
+		_ = p.db.Close()
+		p.db = nil
+	}
+	p.draining = false
+	p.gen++
+	p.cond.Broadcast()
+}
+
+// close closes the handle once the last user releases it.
+func (p *dbPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if p.refs == 0 {
+		p.closeLocked()
+	}
+	p.cond.Broadcast()
+}
+
+// view runs fn in a read transaction; a panic inside bbolt (damaged page)
+// becomes ErrIndexDamaged.
+func (p *dbPool) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	return p.run(ctx, false, fn)
+}
+
+func (p *dbPool) update(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	if p.readOnly {
+		return ErrReadOnly
+	}
+	return p.run(ctx, true, fn)
+}
+
+func (p *dbPool) run(ctx context.Context, write bool, fn func(tx *bolt.Tx) error) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	db, err := p.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer p.release()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s: %v: %w", p.path, r, ErrIndexDamaged)
+		}
+	}()
+	if write {
+		return db.Update(fn)
+	}
+	return db.View(fn)
+}
+
+// flush waits for the current users to finish and closes the handle, so
+// the file can be replaced (Repair).
+func (p *dbPool) flush() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.db != nil {
+		if p.refs == 0 {
+			p.closeLocked()
+			return
+		}
+		p.draining = true
+		p.cond.Wait()
+	}
+}

@@ -1,0 +1,469 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// OpenOptions control how Open opens a store.
+type OpenOptions struct {
+	// ReadOnly opens without the writer lock; writing methods fail with
+	// ErrReadOnly. Any number of read-only opens may run beside a writer.
+	ReadOnly bool
+	// LockTimeout is how long to wait for the writer lock, and for
+	// index.db when another process is in a transaction: 0 means
+	// DefaultLockTimeout, a negative value means do not wait.
+	LockTimeout time.Duration
+	// Command is recorded in the lock file for the message another writer
+	// gets (default: os.Args).
+	Command string
+}
+
+// FileStore is a chunk store in a directory: pack files plus index.db.
+// It implements Store and Maintainer and is safe for concurrent use.
+type FileStore struct {
+	dir      string
+	cfg      config
+	codec    *codec
+	readOnly bool
+	lock     *writerLock
+	db       *dbPool
+	packs    *packReaders
+	cache    *blockCache
+	closed   atomic.Bool
+
+	// gcMu is held shared by PutMany and exclusively by GC and Repair, so
+	// they never see each other half done.
+	gcMu sync.RWMutex
+
+	pendMu  sync.Mutex
+	pending map[ID]*pendingPut
+
+	// wmu serializes appends to packs and the commits that index them.
+	wmu      sync.Mutex
+	cur      *packWriter
+	nextPack uint32
+}
+
+// pendingPut is a chunk some PutMany call is storing right now.
+type pendingPut struct {
+	done chan struct{}
+	err  error
+}
+
+var (
+	_ Store      = (*FileStore)(nil)
+	_ Maintainer = (*FileStore)(nil)
+)
+
+// Open opens the store in dir. Unless opts.ReadOnly, it takes the writer
+// lock (waiting up to opts.LockTimeout), ignores and trims pack bytes no
+// index entry references, and removes pack files no record knows (left by
+// a crash or an interrupted GC).
+func Open(ctx context.Context, dir string, opts OpenOptions) (*FileStore, error) {
+	cfg, err := readConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	idx := filepath.Join(dir, indexName)
+	if _, err := os.Stat(idx); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: missing (run repair to rebuild it from the packs): %w", idx, ErrIndexDamaged)
+	}
+	c, err := getCodec(cfg.Params.Compression)
+	if err != nil {
+		return nil, err
+	}
+	timeout := opts.LockTimeout
+	if timeout == 0 {
+		timeout = DefaultLockTimeout
+	} else if timeout < 0 {
+		timeout = 0
+	}
+	s := &FileStore{
+		dir: dir, cfg: cfg, codec: c, readOnly: opts.ReadOnly,
+		packs:   newPackReaders(filepath.Join(dir, packsDir)),
+		cache:   newBlockCache(blockCacheSize),
+		pending: map[ID]*pendingPut{},
+	}
+	if !opts.ReadOnly {
+		if s.lock, err = acquireLock(ctx, dir, timeout, opts.Command); err != nil {
+			return nil, err
+		}
+	}
+	s.db = newDBPool(idx, opts.ReadOnly, max(timeout, time.Second))
+	if err := s.checkIndex(ctx); err == nil && !opts.ReadOnly {
+		err = s.recoverPacks(ctx)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+	} else if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkIndex validates index.db's version and buckets.
+func (s *FileStore) checkIndex(ctx context.Context) error {
+	return s.db.view(ctx, func(tx *bolt.Tx) error {
+		if _, _, err := buckets(tx); err != nil {
+			return err
+		}
+		v := tx.Bucket(bucketMeta).Get(keyVersion)
+		if len(v) != 4 {
+			return fmt.Errorf("%s: no version: %w", s.db.path, ErrIndexDamaged)
+		}
+		if n := binary.LittleEndian.Uint32(v); n > indexVersion {
+			return fmt.Errorf("%s: index version %d, this program reads up to %d: %w", s.db.path, n, indexVersion, ErrFormatVersion)
+		}
+		return nil
+	})
+}
+
+var keyNextPack = []byte("next_pack")
+
+// recoverPacks brings the pack directory in line with the index after a
+// crash: bytes past a pack's committed size are trimmed, pack files with
+// no record (a new pack whose commit never happened, or a pack GC had
+// already replaced) are removed.
+func (s *FileStore) recoverPacks(ctx context.Context) error {
+	var recs map[uint32]packRec
+	var next uint32 = 1
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		var err error
+		recs, err = allPackRecs(tx)
+		if v := tx.Bucket(bucketMeta).Get(keyNextPack); len(v) == 4 {
+			next = max(next, binary.LittleEndian.Uint32(v))
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	pdir := filepath.Join(s.dir, packsDir)
+	if err := os.MkdirAll(pdir, 0o755); err != nil {
+		return err
+	}
+	des, err := os.ReadDir(pdir)
+	if err != nil {
+		return err
+	}
+	for _, de := range des {
+		num, ok := parsePackName(de.Name())
+		p := filepath.Join(pdir, de.Name())
+		if !ok {
+			if filepath.Ext(de.Name()) == ".tmp" {
+				_ = os.Remove(p)
+			}
+			continue
+		}
+		next = max(next, num+1)
+		rec, known := recs[num]
+		if !known {
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("chunkstore: removing unreferenced pack: %w", err)
+			}
+			continue
+		}
+		fi, err := de.Info()
+		if err != nil {
+			return err
+		}
+		if fi.Size() > rec.Size {
+			if err := truncateSync(p, rec.Size); err != nil {
+				return fmt.Errorf("chunkstore: trimming uncommitted tail: %w", err)
+			}
+		}
+	}
+	for num := range recs {
+		next = max(next, num+1)
+	}
+	s.nextPack = next
+	// Keep appending to the newest pack while it is small.
+	var last uint32
+	for num := range recs {
+		last = max(last, num)
+	}
+	if rec, ok := recs[last]; ok && rec.Size < s.cfg.PackSize*9/10 {
+		p := filepath.Join(pdir, packName(last))
+		if fi, err := os.Stat(p); err == nil && fi.Size() == rec.Size {
+			if f, err := os.OpenFile(p, os.O_RDWR, 0); err == nil {
+				s.cur = &packWriter{num: last, path: p, f: f, size: rec.Size, committed: rec.Size}
+			}
+		}
+	}
+	return nil
+}
+
+func truncateSync(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Dir returns the store's directory.
+func (s *FileStore) Dir() string { return s.dir }
+
+// Params returns the parameters fixed at Init.
+func (s *FileStore) Params() Params { return s.cfg.Params }
+
+// BlockSize returns the raw block target fixed at Init (1: one chunk per block).
+func (s *FileStore) BlockSize() int { return s.cfg.BlockSize }
+
+// Close releases the writer lock and every file handle.
+func (s *FileStore) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.wmu.Lock()
+	var err error
+	if s.cur != nil {
+		err = s.cur.f.Close()
+		s.cur = nil
+	}
+	s.wmu.Unlock()
+	s.db.close()
+	s.packs.closeAll()
+	if lerr := s.lock.release(); err == nil {
+		err = lerr
+	}
+	return err
+}
+
+func (s *FileStore) check(write bool) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if write && s.readOnly {
+		return fmt.Errorf("%s: %w", s.dir, ErrReadOnly)
+	}
+	return nil
+}
+
+// Has reports whether the store holds id.
+func (s *FileStore) Has(ctx context.Context, id ID) (bool, error) {
+	r, err := s.HasMany(ctx, []ID{id})
+	if err != nil {
+		return false, err
+	}
+	return r[0], nil
+}
+
+// HasMany answers Has for ids in one read transaction.
+func (s *FileStore) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
+	if err := s.check(false); err != nil {
+		return nil, err
+	}
+	out := make([]bool, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		for i, id := range ids {
+			out[i] = chunks.Get(id[:]) != nil
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Lookup returns the entries of the ids the store holds.
+func (s *FileStore) Lookup(ctx context.Context, ids []ID) ([]Entry, error) {
+	if err := s.check(false); err != nil {
+		return nil, err
+	}
+	var out []Entry
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			v := chunks.Get(id[:])
+			if v == nil {
+				continue
+			}
+			e, err := decodeEntry(id, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, Entry{ID: id, RawLen: int(e.RawLen), StoredLen: int64(e.Share)})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *FileStore) lookup(ctx context.Context, id ID) (entry, bool, error) {
+	var e entry
+	var ok bool
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		v := chunks.Get(id[:])
+		if v == nil {
+			return nil
+		}
+		ok = true
+		e, err = decodeEntry(id, v)
+		return err
+	})
+	return e, ok, err
+}
+
+// Get returns chunk id's bytes after checking their BLAKE3.
+func (s *FileStore) Get(ctx context.Context, id ID) ([]byte, error) {
+	if err := s.check(false); err != nil {
+		return nil, err
+	}
+	e, ok, err := s.lookup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, &NotFoundError{ID: id}
+	}
+	data, err := s.readChunk(id, e)
+	if err != nil {
+		// GC in this or another process may have moved the chunk between
+		// the lookup and the read: look again before calling it corrupt.
+		e2, ok, lerr := s.lookup(ctx, id)
+		if lerr == nil && ok && e2 != e {
+			return s.readChunk(id, e2)
+		}
+		if lerr == nil && !ok {
+			return nil, &NotFoundError{ID: id}
+		}
+	}
+	return data, err
+}
+
+// readChunk reads, checks and returns the chunk e locates.
+func (s *FileStore) readChunk(id ID, e entry) ([]byte, error) {
+	corrupt := func(reason string, err error) error {
+		return &CorruptChunkError{ID: id, Pack: s.packs.path(e.Pack), Offset: e.FrameOff, Reason: reason, Err: err}
+	}
+	key := blockKey{e.Pack, e.FrameOff}
+	var block []byte
+	var list []frameChunk
+	if cb := s.cache.get(key); cb != nil {
+		block, list = cb.block, cb.chunks
+	} else {
+		f, err := s.readFrame(e)
+		if err != nil {
+			return nil, corrupt("reading frame", err)
+		}
+		block, err = f.block()
+		if err != nil {
+			return nil, corrupt("decompressing block", err)
+		}
+		list = f.Chunks
+		if len(list) > 1 {
+			s.cache.add(&cachedBlock{key: key, block: block, chunks: list})
+		}
+	}
+	i := -1
+	for j, c := range list {
+		if c.ID == id && c.Off == e.BlockOff {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		return nil, corrupt(fmt.Sprintf("frame does not list the chunk at block offset %d", e.BlockOff), nil)
+	}
+	c := list[i]
+	if c.Len != e.RawLen {
+		return nil, corrupt(fmt.Sprintf("frame says %d bytes, index says %d", c.Len, e.RawLen), nil)
+	}
+	data := bytes.Clone(block[c.Off : c.Off+c.Len])
+	if data == nil {
+		data = []byte{}
+	}
+	if got := Sum(data); got != id {
+		return nil, corrupt("content hashes to "+got.Short(), nil)
+	}
+	return data, nil
+}
+
+// readFrame reads and decodes (checksum included) the frame e points at.
+func (s *FileStore) readFrame(e entry) (*frame, error) {
+	if e.FrameLen < frameFixed+frameEntry+frameTrailer || e.FrameLen > maxFrameBytes {
+		return nil, fmt.Errorf("index says the frame is %d bytes", e.FrameLen)
+	}
+	buf := make([]byte, e.FrameLen)
+	if err := s.packs.readAt(e.Pack, buf, e.FrameOff); err != nil {
+		return nil, err
+	}
+	f, n, err := decodeFrame(buf)
+	if err != nil {
+		return nil, err
+	}
+	if n != int64(e.FrameLen) {
+		return nil, fmt.Errorf("frame is %d bytes, index says %d", n, e.FrameLen)
+	}
+	return f, nil
+}
+
+// View runs fn in a read-only metadata transaction.
+func (s *FileStore) View(ctx context.Context, fn func(MetaTx) error) error {
+	if err := s.check(false); err != nil {
+		return err
+	}
+	return s.db.view(ctx, func(tx *bolt.Tx) error { return fn(metaTx{tx}) })
+}
+
+// Update runs fn in a read-write metadata transaction.
+func (s *FileStore) Update(ctx context.Context, fn func(MetaTx) error) error {
+	if err := s.check(true); err != nil {
+		return err
+	}
+	return s.db.update(ctx, func(tx *bolt.Tx) error { return fn(metaTx{tx}) })
+}
+
+// Stats sums the pack records.
+func (s *FileStore) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	if err := s.check(false); err != nil {
+		return st, err
+	}
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		recs, err := allPackRecs(tx)
+		for _, r := range recs {
+			st.Chunks += r.Chunks
+			st.RawBytes += r.Raw
+			st.StoredBytes += r.Live
+			st.Packs++
+			st.PackBytes += r.Size
+		}
+		return err
+	})
+	return st, err
+}
