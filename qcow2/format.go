@@ -108,3 +108,24 @@ const (
 
 // Refcount table entries: bits 9..63 are the refcount block offset.
 const refcountTableOffsetMask = ^uint64(0x1ff)
+
+// Constants used by the reader (appended).
+const (
+	// Extended L2 entries need at least 16 KiB clusters (512-byte subclusters).
+	minClusterBitsExtL2 = 14
+	// QEMU caps snapshot extra data at 1 KiB (QCOW_MAX_SNAPSHOT_EXTRA_DATA).
+	maxSnapshotExtra = 1024
+	// Fixed part of a snapshot table entry.
+	snapshotHeaderLen = 40
+	// Fixed part of the bitmaps header extension.
+	bitmapsExtLen = 24
+	// QEMU supports at most 65535 bitmaps per image.
+	maxBitmaps = 65535
+	// One feature name table entry.
+	featureNameEntryLen = 48
+	// Compressed clusters are measured in 512-byte sectors.
+	compressedSectorSize = 512
+	// QEMU's maximum virtual size (BDRV_MAX_LENGTH is about 2^63 minus
+	// alignment); the L1 size limit is the tighter bound in practice.
+	maxVirtualSize = int64(1<<63 - 1<<30)
+)
