@@ -205,7 +205,8 @@ func Create(path string, opts WriterOptions) (*Writer, error) {
 }
 
 // NewWriter returns a Writer that writes into f, which must be open for
-// writing and empty. The Writer owns f from then on: Close and Abort close it.
+// writing and empty. The Writer owns f from then on: Close and Abort close
+// it. When NewWriter fails, f is left open for the caller.
 func NewWriter(f *os.File, opts WriterOptions) (*Writer, error) {
 	name := f.Name()
 	g, err := writerCheckOptions(name, opts)
@@ -290,7 +291,8 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 // WriteZeroes makes [off, off+length) read as zero. Whole clusters get the
 // v3 zero flag without a host cluster when there is a backing file (and
 // nothing at all without one, as unallocated clusters already read zero);
-// partial clusters get zero bytes written.
+// a whole cluster that already has a host cluster is overwritten with zeros;
+// partial clusters get zero bytes written (see WriteAt).
 func (w *Writer) WriteZeroes(off, length int64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
