@@ -2,11 +2,11 @@ package qcow2
 
 import (
 	"bytes"
-	"compress/flate"
 	"container/list"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/flate"
 	"io"
 	"os"
 	"path/filepath"
@@ -70,15 +70,23 @@ func Open(path string, opts Options) (*Image, error) {
 	default:
 		return nil, newErr(path, ErrUnsupportedFormat, "format %q is not supported (qcow2 or raw)", opts.Format)
 	}
-	return openLayer(path, opts.Format, opts, 0, map[fileKey]string{})
+	im, err := openLayer(path, "", opts.Format, opts, 0, map[fileKey]string{})
+	var e *Error
+	if err != nil && errors.As(err, &e) && e.Path != path {
+		// Name the image the caller asked for, then the layer at fault.
+		err = &Error{Path: path, Msg: "in backing chain: " + e.Error(), Err: e.Err}
+	}
+	return im, err
 }
 
 type fileKey struct{ dev, ino uint64 }
 
-func openLayer(path, format string, opts Options, level int, seen map[fileKey]string) (_ *Image, err error) {
-	f, err := os.Open(path)
+// openLayer opens path (referred to by referrer, "" for the top image) and,
+// recursively, its backing files.
+func openLayer(path, referrer, format string, opts Options, level int, seen map[fileKey]string) (_ *Image, err error) {
+	f, err := openRegular(path)
 	if err != nil {
-		return nil, &Error{Path: path, Msg: err.Error(), Err: err}
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -89,13 +97,13 @@ func openLayer(path, format string, opts Options, level int, seen map[fileKey]st
 	if err != nil {
 		return nil, &Error{Path: path, Msg: err.Error(), Err: err}
 	}
-	if !st.Mode().IsRegular() {
-		return nil, newErr(path, ErrUnsupportedFormat, "not a regular file (%s)", st.Mode().Type())
-	}
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		k := fileKey{uint64(sys.Dev), uint64(sys.Ino)}
 		if prev, dup := seen[k]; dup {
-			return nil, newErr(path, ErrBackingLoop, "backing chain loops: %s is already in the chain (as %s)", path, prev)
+			if prev != path {
+				path += " (" + prev + ")"
+			}
+			return nil, newErr(referrer, ErrBackingLoop, "backing chain loops: backing file %s is already in the chain", path)
 		}
 		seen[k] = path
 	}
@@ -147,7 +155,7 @@ func openLayer(path, format string, opts Options, level int, seen map[fileKey]st
 	default:
 		return nil, newErr(path, ErrUnsupportedFormat, "backing file %q has format %q (only qcow2 and raw are read)", h.backingName, h.backingFormat)
 	}
-	b, err := openLayer(bpath, bfmt, opts, level+1, seen)
+	b, err := openLayer(bpath, path, bfmt, opts, level+1, seen)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +163,24 @@ func openLayer(path, format string, opts Options, level int, seen map[fileKey]st
 	im.depth = b.depth + 1
 	im.info.BackingPath = bpath
 	return im, nil
+}
+
+// openRegular opens path for reading after checking that it is a regular
+// file: a name from a hostile header must not make us block on a FIFO or
+// read a device.
+func openRegular(path string) (*os.File, error) {
+	st, err := os.Stat(path)
+	if err == nil && !st.Mode().IsRegular() {
+		return nil, newErr(path, ErrUnsupportedFormat, "not a regular file (%s)", st.Mode().Type())
+	}
+	if err != nil {
+		return nil, &Error{Path: path, Msg: err.Error(), Err: err}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &Error{Path: path, Msg: err.Error(), Err: err}
+	}
+	return f, nil
 }
 
 // resolveBacking turns a backing file name from overlay's header into a
@@ -274,12 +300,12 @@ func (im *Image) initQcow2(h *header, fileSize int64) error {
 			dp = filepath.Join(filepath.Dir(im.path), dp)
 		}
 		info.DataFile = dp
-		df, err := os.Open(dp)
+		df, err := openRegular(dp)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				return newErr(im.path, ErrBackingMissing, "external data file %q (%s) does not exist", h.dataFile, dp)
 			}
-			return newErr(im.path, err, "external data file %q: %v", h.dataFile, err)
+			return newErr(im.path, errors.Unwrap(err), "external data file %q: %v", h.dataFile, err)
 		}
 		st, err := df.Stat()
 		if err != nil {

@@ -255,9 +255,9 @@ func checkBytes(t *testing.T, dir string, im *Image, p string) {
 		go func(seed int64) {
 			defer wg.Done()
 			r := rand.New(rand.NewSource(seed))
-			for i := 0; i < 200; i++ {
+			for i := 0; i < 100; i++ {
 				off := r.Int63n(im.Size())
-				n := r.Intn(200_000) + 1
+				n := r.Intn(100_000) + 1
 				buf := make([]byte, n)
 				m, err := im.ReadAt(buf, off)
 				if err != nil && err != io.EOF {
