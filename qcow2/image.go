@@ -778,7 +778,7 @@ func (q *qlayer) readCompressed(p []byte, off int64, e uint64) error {
 	bp := inPool.Get().(*[]byte)
 	defer inPool.Put(bp)
 	if int64(cap(*bp)) < size {
-		*bp = make([]byte, 2<<maxClusterBits) // the largest possible compressed size
+		*bp = make([]byte, 2*cs) // the largest compressed size for this cluster size
 	}
 	in := (*bp)[:size]
 	if _, err := q.data.ReadAt(in, host); err != nil && err != io.EOF {
