@@ -198,6 +198,38 @@ func fixtures() []fixture {
 			return p
 		}})
 	}
+	for _, rb := range []string{"1", "64"} {
+		rb := rb
+		fs = append(fs, fixture{"refcount-bits-" + rb, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			qemutest.Create(t, "qcow2", p, "4M", "refcount_bits="+rb, "lazy_refcounts=on")
+			qio(t, p, "write -P 0x12 1M 64k")
+			return p
+		}})
+	}
+	fs = append(fs, fixture{"backing-format-probed", func(t *testing.T, dir string) string {
+		base := filepath.Join(dir, "base.img")
+		qemutest.Create(t, "raw", base, "4M")
+		qemutest.IO(t, base, "raw", "write -P 0x21 0 1M")
+		mid := filepath.Join(dir, "mid.qcow2")
+		qemutest.Create(t, "qcow2", mid, "4M", "backing_file=base.img", "backing_fmt=raw")
+		qio(t, mid, "write -P 0x22 512k 1M")
+		p := filepath.Join(dir, "top.qcow2")
+		qemutest.Create(t, "qcow2", p, "4M", "backing_file=mid.qcow2", "backing_fmt=qcow2")
+		qio(t, p, "write -P 0x23 1M 64k")
+		// Retype the backing format extensions to an unknown type (skipped):
+		// the formats are then probed, by qemu and by us.
+		for _, f := range []string{mid, p} {
+			patch(t, f, func(b []byte) {
+				i := bytes.Index(b[:4096], []byte{0xe2, 0x79, 0x2a, 0xca})
+				if i < 0 {
+					t.Fatal("no backing format extension")
+				}
+				copy(b[i:], []byte{0x12, 0x34, 0x56, 0x78})
+			})
+		}
+		return p
+	}})
 	fs = append(fs, fixture{"sparse-raw", func(t *testing.T, dir string) string {
 		p := filepath.Join(dir, "disk.img")
 		qemutest.Create(t, "raw", p, "8M")
@@ -341,6 +373,35 @@ func checkMap(t *testing.T, dir string, im *Image, p string) {
 		t.Fatalf("Extents differ from qemu-img map\n got: %v\nwant: %v", got, want)
 	}
 	checkCover(t, ext, 0, im.Size())
+
+	// This layer decides exactly what qemu-img map reports present at depth 0.
+	var wantLayer, gotLayer []normEntry
+	for _, e := range m {
+		wantLayer = append(wantLayer, normEntry{e.Start, e.Length, mapKey{Present: e.Present && e.Depth == 0}})
+	}
+	lext, err := im.LayerExtents(0, im.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkCover(t, lext, 0, im.Size())
+	for _, e := range lext {
+		if e.Depth != 0 || !e.Present && (e.Data || e.Zero) {
+			t.Fatalf("bad layer extent %+v", e)
+		}
+		gotLayer = append(gotLayer, normEntry{e.Start, e.Length, mapKey{Present: e.Present}})
+	}
+	wantLayer, gotLayer = normalize(wantLayer), normalize(gotLayer)
+	if fmt.Sprint(wantLayer) != fmt.Sprint(gotLayer) {
+		t.Fatalf("LayerExtents differ from qemu-img map at depth 0\n got: %v\nwant: %v", gotLayer, wantLayer)
+	}
+	// A sub-range maps to the same extents, clipped.
+	if im.Size() > 3<<20 {
+		sub, err := im.Extents(1<<20+512, 2<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkCover(t, sub, 1<<20+512, 3<<20+512)
+	}
 }
 
 func checkCover(t *testing.T, ext []Extent, off, end int64) {
