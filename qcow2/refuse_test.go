@@ -73,12 +73,12 @@ func TestRefusals(t *testing.T) {
 		}, "qed"},
 		{"luks", ErrUnsupportedFormat, Options{}, func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "d.luks")
-			qemutest.Img(t, append(append([]string{"create", "-q", "-f", "luks"}, secret...), "-o", "key-secret=s0,iter-time=100", p, "1M")...)
+			qemutest.Img(t, append(append([]string{"create", "-q", "-f", "luks"}, secret...), "-o", "key-secret=s0", p, "1M")...)
 			return p
 		}, "luks"},
 		{"encrypted", ErrEncrypted, Options{}, func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "enc.qcow2")
-			qemutest.Img(t, append(append([]string{"create", "-q", "-f", "qcow2"}, secret...), "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100", p, "1M")...)
+			qemutest.Img(t, append(append([]string{"create", "-q", "-f", "qcow2"}, secret...), "-o", "encrypt.format=luks,encrypt.key-secret=s0", p, "1M")...)
 			return p
 		}, "LUKS"},
 		{"corrupt-bit", ErrCorruptBit, Options{}, func(t *testing.T, dir string) string {
