@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -92,6 +93,13 @@ func (p *dbPool) open(ctx context.Context) (db *bolt.DB, err error) {
 			db, err = nil, fmt.Errorf("%s: %v: %w", p.path, r, ErrIndexDamaged)
 		}
 	}()
+	// bbolt would silently create (or initialise an empty) index.db; a
+	// store whose index vanished must go through Repair instead.
+	if fi, err := os.Stat(p.path); err != nil {
+		return nil, fmt.Errorf("%s: %w (run repair to rebuild it): %w", p.path, ErrIndexDamaged, err)
+	} else if fi.Size() == 0 {
+		return nil, fmt.Errorf("%s: empty file (run repair to rebuild it): %w", p.path, ErrIndexDamaged)
+	}
 	deadline := time.Now().Add(p.timeout)
 	for {
 		db, err = bolt.Open(p.path, 0o644, &bolt.Options{Timeout: 200 * time.Millisecond, ReadOnly: p.readOnly})

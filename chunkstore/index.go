@@ -100,7 +100,7 @@ func u32le(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
 func buckets(tx *bolt.Tx) (chunks, packs *bolt.Bucket, err error) {
 	chunks, packs = tx.Bucket(bucketChunks), tx.Bucket(bucketPacks)
 	if chunks == nil || packs == nil || tx.Bucket(bucketMeta) == nil {
-		return nil, nil, fmt.Errorf("%s: internal buckets missing: %w", indexName, ErrIndexDamaged)
+		return nil, nil, fmt.Errorf("%s: internal buckets missing (run repair): %w", tx.DB().Path(), ErrIndexDamaged)
 	}
 	return chunks, packs, nil
 }

@@ -1,0 +1,112 @@
+package chunkstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestLockTimeoutNamesHolder(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	Init(dir, InitOptions{})
+	w, err := Open(ctx, dir, OpenOptions{Command: "engram ingest vm.qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	start := time.Now()
+	_, err = Open(ctx, dir, OpenOptions{LockTimeout: 300 * time.Millisecond})
+	var le *LockedError
+	if !errors.Is(err, ErrLocked) || !errors.As(err, &le) {
+		t.Fatalf("second writer: %v", err)
+	}
+	if time.Since(start) < 300*time.Millisecond {
+		t.Fatal("second writer did not wait")
+	}
+	if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "engram ingest vm.qcow2") {
+		t.Fatalf("error does not name the holder: %v", err)
+	}
+	t.Log(err)
+}
+
+func TestLockWaits(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	Init(dir, InitOptions{})
+	w, err := Open(ctx, dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		w.Close()
+	}()
+	w2, err := Open(ctx, dir, OpenOptions{LockTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("waiting writer: %v", err)
+	}
+	w2.Close()
+}
+
+// TestReadOnlyBesideWriter reads through a separate read-only Open while
+// a writer in the same process keeps storing.
+func TestReadOnlyBesideWriter(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	Init(dir, InitOptions{PackSize: 1 << 20})
+	w, err := Open(ctx, dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	first := mkChunks(1, 20, 10000)
+	if _, err := w.PutMany(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for b := uint64(0); ; b++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := w.PutMany(ctx, mkChunks(1000+b*10, 10, 10000)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	r, err := Open(ctx, dir, OpenOptions{ReadOnly: true, LockTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		for _, c := range first {
+			if _, err := r.Get(ctx, c.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := r.Put(ctx, first[0].ID, first[0].Data); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("Put on read-only = %v", err)
+	}
+	if err := r.Update(ctx, func(MetaTx) error { return nil }); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("Update on read-only = %v", err)
+	}
+	close(stop)
+	wg.Wait()
+	if st, err := r.Verify(ctx, func(p Problem) { t.Errorf("verify: %s", p) }); err != nil || st.Problems > 0 {
+		t.Fatalf("read-only verify: %+v %v", st, err)
+	}
+	r.Close()
+}
