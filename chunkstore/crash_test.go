@@ -4,17 +4,21 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The crash tests run this test binary again as a child (selected by
@@ -49,6 +53,31 @@ func TestCrashChild(t *testing.T) {
 				line.WriteString(" " + c.ID.String())
 			}
 			fmt.Println(line.String()) // os.Stdout is unbuffered
+		}
+	case "fsize":
+		// Files may not grow past 1 MiB: the pack write fails like a full
+		// disk would, with EFBIG instead of ENOSPC.
+		lim := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+		if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &lim); err != nil {
+			fmt.Println("error", err)
+			os.Exit(2)
+		}
+		for b := uint64(0); ; b++ {
+			cs := mkChunks(b*16, 16, 12000)
+			if _, err := s.PutMany(ctx, cs); err != nil {
+				fmt.Println("failed", err)
+				// The store keeps working for reads after the failure.
+				if _, err := s.Get(ctx, cs[0].ID); !errors.Is(err, ErrNotFound) {
+					fmt.Println("error after failed put:", err)
+				}
+				os.Exit(0)
+			}
+			var line strings.Builder
+			line.WriteString("ok")
+			for _, c := range cs {
+				line.WriteString(" " + c.ID.String())
+			}
+			fmt.Println(line.String())
 		}
 	case "gc":
 		for {
@@ -245,5 +274,46 @@ func TestReadWhileWriterProcess(t *testing.T) {
 	}
 	if read < 50 {
 		t.Fatalf("read only %d chunks in 20 s", read)
+	}
+}
+
+// TestFileSizeLimit makes a pack write fail mid-PutMany (as a full disk
+// would): the error names the pack and wraps the syscall error, and the
+// store stays consistent.
+func TestFileSizeLimit(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := Init(dir, InitOptions{Compression: "fastest", BlockSize: 1}); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, "fsize", dir, 0)
+	<-c.done
+	_ = c.cmd.Wait()
+	var failed string
+	for _, l := range c.lines {
+		if strings.HasPrefix(l, "error") {
+			t.Fatalf("child: %s", l)
+		}
+		if strings.HasPrefix(l, "failed") {
+			failed = l
+		}
+	}
+	if !strings.Contains(failed, "file too large") || !strings.Contains(failed, filepath.Join(dir, packsDir)) {
+		t.Fatalf("put error = %q", failed)
+	}
+	t.Log(failed)
+	s, err := Open(ctx, dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	verifyClean(t, s)
+	for _, id := range c.ids {
+		if _, err := s.Get(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.PutMany(ctx, mkChunks(1<<30, 4, 1000)); err != nil {
+		t.Fatal(err)
 	}
 }

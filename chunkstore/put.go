@@ -233,7 +233,7 @@ func (s *FileStore) writeFrames(ctx context.Context, frames []encFrame, move map
 		pw := s.cur
 		touch(pw)
 		if _, err := pw.f.WriteAt(fr.data, pw.size); err != nil {
-			return fail(fmt.Errorf("chunkstore: writing pack %s: %w", pw.path, err))
+			return fail(fmt.Errorf("chunkstore: writing pack: %w", err)) // err names the file
 		}
 		lens := make([]int, len(fr.chunks))
 		for i, c := range fr.chunks {
@@ -251,7 +251,7 @@ func (s *FileStore) writeFrames(ctx context.Context, frames []encFrame, move map
 	newPack := false
 	for _, pw := range touched {
 		if err := pw.f.Sync(); err != nil {
-			return fail(fmt.Errorf("chunkstore: fsync pack %s: %w", pw.path, err))
+			return fail(fmt.Errorf("chunkstore: fsync pack: %w", err))
 		}
 		newPack = newPack || pw.isNew
 	}
