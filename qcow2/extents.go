@@ -28,7 +28,9 @@ func (im *Image) clip(off, length int64) (int64, int64, error) {
 }
 
 // Extents maps [off, off+length) (clipped to Size) through the whole chain:
-// merged extents in order, covering the range exactly.
+// merged extents in order, covering the range exactly. The result has one
+// entry per run, so a caller mapping a huge, finely fragmented image should
+// map it in windows (say 1 GiB at a time).
 func (im *Image) Extents(off, length int64) ([]Extent, error) {
 	off, end, err := im.clip(off, length)
 	if err != nil {

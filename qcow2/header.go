@@ -166,9 +166,9 @@ func parseHeader(path string, f *os.File, fileSize int64) (*header, error) {
 		return nil, corrupt("extended L2 entries need cluster_bits >= %d, have %d", minClusterBitsExtL2, h.clusterBits)
 	}
 	if h.incompat&IncompatExternalData == 0 {
-		if h.dataFile != "" {
-			return nil, corrupt("external data file extension present without the external data file feature bit")
-		}
+		// A data file name without the feature bit is not used: guest data
+		// lives in the image itself.
+		h.dataFile = ""
 		if h.autoclear&AutoclearRawExternal != 0 {
 			// QEMU clears this autoclear bit in this case; reading is unaffected.
 			h.autoclear &^= AutoclearRawExternal

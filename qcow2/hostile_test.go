@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"errors"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -22,17 +23,24 @@ func exercise(t testing.TB, p string) error {
 		return err
 	}
 	defer im.Close()
+	typed := func(err error) error {
+		var e *Error
+		if err != nil && !errors.As(err, &e) {
+			t.Fatalf("error %T %v is not *Error", err, err)
+		}
+		return err
+	}
 	buf := make([]byte, 64<<10)
 	for off := int64(0); off < min(im.Size(), 1<<20); off += int64(len(buf)) {
-		if _, err := im.ReadAt(buf, off); err != nil && err.Error() != "EOF" {
-			return err
+		if _, err := im.ReadAt(buf, off); err != nil && err != io.EOF {
+			return typed(err)
 		}
 	}
 	if _, err := im.Extents(0, min(im.Size(), 64<<20)); err != nil {
-		return err
+		return typed(err)
 	}
 	_, err = im.LayerExtents(0, min(im.Size(), 64<<20))
-	return err
+	return typed(err)
 }
 
 // hostileBases builds small valid images whose metadata is then damaged.

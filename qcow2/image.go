@@ -233,6 +233,10 @@ func detect(path string, f *os.File, fileSize int64, warn func(string)) (string,
 		return unsupported("qed")
 	case bytes.HasPrefix(head, []byte("LUKS\xba\xbe")):
 		return unsupported("luks")
+	case bytes.HasPrefix(head, []byte("conectix")):
+		return unsupported("vpc (vhd)")
+	case bytes.HasPrefix(head, []byte("WithoutFreeSpace")), bytes.HasPrefix(head, []byte("WithouFreSpacExt")):
+		return unsupported("parallels")
 	}
 	if strings.EqualFold(filepath.Ext(path), ".qcow2") {
 		m := head
