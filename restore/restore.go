@@ -87,7 +87,12 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			return fmt.Errorf("%s: %w", tmp, err)
 		}
 		out = f
-		finish = func() error { return nil }
+		finish = func() error {
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("sync: %w", err)
+			}
+			return f.Close()
+		}
 	case "qcow2":
 		wo := qcow2.WriterOptions{Size: root.Size, ClusterSize: opts.ClusterSize}
 		if opts.Compress {
@@ -103,18 +108,12 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			}
 		}()
 		out = w
-		finish = w.Close
+		finish = w.Close // fsyncs and closes f
 	}
 	if err := stream(ctx, r, root, out, opts); err != nil {
 		return err
 	}
 	if err := finish(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("%s: sync: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
 		return fmt.Errorf("%s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

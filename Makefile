@@ -1,0 +1,46 @@
+# engram — see README.md. Every target installs what it needs.
+GO       ?= go
+BIN      := bin/engram
+FUZZTIME ?= 30s
+export GOFLAGS := -buildvcs=false
+
+.PHONY: all build deps demo test unit fuzz fuzz-short bench lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/engram
+
+# qemu-img and qemu-io judge every round trip; install Debian's qemu-utils
+# when they are missing.
+deps:
+	@command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || scripts/install-deps.sh
+
+demo: deps build
+	scripts/demo.sh
+
+# The whole suite: vet, race-enabled tests (unit + CLI end to end against
+# the built binary) and a few seconds of every fuzz target.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz-short
+
+unit:
+	$(GO) test -short ./...
+
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
+
+fuzz-short:
+	scripts/fuzz.sh 3s
+
+bench: deps build
+	scripts/bench.sh
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin demo bench/out

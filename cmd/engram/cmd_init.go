@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/engram-vm/engram/chunkstore"
+)
+
+var initCommand = &cli.Command{
+	Name:      "init",
+	Usage:     "create a store (ingest creates one with defaults when needed)",
+	ArgsUsage: " ",
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "compression", Value: "default", Usage: "zstd level: fastest, default or better"},
+		&cli.StringFlag{Name: "chunking", Value: "64k", Usage: "average chunk size: 32k, 64k or 128k (aligned content-defined, 4 KiB blocks)"},
+	},
+	Action: func(c *cli.Context) error {
+		if c.NArg() != 0 {
+			return usagef("init takes no arguments")
+		}
+		dir, err := storeDir(c)
+		if err != nil {
+			return err
+		}
+		cp := chunkstore.DefaultChunkParams
+		switch c.String("chunking") {
+		case "32k":
+			cp.Min, cp.Avg, cp.Max = 8<<10, 32<<10, 128<<10
+		case "64k":
+		case "128k":
+			cp.Min, cp.Avg, cp.Max = 32<<10, 128<<10, 512<<10
+		default:
+			return usagef("--chunking %q: want 32k, 64k or 128k", c.String("chunking"))
+		}
+		switch c.String("compression") {
+		case "fastest", "default", "better":
+		default:
+			return usagef("--compression %q: want fastest, default or better", c.String("compression"))
+		}
+		if err := chunkstore.Init(dir, chunkstore.InitOptions{Compression: c.String("compression"), Chunking: cp}); err != nil {
+			return err
+		}
+		if c.Bool(jsonFlag.Name) {
+			return printJSON(c.App.Writer, map[string]any{"store": dir, "compression": c.String("compression"), "chunking": cp})
+		}
+		if !c.Bool(quietFlag.Name) {
+			fmt.Fprintf(c.App.Writer, "created store %s (compression %s, chunks avg %d KiB)\n", dir, c.String("compression"), cp.Avg>>10)
+		}
+		return nil
+	},
+}

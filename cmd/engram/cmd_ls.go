@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/engram-vm/engram/engram"
+)
+
+var lsCommand = &cli.Command{
+	Name:      "ls",
+	Usage:     "list the engrams in the store",
+	ArgsUsage: " ",
+	Action: func(c *cli.Context) error {
+		st, err := openStore(c, false, false)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		entries, err := engram.List(c.Context, st)
+		if err != nil {
+			return err
+		}
+		if c.Bool(jsonFlag.Name) {
+			out := []map[string]any{}
+			for _, e := range entries {
+				out = append(out, map[string]any{"id": e.ID.String(), "virtual_size": e.Size, "records": e.Records})
+			}
+			return printJSON(c.App.Writer, out)
+		}
+		if c.Bool(quietFlag.Name) {
+			for _, e := range entries {
+				fmt.Fprintln(c.App.Writer, e.ID)
+			}
+			return nil
+		}
+		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tNAME\tVIRTUAL\tDATA\tCREATED\tSOURCE")
+		for _, e := range entries {
+			var names []string
+			var data int64
+			created, source := "-", "-"
+			for _, r := range e.Records {
+				if r.Name != "" {
+					names = append(names, r.Name)
+				}
+				data = r.Stats.StoredBytes
+				created = r.Created.Local().Format("2006-01-02 15:04")
+				source = r.Source
+			}
+			name := strings.Join(names, ",")
+			if name == "" {
+				name = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.ID.Short(), name, bytesStr(e.Size), bytesStr(data), created, source)
+		}
+		return tw.Flush()
+	},
+}
+
+var showCommand = &cli.Command{
+	Name:      "show",
+	Usage:     "show an engram: metadata, source chain, sizes",
+	ArgsUsage: "ID|NAME",
+	Action: func(c *cli.Context) error {
+		if c.NArg() != 1 {
+			return usagef("show needs exactly one ID or NAME")
+		}
+		st, err := openStore(c, false, false)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		id, err := resolve(c.Context, st, c.Args().First())
+		if err != nil {
+			return err
+		}
+		e, err := engram.Get(c.Context, st, id)
+		if err != nil {
+			return err
+		}
+		root, err := engram.LoadRoot(c.Context, st, id)
+		if err != nil {
+			return err
+		}
+		var chunks, data int64
+		err = engram.ForEachChunk(c.Context, st, root, func(r engram.ChunkRef) error {
+			chunks++
+			data += int64(r.Length)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if c.Bool(jsonFlag.Name) {
+			return printJSON(c.App.Writer, map[string]any{
+				"id": id.String(), "virtual_size": root.Size, "pages": len(root.Pages),
+				"chunks": chunks, "data_bytes": data, "records": e.Records,
+			})
+		}
+		w := c.App.Writer
+		fmt.Fprintf(w, "engram:       %s\n", id)
+		fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", bytesStr(root.Size), root.Size)
+		fmt.Fprintf(w, "data:         %s in %d chunks, %d manifest pages\n", bytesStr(data), chunks, len(root.Pages))
+		for _, r := range e.Records {
+			fmt.Fprintf(w, "\ningested %s", r.Created.Local().Format("2006-01-02 15:04:05"))
+			if r.Name != "" {
+				fmt.Fprintf(w, " as %q", r.Name)
+			}
+			fmt.Fprintf(w, " from %s (%s", r.Source, r.Format)
+			if r.ClusterSize > 0 {
+				fmt.Fprintf(w, ", %s clusters", bytesStr(int64(r.ClusterSize)))
+			}
+			fmt.Fprintf(w, ")\n")
+			for k, v := range r.Labels {
+				fmt.Fprintf(w, "  label %s=%s\n", k, v)
+			}
+			for i, l := range r.Chain {
+				fmt.Fprintf(w, "  %*s%s (%s, %s on disk)\n", 2*i, "", l.Path, l.Format, bytesStr(l.FileSize))
+			}
+			s := r.Stats
+			fmt.Fprintf(w, "  read %s, stored %s new in %d chunks, %.1fs\n", bytesStr(s.DataBytes), bytesStr(s.NewBytes), s.NewChunks, s.Duration.Seconds())
+		}
+		return nil
+	},
+}
+
+var rmCommand = &cli.Command{
+	Name:      "rm",
+	Usage:     "remove engrams (run gc afterwards to reclaim their chunks)",
+	ArgsUsage: "ID|NAME...",
+	Action: func(c *cli.Context) error {
+		if c.NArg() == 0 {
+			return usagef("rm needs at least one ID or NAME")
+		}
+		st, err := openStore(c, true, false)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		var ids []engram.ID
+		for _, a := range c.Args().Slice() {
+			id, err := resolve(c.Context, st, a)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		for _, id := range ids {
+			if err := engram.Remove(c.Context, st, id); err != nil {
+				return err
+			}
+			if !c.Bool(jsonFlag.Name) {
+				fmt.Fprintf(c.App.Writer, "removed %s\n", id)
+			}
+		}
+		if c.Bool(jsonFlag.Name) {
+			var out []string
+			for _, id := range ids {
+				out = append(out, id.String())
+			}
+			return printJSON(c.App.Writer, map[string]any{"removed": out})
+		}
+		if !c.Bool(quietFlag.Name) {
+			fmt.Fprintln(c.App.ErrWriter, "run `engram gc` to reclaim the space of chunks no engram needs any more")
+		}
+		return nil
+	},
+}

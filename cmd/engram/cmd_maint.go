@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/engram"
+)
+
+var gcCommand = &cli.Command{
+	Name:      "gc",
+	Usage:     "reclaim the space of chunks no engram needs",
+	ArgsUsage: " ",
+	Flags: []cli.Flag{
+		&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only say what would be freed"},
+		&cli.Float64Flag{Name: "threshold", Value: 0.5, Usage: "rewrite packs whose live fraction falls below this"},
+	},
+	Action: func(c *cli.Context) error {
+		st, err := openStore(c, true, false)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		live := map[chunkstore.ID]struct{}{}
+		if err := engram.LiveChunks(c.Context, st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
+			return fmt.Errorf("gc: cannot list what engrams need, nothing removed: %w", err)
+		}
+		stats, err := st.GC(c.Context, func(id chunkstore.ID) bool { _, ok := live[id]; return ok },
+			chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold")})
+		if err != nil {
+			return err
+		}
+		if c.Bool(jsonFlag.Name) {
+			return printJSON(c.App.Writer, stats)
+		}
+		if !c.Bool(quietFlag.Name) {
+			fmt.Fprintf(c.App.Writer, "%+v\n", stats)
+		}
+		return nil
+	},
+}
+
+var verifyCommand = &cli.Command{
+	Name:      "verify",
+	Usage:     "re-read and re-hash the store and check that engrams are complete",
+	ArgsUsage: "[ID|NAME...]",
+	Action: func(c *cli.Context) error {
+		st, err := openStore(c, false, false)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		var ids []engram.ID
+		for _, a := range c.Args().Slice() {
+			id, err := resolve(c.Context, st, a)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		bad := map[chunkstore.ID]bool{}
+		var problems []string
+		if len(ids) == 0 {
+			_, err := st.Verify(c.Context, func(p chunkstore.Problem) {
+				bad[p.ID] = true
+				problems = append(problems, p.String())
+			})
+			if err != nil {
+				return err
+			}
+			entries, err := engram.List(c.Context, st)
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				ids = append(ids, e.ID)
+			}
+		}
+		var damaged []string
+		for _, id := range ids {
+			if err := engram.Check(c.Context, st, id, func(x chunkstore.ID) bool { return bad[x] }); err != nil {
+				name := ""
+				if e, err := engram.Get(c.Context, st, id); err == nil {
+					for _, r := range e.Records {
+						if r.Name != "" {
+							name = " (" + r.Name + ")"
+						}
+					}
+				}
+				damaged = append(damaged, fmt.Sprintf("%s%s: %v", id, name, err))
+			}
+		}
+		if c.Bool(jsonFlag.Name) {
+			if err := printJSON(c.App.Writer, map[string]any{"engrams": len(ids), "chunk_problems": problems, "damaged_engrams": damaged}); err != nil {
+				return err
+			}
+		} else {
+			for _, p := range problems {
+				fmt.Fprintln(c.App.Writer, "damaged chunk:", p)
+			}
+			for _, d := range damaged {
+				fmt.Fprintln(c.App.Writer, "damaged engram:", d)
+			}
+		}
+		if len(problems)+len(damaged) > 0 {
+			return fmt.Errorf("verify: %d damaged chunks, %d of %d engrams damaged", len(problems), len(damaged), len(ids))
+		}
+		if !c.Bool(quietFlag.Name) && !c.Bool(jsonFlag.Name) {
+			fmt.Fprintf(c.App.Writer, "ok: %d engrams verified\n", len(ids))
+		}
+		return nil
+	},
+}
+
+var statsCommand = &cli.Command{
+	Name:      "stats",
+	Usage:     "store totals and what each engram costs",
+	ArgsUsage: " ",
+	Action: func(c *cli.Context) error {
+		st, err := openStore(c, false, false)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		s, err := st.Stats(c.Context)
+		if err != nil {
+			return err
+		}
+		us, err := engram.Usages(c.Context, st)
+		if err != nil {
+			return err
+		}
+		sort.Slice(us, func(i, j int) bool { return us[i].UniqueBytes > us[j].UniqueBytes })
+		var virt, data int64
+		for _, u := range us {
+			virt += u.VirtualSize
+			data += u.DataBytes
+		}
+		dedup, comp := ratio(data, s.RawBytes), ratio(s.RawBytes, s.StoredBytes)
+		if c.Bool(jsonFlag.Name) {
+			return printJSON(c.App.Writer, map[string]any{
+				"engrams": len(us), "virtual_bytes": virt, "data_bytes": data, "store": s,
+				"dedup_ratio": dedup, "compression_ratio": comp, "per_engram": us,
+			})
+		}
+		w := c.App.Writer
+		fmt.Fprintf(w, "engrams:     %d\n", len(us))
+		fmt.Fprintf(w, "logical:     %s virtual, %s data\n", bytesStr(virt), bytesStr(data))
+		fmt.Fprintf(w, "unique data: %s in %d chunks (dedup %.2fx)\n", bytesStr(s.RawBytes), s.Chunks, dedup)
+		fmt.Fprintf(w, "stored:      %s (compression %.2fx), %s in %d packs on disk\n", bytesStr(s.StoredBytes), comp, bytesStr(s.PackBytes), s.Packs)
+		if len(us) > 0 {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "\nID\tNAME\tVIRTUAL\tDATA\tUNIQUE\tSHARED")
+			for _, u := range us {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", u.ID.Short(), u.Name, bytesStr(u.VirtualSize), bytesStr(u.DataBytes), bytesStr(u.UniqueBytes), bytesStr(u.SharedBytes))
+			}
+			return tw.Flush()
+		}
+		return nil
+	},
+}
+
+func ratio(a, b int64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}

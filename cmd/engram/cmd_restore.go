@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/restore"
+)
+
+var restoreCommand = &cli.Command{
+	Name:      "restore",
+	Usage:     "write an engram back out as a sparse qcow2 or raw image",
+	ArgsUsage: "ID|NAME",
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output file (- streams raw to stdout)"},
+		&cli.StringFlag{Name: "output-format", Aliases: []string{"O"}, Value: "qcow2", Usage: "qcow2 or raw"},
+		&cli.StringFlag{Name: "cluster-size", Usage: "qcow2 cluster size, e.g. 64k or 2M (default: the source's)"},
+		&cli.BoolFlag{Name: "compress", Aliases: []string{"c"}, Usage: "write compressed (zstd) qcow2 clusters"},
+		&cli.BoolFlag{Name: "force", Usage: "overwrite an existing output file"},
+	},
+	Action: func(c *cli.Context) error {
+		if c.NArg() != 1 {
+			return usagef("restore needs exactly one ID or NAME")
+		}
+		format := c.String("output-format")
+		if format != "qcow2" && format != "raw" {
+			return usagef("-O %q: want qcow2 or raw", format)
+		}
+		out := c.String("output")
+		if out == "" {
+			return usagef("restore needs -o OUT")
+		}
+		if out == "-" && format != "raw" && c.IsSet("output-format") {
+			return usagef("-o - streams raw only")
+		}
+		st, err := openStore(c, false, false)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		id, err := resolve(c.Context, st, c.Args().First())
+		if err != nil {
+			return err
+		}
+		opts := restore.Options{Format: format, Compress: c.Bool("compress"), Force: c.Bool("force")}
+		if cs := c.String("cluster-size"); cs != "" {
+			n, err := parseSize(cs)
+			if err != nil || n < 512 || n > 2<<20 || n&(n-1) != 0 {
+				return usagef("--cluster-size %q: want a power of two from 512 to 2M", cs)
+			}
+			opts.ClusterSize = int(n)
+		} else if e, err := engram.Get(c.Context, st, id); err == nil {
+			for _, r := range e.Records {
+				if r.ClusterSize > 0 {
+					opts.ClusterSize = r.ClusterSize
+				}
+			}
+		}
+		if out == "-" {
+			w := bufio.NewWriterSize(os.Stdout, 1<<20)
+			if err := restore.ToWriter(c.Context, st, id, w, opts); err != nil {
+				return err
+			}
+			return w.Flush()
+		}
+		if p := progressFor(c, "restore"); p != nil {
+			opts.Progress = p
+		}
+		if err := restore.ToFile(c.Context, st, id, out, opts); err != nil {
+			return err
+		}
+		if c.Bool(jsonFlag.Name) {
+			return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "output": out, "format": format})
+		}
+		if !c.Bool(quietFlag.Name) {
+			fmt.Fprintf(c.App.ErrWriter, "restored %s to %s (%s)\n", id.Short(), out, format)
+		}
+		return nil
+	},
+}
+
+// parseSize reads 512, 64k, 2M, 1G (binary units).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	t := strings.ToLower(strings.TrimSuffix(strings.ToLower(s), "b"))
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'k':
+			mult, t = 1<<10, t[:len(t)-1]
+		case 'm':
+			mult, t = 1<<20, t[:len(t)-1]
+		case 'g':
+			mult, t = 1<<30, t[:len(t)-1]
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/engram"
+)
+
+var (
+	storeFlag = &cli.StringFlag{
+		Name:    "store",
+		Usage:   "store directory (default: $XDG_DATA_HOME/engram or ~/.local/share/engram)",
+		EnvVars: []string{"ENGRAM_STORE"},
+	}
+	jsonFlag  = &cli.BoolFlag{Name: "json", Usage: "print results as JSON"}
+	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs), no progress"}
+	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for another writer to release the store"}
+
+	globalFlags = []cli.Flag{storeFlag, jsonFlag, quietFlag, lockFlag}
+)
+
+// storeDir returns the store directory from --store, ENGRAM_STORE or the
+// per-user default.
+func storeDir(c *cli.Context) (string, error) {
+	if d := c.String(storeFlag.Name); d != "" {
+		return d, nil
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "engram"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no --store given and no home directory: %w", err)
+	}
+	return filepath.Join(home, ".local", "share", "engram"), nil
+}
+
+// openStore opens the store for reading, or for writing (taking the
+// writer lock). With create, a missing or empty directory becomes a new
+// store with default parameters.
+func openStore(c *cli.Context, write, create bool) (*chunkstore.FileStore, error) {
+	dir, err := storeDir(c)
+	if err != nil {
+		return nil, err
+	}
+	if create && isEmptyOrMissing(dir) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create store %s: %w", dir, err)
+		}
+		if err := chunkstore.Init(dir, chunkstore.InitOptions{}); err != nil && !errors.Is(err, chunkstore.ErrStoreExists) {
+			return nil, err
+		}
+		if !c.Bool(quietFlag.Name) {
+			fmt.Fprintf(c.App.ErrWriter, "engram: created store %s\n", dir)
+		}
+	}
+	return chunkstore.Open(c.Context, dir, chunkstore.OpenOptions{
+		ReadOnly:    !write,
+		LockTimeout: c.Duration(lockFlag.Name),
+		Command:     strings.Join(os.Args, " "),
+	})
+}
+
+func isEmptyOrMissing(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	return errors.Is(err, fs.ErrNotExist) || (err == nil && len(ents) == 0)
+}
+
+// resolve turns an ID, prefix or name argument into an engram ID.
+func resolve(ctx context.Context, st chunkstore.Reader, arg string) (engram.ID, error) {
+	return engram.Resolve(ctx, st, arg)
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// bytesStr formats a byte count like qemu-img: 1.5 GiB.
+func bytesStr(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func parseLabels(ss []string) (map[string]string, error) {
+	if len(ss) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, s := range ss {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok || k == "" {
+			return nil, usagef("--label %q: want key=value", s)
+		}
+		m[k] = v
+	}
+	return m, nil
+}

@@ -1,0 +1,78 @@
+// Command engram archives VM disk images into a deduplicating chunk store
+// and restores them as sparse images. This package only parses flags; the
+// work is done by the packages it calls.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// run executes the app and maps its error to an exit code; it never exits
+// itself, so deferred cleanup in commands always runs.
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp(stdout, stderr)
+	err := app.RunContext(ctx, permuteArgs(app, args))
+	if err == nil {
+		return 0
+	}
+	code := exitCode(ctx, err)
+	fmt.Fprintf(stderr, "engram: %v\n", errorText(ctx, err))
+	return code
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:                 "engram",
+		Usage:                "archive VM disk images into a deduplicating chunk store and restore them",
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		HideHelpCommand:      true,
+		Flags:                globalFlags,
+		ExitErrHandler:       func(*cli.Context, error) {}, // run() maps errors to exit codes
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		Commands: []*cli.Command{
+			initCommand,
+			ingestCommand,
+			restoreCommand,
+			lsCommand,
+			showCommand,
+			rmCommand,
+			gcCommand,
+			verifyCommand,
+			statsCommand,
+			inspectCommand,
+		},
+	}
+}
+
+// usageError marks bad command-line use (exit code 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+func errorText(ctx context.Context, err error) string {
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return "interrupted; nothing partial was committed"
+	}
+	return err.Error()
+}
