@@ -90,7 +90,18 @@ func (s *FileStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 			return st, fmt.Errorf("%s: %w", sp.path, err)
 		}
 	}
-	// Check every index entry against what the scan found.
+	// Check every index entry against what the scan found. A problem is
+	// reported only if the entry still says the same after a fresh
+	// lookup: GC in the writer process may have moved the chunk meanwhile.
+	report0 := emit
+	emit = func(p Problem) {
+		if !p.ID.IsZero() {
+			if e, ok, err := s.lookup(ctx, p.ID); err == nil && (!ok || s.packs.path(e.Pack) != p.Pack || e.FrameOff != p.Offset) {
+				return
+			}
+		}
+		report0(p)
+	}
 	err = s.forEachEntry(ctx, func(id ID, e entry) error {
 		sp := scanned[e.Pack]
 		if sp == nil {
