@@ -11,13 +11,16 @@ export ENGRAM_STORE=$PWD/$d/store
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 echo "== building a 1 GiB template and a clone overlay in $d/"
-qemu-img create -q -f qcow2 "$d/template.qcow2" 1G
-# A few hundred MiB of varied data: random-ish patterns and a zeroed range.
-cmds=()
-for i in $(seq 0 47); do cmds+=(-c "write -P $((i*5+1)) $((i*8))M 3M"); done
-cmds+=(-c "write -z 100M 4M")
-qemu-io -f qcow2 "${cmds[@]}" "$d/template.qcow2" >/dev/null
-# The clone: an overlay that changes a few MiB.
+# The template: 1 GiB virtual with ~200 MiB of data, half random (like
+# binaries and compressed files), half text (like configs and logs).
+truncate -s 1G "$d/template.raw"
+for i in $(seq 0 19); do
+  dd if=/dev/urandom bs=1M count=5 status=none | dd of="$d/template.raw" bs=1M seek=$((i*40)) conv=notrunc status=none
+  seq $((i*1000000+1000000)) $((i*1000000+1600000)) | dd of="$d/template.raw" bs=1M seek=$((i*40+10)) conv=notrunc status=none
+done
+qemu-img convert -f raw -O qcow2 "$d/template.raw" "$d/template.qcow2"
+rm "$d/template.raw"
+# The clone: an overlay on the template that changes a few MiB.
 qemu-img create -q -f qcow2 -b template.qcow2 -F qcow2 "$d/clone.qcow2"
 qemu-io -f qcow2 -c "write -P 0xc1 16M 2M" -c "write -z 40M 1M" -c "write -P 0xc2 900M 3M" "$d/clone.qcow2" >/dev/null
 
