@@ -49,8 +49,10 @@ func (m *MemStore) Corrupt(id ID) bool {
 	return true
 }
 
+// Params returns the parameters given to NewMemory.
 func (m *MemStore) Params() Params { return m.params }
 
+// Close makes later calls fail with ErrClosed.
 func (m *MemStore) Close() error {
 	m.mu.Lock()
 	m.closed = true
@@ -58,6 +60,7 @@ func (m *MemStore) Close() error {
 	return nil
 }
 
+// Has implements Reader.
 func (m *MemStore) Has(ctx context.Context, id ID) (bool, error) {
 	r, err := m.HasMany(ctx, []ID{id})
 	if err != nil {
@@ -66,6 +69,7 @@ func (m *MemStore) Has(ctx context.Context, id ID) (bool, error) {
 	return r[0], nil
 }
 
+// HasMany implements Reader.
 func (m *MemStore) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -82,6 +86,7 @@ func (m *MemStore) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
 	return out, nil
 }
 
+// Get implements Reader; it verifies BLAKE3 like FileStore.
 func (m *MemStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -106,6 +111,7 @@ func (m *MemStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	return out, nil
 }
 
+// Lookup implements Reader; StoredLen is the raw length.
 func (m *MemStore) Lookup(ctx context.Context, ids []ID) ([]Entry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -121,11 +127,13 @@ func (m *MemStore) Lookup(ctx context.Context, ids []ID) ([]Entry, error) {
 	return out, nil
 }
 
+// Put implements Writer.
 func (m *MemStore) Put(ctx context.Context, id ID, data []byte) (bool, error) {
 	n, err := m.PutMany(ctx, []Chunk{{ID: id, Data: data}})
 	return n > 0, err
 }
 
+// PutMany implements Writer; it refuses an ID that does not match its data.
 func (m *MemStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -212,6 +220,7 @@ func (t memTx) ForEach(bucket, prefix []byte, fn func(k, v []byte) error) error 
 	return nil
 }
 
+// View implements Reader.
 func (m *MemStore) View(ctx context.Context, fn func(MetaTx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -244,6 +253,7 @@ func (m *MemStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 	return nil
 }
 
+// Stats implements Reader; stored and pack bytes are the raw bytes.
 func (m *MemStore) Stats(ctx context.Context) (Stats, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -256,6 +266,7 @@ func (m *MemStore) Stats(ctx context.Context) (Stats, error) {
 	return st, nil
 }
 
+// Verify implements Maintainer: it rehashes every chunk.
 func (m *MemStore) Verify(ctx context.Context, report func(Problem)) (VerifyStats, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -273,6 +284,7 @@ func (m *MemStore) Verify(ctx context.Context, report func(Problem)) (VerifyStat
 	return st, nil
 }
 
+// GC implements Maintainer: it deletes the dead chunks.
 func (m *MemStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) (GCStats, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
