@@ -124,6 +124,14 @@ func fixtures() []fixture {
 			"write -P 0x33 1M 200k", "write -z 2M 64k", "write -P 0x44 3M 66k")
 		return p
 	}})
+	fs = append(fs, fixture{"extended-l2-compressed-zstd", func(t *testing.T, dir string) string {
+		src := filepath.Join(dir, "src.raw")
+		writeRandomRaw(t, src, 4<<20, 11)
+		p := filepath.Join(dir, "img.qcow2")
+		qemutest.Img(t, "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "extended_l2=on,cluster_size=32k,compression_type=zstd", src, p)
+		qio(t, p, "write -P 0x5b 64k 3k", "write -z 1M 2k")
+		return p
+	}})
 	fs = append(fs, fixture{"extended-l2-standalone", func(t *testing.T, dir string) string {
 		p := filepath.Join(dir, "img.qcow2")
 		qemutest.Create(t, "qcow2", p, "8M", "extended_l2=on", "cluster_size=128k")
