@@ -29,6 +29,11 @@
 // what it occupies on disk, QEMU's heuristic), host clusters that are holes
 // are reported as data+zero, again like qemu-img map.
 //
+// Intentional differences from qemu-img: relative data file names (above);
+// Extent.Offset is only set for plain data (qemu-img map also reports it for
+// zero clusters with a host cluster, and for raw holes); a data file name
+// extension without the external-data feature bit is ignored.
+//
 // Refused, with a sentinel error: encryption (ErrEncrypted), the corrupt bit
 // (ErrCorruptBit), unknown incompatible features (ErrUnknownFeature), other
 // formats (ErrUnsupportedFormat), backing loops, chains deeper than
@@ -49,6 +54,8 @@
 //     tables and decompressed clusters live in small bounded LRU caches per
 //     layer; flate readers are pooled and one zstd decoder (memory capped at
 //     the largest cluster size) is shared.
+//   - Memory per layer is bounded: at most 8 MiB of cached L2 tables (at
+//     least 8 tables) and 4 MiB of decompressed clusters (at least 4).
 //   - Names from a header are only opened if they are regular files, so a
 //     hostile image cannot make Open block on a FIFO or read a device.
 package qcow2
