@@ -715,8 +715,8 @@ func (c *lru[V]) put(key int64, v V) {
 // Cache budgets per layer: decoded L2 tables, and decompressed clusters
 // (so reads smaller than a compressed cluster do not decompress it again).
 const (
-	l2CacheBytes      = 16 << 20
-	clusterCacheBytes = 8 << 20
+	l2CacheBytes      = 8 << 20
+	clusterCacheBytes = 4 << 20
 	minCachedL2Tables = 8
 	maxCachedL2Tables = 4096
 	minCachedClusters = 4
