@@ -2,8 +2,8 @@ package qcow2
 
 // # Writer layout
 //
-// A Writer produces a qcow2 v3 image (refcount_order 4, no snapshots, no
-// extended L2 entries) laid out as:
+// A Writer produces a qcow2 v3 image (refcount_order 4, no snapshots,
+// optionally extended L2 entries) laid out as:
 //
 //	cluster 0        header, header extensions (backing format, end), backing name
 //	data             one host cluster per written guest cluster, appended in the
@@ -28,6 +28,28 @@ package qcow2
 // cluster makes the whole cluster belong to the new image: bytes of that
 // cluster the caller does not write read as zero, not as backing data. An
 // overlay writer therefore writes whole clusters (or WriteZeroes the rest).
+//
+// # Extended L2 entries
+//
+// With WriterOptions.ExtendedL2 the unit of ownership is the subcluster
+// (cluster/32) instead of the cluster, so an image restored from a source
+// made with extended_l2=on allocates no more than the source did. L2 entries
+// are 128 bits: the usual descriptor, then a bitmap with one allocation bit
+// (bits 0..31) and one reads-as-zero bit (bits 32..63) per subcluster. As in
+// QEMU, the first data write to a guest cluster appends a whole host cluster,
+// but only the subclusters that received non-zero bytes are marked
+// allocated; the others keep reading from the backing file (or as zero).
+// Bytes of a newly allocated subcluster that the caller does not write read
+// as zero, which with a backing file hides the backing data of the rest of
+// that subcluster (the same rule as above, one subcluster wide). Host bytes
+// of subclusters that are not allocated are kept zero (zeroing an allocated
+// subcluster overwrites it) so that a later partial write needs no fill.
+// Zero subclusters get the zero bit when there is a backing file and nothing
+// otherwise; a cluster with zero bits but no host cluster has descriptor 0.
+// Compressed clusters have no subclusters (bitmap 0, as the spec requires):
+// a compressed image owns whole clusters as described above, and a cluster
+// stored plain because it did not shrink marks only its non-zero subclusters
+// allocated.
 //
 // Compressed images keep one guest cluster in memory and compress it when a
 // write moves to another cluster (or at Close); clusters that do not shrink
@@ -87,6 +109,9 @@ type WriterOptions struct {
 	BackingFile   string // optional, written verbatim into the header
 	BackingFormat string // "qcow2" or "raw"; required when BackingFile != ""
 	Compression   string // "" (none), "zstd" or "deflate": data clusters are written compressed
+	// ExtendedL2 writes 128-bit L2 entries with subcluster bitmaps
+	// (incompatible feature bit 4); needs ClusterSize >= 16 KiB.
+	ExtendedL2 bool
 }
 
 // Writer writes a sparse qcow2 v3 image. See the layout comment at the top of
@@ -104,10 +129,16 @@ type Writer struct {
 	l1Size      int64
 	backing     bool
 	compress    bool
+	extL2       bool
+	unitBits    uint  // log2 of the unit a write owns: subcluster (plain extL2) or cluster
+	unitSize    int64 // 1 << unitBits
 
-	l2        map[int64][]uint64 // L1 index -> L2 table, created on first use
-	end       int64              // host offset where the next data byte goes
-	refcounts []uint16           // per host cluster; only kept for compressed images
+	// L1 index -> L2 table (cluster/8 words), created on first use. With
+	// extended L2 entries, guest cluster i of a table is words 2i
+	// (descriptor) and 2i+1 (subcluster bitmap).
+	l2        map[int64][]uint64
+	end       int64    // host offset where the next data byte goes
+	refcounts []uint16 // per host cluster; only kept for compressed images
 	allocated int64
 	zero      []byte // cluster of zeros: zero test and zero writes
 
@@ -151,8 +182,16 @@ func writerCheckOptions(name string, opts WriterOptions) (writerGeometry, error)
 	}
 	g.clusterBits = uint(bits.TrailingZeros(uint(cs)))
 
-	// One L1 entry maps cs/8 clusters.
-	perL1 := int64(cs) * int64(cs/8)
+	entryBytes := 8
+	if opts.ExtendedL2 {
+		// QEMU: subclusters must be at least 512 bytes.
+		if cs < 1<<minClusterBitsExtL2 {
+			return bad("extended L2 entries need a cluster size of at least %d bytes, have %d", 1<<minClusterBitsExtL2, cs)
+		}
+		entryBytes = 16
+	}
+	// One L1 entry maps one L2 table of cs/entryBytes clusters.
+	perL1 := int64(cs) * int64(cs/entryBytes)
 	g.l1Size = (g.size + perL1 - 1) / perL1
 	if g.l1Size*8 > maxL1Bytes {
 		return bad("virtual size %d needs an L1 table of %d bytes with %d-byte clusters, over QEMU's 32 MiB limit; use a larger cluster size",
@@ -221,6 +260,13 @@ func NewWriter(f *os.File, opts WriterOptions) (*Writer, error) {
 		return nil, fmt.Errorf("%s: file is not empty (%d bytes); the writer needs an empty file: %w", name, st.Size(), ErrWriterOptions)
 	}
 	cs := int64(1) << g.clusterBits
+	l2Entries, unitBits := cs/8, g.clusterBits
+	if opts.ExtendedL2 {
+		l2Entries = cs / 16
+		if opts.Compression == "" {
+			unitBits = g.clusterBits - 5 // 32 subclusters
+		}
+	}
 	w := &Writer{
 		f:           f,
 		name:        name,
@@ -228,10 +274,13 @@ func NewWriter(f *os.File, opts WriterOptions) (*Writer, error) {
 		size:        g.size,
 		clusterBits: g.clusterBits,
 		clusterSize: cs,
-		l2Entries:   cs / 8,
+		l2Entries:   l2Entries,
 		l1Size:      g.l1Size,
 		backing:     opts.BackingFile != "",
 		compress:    opts.Compression != "",
+		extL2:       opts.ExtendedL2,
+		unitBits:    unitBits,
+		unitSize:    int64(1) << unitBits,
 		l2:          make(map[int64][]uint64),
 		end:         cs, // cluster 0 is the header
 		zero:        make([]byte, cs),
@@ -292,7 +341,10 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 // v3 zero flag without a host cluster when there is a backing file (and
 // nothing at all without one, as unallocated clusters already read zero);
 // a whole cluster that already has a host cluster is overwritten with zeros;
-// partial clusters get zero bytes written (see WriteAt).
+// partial clusters get zero bytes written (see WriteAt). With ExtendedL2 the
+// same holds per subcluster, except that a zeroed allocated subcluster is
+// also marked unallocated (and zero, with a backing file); compressed
+// images zero by whole clusters as without ExtendedL2.
 func (w *Writer) WriteZeroes(off, length int64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -305,19 +357,76 @@ func (w *Writer) WriteZeroes(off, length int64) error {
 	for length > 0 {
 		gc, in := off>>w.clusterBits, off&(w.clusterSize-1)
 		k := min(w.clusterSize-in, length)
-		var err error
-		if in == 0 && (k == w.clusterSize || off+k == w.size) {
-			err = w.wZeroCluster(gc)
-		} else {
-			err = w.wWrite(w.zero[:k], off)
-		}
-		if err != nil {
+		if err := w.wZeroInCluster(gc, in, k, off+k == w.size); err != nil {
 			w.wFailUnlessRefused(err)
 			return err
 		}
 		off += k
 		length -= k
 	}
+	return nil
+}
+
+// wZeroInCluster zeroes [in, in+k) of guest cluster gc: whole units (see
+// unitSize) by metadata, partial ones by writing zero bytes. toEnd says the
+// range reaches the end of the disk, which completes the last unit.
+func (w *Writer) wZeroInCluster(gc, in, k int64, toEnd bool) error {
+	base := gc << w.clusterBits
+	end := in + k
+	if toEnd {
+		end = w.clusterSize
+	}
+	u := w.unitSize
+	first, last := (in+u-1)/u*u, end/u*u // whole units: [first, last)
+	if first >= last {
+		return w.wWrite(w.zero[:k], base+in)
+	}
+	if in < first {
+		if err := w.wWrite(w.zero[:first-in], base+in); err != nil {
+			return err
+		}
+	}
+	var err error
+	if w.extL2 {
+		err = w.wZeroSubclusters(gc, w.wSubMask(first, last-first))
+	} else {
+		err = w.wZeroCluster(gc)
+	}
+	if err != nil {
+		return err
+	}
+	if tail := in + k - last; tail > 0 {
+		return w.wWrite(w.zero[:tail], base+last)
+	}
+	return nil
+}
+
+// wZeroSubclusters makes the subclusters in mask of guest cluster gc read
+// as zero (extended L2 entries). In compressed images mask is whole.
+func (w *Writer) wZeroSubclusters(gc int64, mask uint64) error {
+	if gc == w.cur {
+		w.cur = -1 // drop the pending data
+	}
+	e := w.wEntry(gc)
+	if e&entryCompressed != 0 {
+		return fmt.Errorf("%s: zeroing guest offset %#x: %w", w.name, gc<<w.clusterBits, ErrWriterCompressedRewrite)
+	}
+	bm := w.wBitmap(gc)
+	if host := int64(e & offsetMask); host != 0 {
+		// Keep the host bytes of unallocated subclusters zero, so a later
+		// partial write into one needs no fill (see the layout comment).
+		sub := w.clusterSize / subclustersPerCluster
+		for m := bm & mask; m != 0; {
+			i := int64(bits.TrailingZeros64(m))
+			n := int64(bits.TrailingZeros64(^(m >> i))) // run of allocated subclusters
+			if _, err := w.f.WriteAt(w.zero[:n*sub], host+i*sub); err != nil {
+				return fmt.Errorf("%s: %w", w.name, err)
+			}
+			m &^= (uint64(1)<<n - 1) << i
+		}
+		w.wSetBitmap(gc, bm&^mask)
+	}
+	w.wMarkZero(gc, mask)
 	return nil
 }
 
@@ -389,22 +498,94 @@ func (w *Writer) wCheckRange(what string, off, n int64) error {
 	return nil
 }
 
-func (w *Writer) wEntry(gc int64) uint64 {
-	t := w.l2[gc/w.l2Entries]
-	if t == nil {
-		return 0
+// allSubclusters is the allocation half of a full subcluster bitmap.
+const allSubclusters = uint64(1)<<subclustersPerCluster - 1
+
+// wSlot returns the L2 table of guest cluster gc (nil if it has none and
+// create is false) and the index of gc's descriptor word in it; with
+// extended L2 entries the bitmap word follows.
+func (w *Writer) wSlot(gc int64, create bool) ([]uint64, int64) {
+	i, j := gc/w.l2Entries, gc%w.l2Entries
+	if w.extL2 {
+		j *= 2
 	}
-	return t[gc%w.l2Entries]
+	t := w.l2[i]
+	if t == nil && create {
+		t = make([]uint64, w.clusterSize/8)
+		w.l2[i] = t
+	}
+	return t, j
+}
+
+// wEntry is the descriptor word of guest cluster gc.
+func (w *Writer) wEntry(gc int64) uint64 {
+	if t, j := w.wSlot(gc, false); t != nil {
+		return t[j]
+	}
+	return 0
 }
 
 func (w *Writer) wSetEntry(gc int64, e uint64) {
-	i := gc / w.l2Entries
-	t := w.l2[i]
-	if t == nil {
-		t = make([]uint64, w.l2Entries)
-		w.l2[i] = t
+	t, j := w.wSlot(gc, e != 0)
+	if t != nil {
+		t[j] = e
 	}
-	t[gc%w.l2Entries] = e
+}
+
+// wBitmap is the subcluster bitmap of guest cluster gc (0 without extended
+// L2 entries).
+func (w *Writer) wBitmap(gc int64) uint64 {
+	if !w.extL2 {
+		return 0
+	}
+	if t, j := w.wSlot(gc, false); t != nil {
+		return t[j+1]
+	}
+	return 0
+}
+
+func (w *Writer) wSetBitmap(gc int64, bm uint64) {
+	t, j := w.wSlot(gc, bm != 0)
+	if t != nil {
+		t[j+1] = bm
+	}
+}
+
+// wMarkZero makes the subclusters in mask of guest cluster gc, none of
+// them allocated, read as zero even over a backing file. Without extended
+// L2 entries the mask is ignored: the whole cluster gets the zero flag.
+// Without a backing file there is nothing to do: they already read zero.
+func (w *Writer) wMarkZero(gc int64, mask uint64) {
+	switch {
+	case !w.backing:
+	case w.extL2:
+		w.wSetBitmap(gc, w.wBitmap(gc)|mask<<32)
+	default:
+		w.wSetEntry(gc, entryZero)
+	}
+}
+
+// wSubMask is the mask of the subclusters that [in, in+n) overlaps.
+func (w *Writer) wSubMask(in, n int64) uint64 {
+	sb := w.clusterBits - 5
+	first, last := in>>sb, (in+n-1)>>sb
+	return (uint64(1)<<(last+1) - 1) &^ (uint64(1)<<first - 1)
+}
+
+// wDataMask is the mask of the subclusters in which piece, at in inside its
+// cluster, has a non-zero byte.
+func (w *Writer) wDataMask(in int64, piece []byte) uint64 {
+	sub := w.clusterSize / subclustersPerCluster
+	var m uint64
+	for len(piece) > 0 {
+		k := min(sub-in%sub, int64(len(piece)))
+		if !w.wIsZero(piece[:k]) {
+			m |= uint64(1) << (in / sub)
+		}
+		piece = piece[k:]
+		in += k
+	}
+	return m
 }
 
 func (w *Writer) wIsZero(p []byte) bool { return bytes.Equal(p, w.zero[:len(p)]) }
@@ -427,8 +608,10 @@ func (w *Writer) wWrite(p []byte, off int64) error {
 	}
 	start := 0
 	for start < len(p) {
+		// Plain extended-L2 pieces stay inside one subcluster, so zero
+		// subclusters are never written.
 		gc, in := off>>w.clusterBits, off&(w.clusterSize-1)
-		k := int(min(w.clusterSize-in, int64(len(p)-start)))
+		k := int(min(w.unitSize-off&(w.unitSize-1), int64(len(p)-start)))
 		piece := p[start : start+k]
 		host, err := w.wPlace(gc, in, piece)
 		if err != nil {
@@ -464,30 +647,75 @@ func (w *Writer) wPlace(gc, in int64, piece []byte) (int64, error) {
 	switch {
 	case e&entryCompressed != 0:
 		return -1, fmt.Errorf("%s: guest offset %#x: %w", w.name, gc<<w.clusterBits+in, ErrWriterCompressedRewrite)
+	case w.extL2:
+		return w.wPlaceExt(gc, in, piece, e)
 	case e&offsetMask != 0:
 		return int64(e&offsetMask) + in, nil
 	}
 	// Unallocated or zero-flagged: the rest of the cluster reads as zero.
 	if w.wIsZero(piece) {
-		if w.backing {
-			w.wSetEntry(gc, entryZero)
-		}
+		w.wMarkZero(gc, allSubclusters)
 		return -1, nil
 	}
 	if w.compress {
-		if err := w.wFlushCompressed(); err != nil {
-			return -1, err
-		}
-		clear(w.buf)
-		copy(w.buf[in:], piece)
-		w.cur = gc
-		return -1, nil
+		return w.wStartCompressed(gc, in, piece)
 	}
 	host, err := w.wAllocCluster(gc)
 	if err != nil {
 		return -1, err
 	}
 	return host + in, nil
+}
+
+// wPlaceExt is wPlace for extended L2 entries; e is gc's descriptor, not
+// compressed. The piece lies in one subcluster, except in compressed images,
+// which own whole clusters (see the layout comment).
+func (w *Writer) wPlaceExt(gc, in int64, piece []byte, e uint64) (int64, error) {
+	host := int64(e & offsetMask)
+	bm := w.wBitmap(gc)
+	span := w.wSubMask(in, int64(len(piece)))
+	if bm&span == span {
+		return host + in, nil // all allocated: overwrite in place
+	}
+	data := w.wDataMask(in, piece)
+	if host == 0 && data == 0 {
+		if w.compress {
+			span = allSubclusters // the whole cluster is the image's now
+		}
+		w.wMarkZero(gc, span)
+		return -1, nil
+	}
+	if host == 0 {
+		if w.compress {
+			return w.wStartCompressed(gc, in, piece)
+		}
+		var err error
+		if host, err = w.wAllocCluster(gc); err != nil {
+			return -1, err
+		}
+	}
+	// Host bytes of unallocated subclusters are zero, so writing the zero
+	// parts of the piece there is harmless; those subclusters read zero from
+	// now on (the rest of a newly allocated one reads zero too).
+	w.wMarkZero(gc, span&^bm&^data)
+	bm = w.wBitmap(gc)
+	w.wSetBitmap(gc, (bm|data)&^(data<<32))
+	if bm&span == 0 && data == 0 {
+		return -1, nil
+	}
+	return host + in, nil
+}
+
+// wStartCompressed makes guest cluster gc the pending compressed cluster,
+// flushing the previous one.
+func (w *Writer) wStartCompressed(gc, in int64, piece []byte) (int64, error) {
+	if err := w.wFlushCompressed(); err != nil {
+		return -1, err
+	}
+	clear(w.buf)
+	copy(w.buf[in:], piece)
+	w.cur = gc
+	return -1, nil
 }
 
 // wAllocCluster appends a host cluster for guest cluster gc.
@@ -543,9 +771,7 @@ func (w *Writer) wFlushCompressed() error {
 	w.cur = -1
 	data := w.buf
 	if w.wIsZero(data) {
-		if w.backing {
-			w.wSetEntry(gc, entryZero)
-		}
+		w.wMarkZero(gc, allSubclusters)
 		return nil
 	}
 	w.cbuf.Reset()
@@ -571,6 +797,14 @@ func (w *Writer) wFlushCompressed() error {
 		if _, err := w.f.WriteAt(data, host); err != nil {
 			return fmt.Errorf("%s: %w", w.name, err)
 		}
+		if w.extL2 {
+			// Only the non-zero subclusters are allocated; the rest read
+			// zero (the cluster is the image's whole, see wPlaceExt).
+			alloc := w.wDataMask(0, data)
+			w.wSetBitmap(gc, 0)
+			w.wMarkZero(gc, allSubclusters&^alloc)
+			w.wSetBitmap(gc, w.wBitmap(gc)|alloc)
+		}
 		return nil
 	}
 
@@ -591,6 +825,9 @@ func (w *Writer) wFlushCompressed() error {
 	// Additional sectors beyond the one holding the first byte.
 	sectors := uint64(last/writerSectorSize - host/writerSectorSize)
 	w.wSetEntry(gc, entryCompressed|sectors<<offBits|uint64(host))
+	if w.extL2 {
+		w.wSetBitmap(gc, 0) // compressed clusters have no subclusters
+	}
 	w.allocated++
 	// Every host cluster the compressed bytes touch counts one reference.
 	w.wGrowRefcounts(last >> w.clusterBits)
@@ -757,14 +994,19 @@ func writerHeaderBytes(opts WriterOptions, g writerGeometry, l1Off, rtOff, rtClu
 	be.PutUint32(h[offClusterBits:], uint32(g.clusterBits))
 	be.PutUint64(h[offSize:], uint64(g.size))
 	be.PutUint32(h[offCryptMethod:], cryptNone)
+	var incompat uint64
 	be.PutUint32(h[offL1Size:], uint32(g.l1Size))
 	be.PutUint64(h[offL1TableOffset:], uint64(l1Off))
 	be.PutUint64(h[offRefcountTableOffset:], uint64(rtOff))
 	be.PutUint32(h[offRefcountTableClusters:], uint32(rtClusters))
 	if opts.Compression == "zstd" {
-		be.PutUint64(h[offIncompatibleFeatures:], IncompatCompression)
+		incompat |= IncompatCompression
 		h[offCompressionType] = CompressionZstd
 	}
+	if opts.ExtendedL2 {
+		incompat |= IncompatExtendedL2
+	}
+	be.PutUint64(h[offIncompatibleFeatures:], incompat)
 	be.PutUint32(h[offRefcountOrder:], writerRefcountOrder)
 	be.PutUint32(h[offHeaderLength:], writerHeaderLen)
 

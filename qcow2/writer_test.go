@@ -22,8 +22,11 @@ type writerModel struct {
 	path    string
 	raw     []byte
 	cs      int64
+	unit    int64 // what a write owns: the subcluster (plain ExtendedL2) or the cluster
 	backing bool
-	touched map[int64]bool // guest clusters the overlay owns
+	touched map[int64]bool // guest units the overlay owns
+	// Plain ExtendedL2 images: subclusters expected allocated (nil otherwise).
+	alloc map[int64]bool
 }
 
 func newWriterModel(t *testing.T, dir string, opts WriterOptions, base []byte) *writerModel {
@@ -35,18 +38,73 @@ func newWriterModel(t *testing.T, dir string, opts WriterOptions, base []byte) *
 	}
 	raw := make([]byte, w.size)
 	copy(raw, base)
-	return &writerModel{t: t, w: w, path: path, raw: raw, cs: w.clusterSize, backing: opts.BackingFile != "", touched: map[int64]bool{}}
+	m := &writerModel{t: t, w: w, path: path, raw: raw, cs: w.clusterSize, unit: w.unitSize, backing: opts.BackingFile != "", touched: map[int64]bool{}}
+	if opts.ExtendedL2 && opts.Compression == "" {
+		m.alloc = map[int64]bool{}
+	}
+	return m
 }
 
-// touch applies the Writer's rule: the first write to a guest cluster makes
-// the whole cluster the overlay's, unwritten bytes reading zero.
+// touch applies the Writer's rule: the first write to a guest unit makes
+// the whole unit the overlay's, unwritten bytes reading zero.
 func (m *writerModel) touch(off, n int64) {
-	for gc := off / m.cs; gc*m.cs < off+n; gc++ {
-		if !m.touched[gc] {
-			m.touched[gc] = true
-			clear(m.raw[gc*m.cs : min((gc+1)*m.cs, int64(len(m.raw)))])
+	for u := off / m.unit; u*m.unit < off+n; u++ {
+		if !m.touched[u] {
+			m.touched[u] = true
+			clear(m.raw[u*m.unit : min((u+1)*m.unit, int64(len(m.raw)))])
 		}
 	}
+}
+
+// allocWrite records which subclusters a write of p at off allocates: those
+// that get a non-zero byte.
+func (m *writerModel) allocWrite(off int64, p []byte) {
+	if m.alloc == nil {
+		return
+	}
+	for len(p) > 0 {
+		k := min(m.unit-off%m.unit, int64(len(p)))
+		if !bytes.Equal(p[:k], make([]byte, k)) {
+			m.alloc[off/m.unit] = true
+		}
+		off += k
+		p = p[k:]
+	}
+}
+
+// allocZero records that WriteZeroes deallocates whole subclusters (the
+// last one also when the range reaches the end of the disk).
+func (m *writerModel) allocZero(off, n int64) {
+	if m.alloc == nil {
+		return
+	}
+	end := off + n
+	if end == m.w.size {
+		end = (end + m.unit - 1) / m.unit * m.unit
+	}
+	for u := (off + m.unit - 1) / m.unit; (u+1)*m.unit <= end; u++ {
+		delete(m.alloc, u)
+	}
+}
+
+// allocBytes is what qemu-img map should report as data in the top layer.
+func (m *writerModel) allocBytes() int64 {
+	var n int64
+	for u := range m.alloc {
+		n += min(m.unit, m.w.size-u*m.unit)
+	}
+	return n
+}
+
+// mapDataBytes sums the data extents of the top layer in qemu-img map.
+func mapDataBytes(t *testing.T, path string) int64 {
+	var n int64
+	for _, e := range qemutest.Map(t, path) {
+		if e.Data && e.Depth == 0 {
+			n += e.Length
+		}
+	}
+	return n
 }
 
 func (m *writerModel) write(off int64, p []byte) {
@@ -56,6 +114,7 @@ func (m *writerModel) write(off int64, p []byte) {
 		m.t.Fatalf("WriteAt(%d bytes at %d) = %d, %v", len(p), off, n, err)
 	}
 	m.touch(off, int64(len(p)))
+	m.allocWrite(off, p)
 	copy(m.raw[off:], p)
 }
 
@@ -65,6 +124,7 @@ func (m *writerModel) zeroes(off, n int64) {
 		m.t.Fatalf("WriteZeroes(%d, %d): %v", off, n, err)
 	}
 	m.touch(off, n)
+	m.allocZero(off, n)
 	clear(m.raw[off : off+n])
 }
 
@@ -80,6 +140,11 @@ func (m *writerModel) finish() {
 	}
 	qemutest.Check(m.t, m.path)
 	qemutest.Compare(m.t, m.path, rawPath, "-f", "qcow2", "-F", "raw")
+	if m.alloc != nil {
+		if got, want := mapDataBytes(m.t, m.path), m.allocBytes(); got != want {
+			m.t.Errorf("qemu-img map shows %d bytes of data, want %d (%d subclusters of %d bytes)", got, want, len(m.alloc), m.unit)
+		}
+	}
 }
 
 func writerTestData(rng *rand.Rand, n int64) []byte {
@@ -106,21 +171,39 @@ func TestWriterRandom(t *testing.T) {
 			for _, withBacking := range []bool{false, true} {
 				name := fmt.Sprintf("cluster=%d/comp=%s/backing=%v", cs, comp, withBacking)
 				t.Run(name, func(t *testing.T) {
-					writerRandomCase(t, cs, comp, withBacking)
+					writerRandomCase(t, cs, comp, withBacking, false)
 				})
 			}
 		}
 	}
 }
 
-func writerRandomCase(t *testing.T, cs int64, comp string, withBacking bool) {
+// TestWriterExtendedL2Random is TestWriterRandom with subclusters: besides
+// check and compare, qemu-img map must show exactly the subclusters the
+// model expects allocated.
+func TestWriterExtendedL2Random(t *testing.T) {
+	qemutest.Require(t)
+	for _, tc := range []struct {
+		cs   int64
+		comp string
+	}{{16 << 10, ""}, {64 << 10, ""}, {2 << 20, ""}, {64 << 10, "zstd"}} {
+		for _, withBacking := range []bool{false, true} {
+			name := fmt.Sprintf("cluster=%d/comp=%s/backing=%v", tc.cs, tc.comp, withBacking)
+			t.Run(name, func(t *testing.T) {
+				writerRandomCase(t, tc.cs, tc.comp, withBacking, true)
+			})
+		}
+	}
+}
+
+func writerRandomCase(t *testing.T, cs int64, comp string, withBacking, ext bool) {
 	dir := t.TempDir()
 	size := int64(3<<20 + 1536) // not a multiple of the cluster size
 	if cs == 2<<20 {
 		size = 16 << 20
 	}
-	rng := rand.New(rand.NewSource(cs*7 + int64(len(comp))*3 + map[bool]int64{true: 1}[withBacking]))
-	opts := WriterOptions{Size: size, ClusterSize: int(cs), Compression: comp}
+	rng := rand.New(rand.NewSource(cs*7 + int64(len(comp))*3 + map[bool]int64{true: 1}[withBacking] + map[bool]int64{true: 5}[ext]))
+	opts := WriterOptions{Size: size, ClusterSize: int(cs), Compression: comp, ExtendedL2: ext}
 	var base []byte
 	if withBacking {
 		fmtName := "qcow2"
@@ -164,7 +247,17 @@ func writerRandomCase(t *testing.T, cs int64, comp string, withBacking bool) {
 		n = min(n, m.w.size-off)
 		switch r := rng.Intn(10); {
 		case r < 6:
-			m.write(off, writerTestData(rng, n))
+			p := writerTestData(rng, n)
+			if ext && rng.Intn(2) == 0 {
+				// Zero some subclusters so data writes leave holes.
+				sub := cs / subclustersPerCluster
+				for s := off / sub * sub; s < off+n; s += sub {
+					if rng.Intn(3) == 0 {
+						clear(p[max(s-off, 0):min(s+sub-off, n)])
+					}
+				}
+			}
+			m.write(off, p)
 		case r < 7:
 			m.write(off, make([]byte, n))
 		default:
@@ -179,17 +272,22 @@ func writerRandomCase(t *testing.T, cs int64, comp string, withBacking bool) {
 	// Make sure the interesting entry kinds were produced.
 	m.w.wFlushCompressed()
 	kinds := map[string]int{}
-	for _, t := range m.w.l2 {
-		for _, e := range t {
-			switch {
-			case e&entryCompressed != 0:
-				kinds["compressed"]++
-			case e&offsetMask != 0:
-				kinds["plain"]++
-			case e == entryZero:
-				kinds["zero"]++
-			}
+	for gc := int64(0); gc < (m.w.size+cs-1)/cs; gc++ {
+		e, bm := m.w.wEntry(gc), m.w.wBitmap(gc)
+		switch {
+		case e&entryCompressed != 0:
+			kinds["compressed"]++
+		case e&offsetMask != 0:
+			kinds["plain"]++
+		case e == entryZero || bm>>32 != 0:
+			kinds["zero"]++
 		}
+		if ext && e&offsetMask != 0 && e&entryCompressed == 0 && bm&allSubclusters != allSubclusters {
+			kinds["partly allocated"]++
+		}
+	}
+	if ext && comp == "" && kinds["partly allocated"] == 0 {
+		t.Errorf("random writes left no cluster partly allocated: %v", kinds)
 	}
 	few := cs == 2<<20 // only 8 clusters: random writes cover them all
 	if (comp == "" && kinds["plain"] == 0) || (comp != "" && kinds["compressed"] == 0) || (withBacking && !few && kinds["zero"] == 0) {
@@ -481,6 +579,10 @@ func TestWriterOptionErrors(t *testing.T) {
 		{WriterOptions{Size: 1 << 20, BackingFormat: "raw"}, "without a backing file"},
 		{WriterOptions{Size: 1 << 20, BackingFile: strings.Repeat("x", 1024), BackingFormat: "raw"}, "at most 1023"},
 		{WriterOptions{Size: 1 << 20, ClusterSize: 512, BackingFile: long, BackingFormat: "raw"}, "more than one 512-byte cluster"},
+		{WriterOptions{Size: 1 << 20, ClusterSize: 8192, ExtendedL2: true}, "at least 16384 bytes, have 8192"},
+		// 32 MiB of L1 maps 64 TiB with 16 KiB clusters and 128-bit L2
+		// entries (128 TiB with 64-bit ones), as qemu-img create agrees.
+		{WriterOptions{Size: 128 << 40, ClusterSize: 16384, ExtendedL2: true}, "32 MiB limit"},
 	} {
 		path := filepath.Join(dir, "bad.qcow2")
 		w, err := Create(path, tc.opts)
@@ -495,6 +597,13 @@ func TestWriterOptionErrors(t *testing.T) {
 		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("Create(%+v) left a file behind", tc.opts)
 		}
+	}
+	for _, opts := range []WriterOptions{{Size: 128 << 40, ClusterSize: 16384}, {Size: 64 << 40, ClusterSize: 16384, ExtendedL2: true}} {
+		w, err := Create(filepath.Join(dir, "l1.qcow2"), opts)
+		if err != nil {
+			t.Fatalf("Create(%+v): %v", opts, err)
+		}
+		w.Abort()
 	}
 	// 1 TiB works with 64 KiB clusters, and a long name fits in 64 KiB.
 	w, err := Create(filepath.Join(dir, "tib.qcow2"), WriterOptions{Size: 1 << 40, BackingFile: long, BackingFormat: "raw"})
@@ -615,4 +724,79 @@ func TestWriterConcurrentWrites(t *testing.T) {
 		}
 	}
 	m.finish()
+}
+
+// TestWriterExtendedL2 checks subcluster allocation by hand: 64 KiB
+// clusters have 2 KiB subclusters, and only subclusters that get data count.
+func TestWriterExtendedL2(t *testing.T) {
+	qemutest.Require(t)
+	for _, withBacking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("backing=%v", withBacking), func(t *testing.T) {
+			dir := t.TempDir()
+			const size = 1 << 20
+			opts := WriterOptions{Size: size, ExtendedL2: true}
+			var base []byte
+			if withBacking {
+				backing := filepath.Join(dir, "base.raw")
+				base = bytes.Repeat([]byte{0x5a}, size)
+				if err := os.WriteFile(backing, base, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				opts.BackingFile, opts.BackingFormat = backing, "raw"
+			}
+			m := newWriterModel(t, dir, opts, base)
+			p := bytes.Repeat([]byte{7}, 4096)
+			step := func(what string, want int64) {
+				t.Helper()
+				if got := m.allocBytes(); got != want {
+					t.Fatalf("after %s: model has %d bytes allocated, want %d", what, got, want)
+				}
+			}
+			m.write(0, p)
+			step("4 KiB into a fresh cluster", 4096) // 2 subclusters, not the 64 KiB cluster
+			m.write(65536+2048+10, p[:100])
+			step("100 bytes inside a subcluster", 6144) // its other bytes read zero, not backing
+			m.write(65536+8192, make([]byte, 6000))
+			step("zeros into the allocated cluster", 6144) // zero subclusters, nothing allocated
+			m.zeroes(0, 2048)
+			step("zeroing a whole subcluster", 4096)
+			m.write(100, p[:10])
+			step("rewriting the zeroed subcluster", 6144) // the rest must read zero, not old data
+			m.zeroes(size-3000, 3000)                     // partial + whole subcluster at the end
+			m.write(size-1, []byte{1})
+			step("the last byte", 8192)
+			if got := m.w.AllocatedClusters(); got != 3 {
+				t.Errorf("AllocatedClusters = %d, want 3 (host clusters stay whole)", got)
+			}
+			m.finish() // check, compare, and qemu-img map must show 8192 data bytes
+
+			var info struct {
+				FormatSpecific struct {
+					Data struct {
+						ExtendedL2 bool `json:"extended-l2"`
+					} `json:"data"`
+				} `json:"format-specific"`
+			}
+			out := qemutest.Img(t, "info", "--output=json", m.path)
+			if err := json.Unmarshal([]byte(out), &info); err != nil {
+				t.Fatal(err)
+			}
+			if !info.FormatSpecific.Data.ExtendedL2 {
+				t.Errorf("qemu-img info does not show extended-l2 true:\n%s", out)
+			}
+			// Our own reader agrees with the model too.
+			img, err := Open(m.path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			got := make([]byte, size)
+			if _, err := img.ReadAt(got, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !img.Info().ExtendedL2 || !bytes.Equal(got, m.raw) {
+				t.Errorf("reader: ExtendedL2 = %v, content equal to the model = %v", img.Info().ExtendedL2, bytes.Equal(got, m.raw))
+			}
+		})
+	}
 }
