@@ -38,7 +38,8 @@ package qcow2
 // (bits 0..31) and one reads-as-zero bit (bits 32..63) per subcluster. As in
 // QEMU, the first data write to a guest cluster appends a whole host cluster,
 // but only the subclusters that received non-zero bytes are marked
-// allocated; the others keep reading from the backing file (or as zero).
+// allocated; those that received only zeros read zero, and untouched ones
+// keep reading from the backing file (or as zero without one).
 // Bytes of a newly allocated subcluster that the caller does not write read
 // as zero, which with a backing file hides the backing data of the rest of
 // that subcluster (the same rule as above, one subcluster wide). Host bytes
@@ -318,9 +319,9 @@ func (w *Writer) AllocatedClusters() int64 {
 
 // WriteAt writes guest bytes at guest offset off. Any offset and length
 // inside the virtual size is allowed. An all-zero write to an unallocated
-// cluster allocates nothing (with a backing file it marks the cluster as
-// reading zero). See the layout comment for what the unwritten bytes of a
-// touched cluster read as.
+// cluster (subcluster, with ExtendedL2) allocates nothing (with a backing
+// file it marks it as reading zero). See the layout comment for what the
+// unwritten bytes of a touched cluster or subcluster read as.
 func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()

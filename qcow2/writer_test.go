@@ -652,7 +652,12 @@ func TestWriterNewWriterAbort(t *testing.T) {
 
 // BenchmarkWriter measures sequential 64 KiB guest writes into an
 // uncompressed image with 64 KiB clusters, Close (and its fsync) included.
-func BenchmarkWriter(b *testing.B) {
+func BenchmarkWriter(b *testing.B) { benchmarkWriter(b, false) }
+
+// BenchmarkWriterExtendedL2 is BenchmarkWriter with 2 KiB subclusters.
+func BenchmarkWriterExtendedL2(b *testing.B) { benchmarkWriter(b, true) }
+
+func benchmarkWriter(b *testing.B, ext bool) {
 	const total = 256 << 20
 	p := make([]byte, 64<<10)
 	rand.New(rand.NewSource(1)).Read(p)
@@ -660,7 +665,7 @@ func BenchmarkWriter(b *testing.B) {
 	b.SetBytes(total)
 	for i := 0; b.Loop(); i++ {
 		path := filepath.Join(dir, fmt.Sprintf("bench%d.qcow2", i))
-		w, err := Create(path, WriterOptions{Size: total})
+		w, err := Create(path, WriterOptions{Size: total, ExtendedL2: ext})
 		if err != nil {
 			b.Fatal(err)
 		}
