@@ -131,7 +131,7 @@ func (s *FileStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 				st.BytesWritten += r.Live
 			}
 			st.BytesFreed += r.Size
-		} else if err := s.rewritePack(ctx, num, r, &st); err != nil {
+		} else if err := s.rewritePack(ctx, num, r, &st, false); err != nil {
 			if ctx.Err() != nil {
 				return st, err
 			}
@@ -180,7 +180,10 @@ const gcBatchRaw = 32 << 20
 // rewritePack moves the live chunks of pack num into new packs and
 // deletes it. Frames whose chunks are all live are copied as they are;
 // the live chunks of the other frames are compressed into new blocks.
-func (s *FileStore) rewritePack(ctx context.Context, num uint32, rec packRec, st *GCStats) error {
+// rewritePack moves the live chunks of pack num to new packs and deletes
+// it. A damaged region stops it (GC must not hide damage) unless salvage:
+// Repair has reported the damage and dropped every entry pointing there.
+func (s *FileStore) rewritePack(ctx context.Context, num uint32, rec packRec, st *GCStats, salvage bool) error {
 	path := s.packs.path(num)
 	if rec.Chunks > 0 {
 		f, size, err := openPack(path)
@@ -270,7 +273,9 @@ func (s *FileStore) rewritePack(ctx context.Context, num uint32, rec packRec, st
 			}
 			return nil
 		}, func(off int64, err error) {
-			damaged = fmt.Errorf("frame at 0x%x: %w", off, err)
+			if !salvage {
+				damaged = fmt.Errorf("frame at 0x%x: %w", off, err)
+			}
 		})
 		if err == nil {
 			err = commit()

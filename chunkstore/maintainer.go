@@ -86,5 +86,6 @@ type RepairReport struct {
 	Added        int64     `json:"added"`      // chunks the old index lacked
 	Dropped      int64     `json:"dropped"`    // old entries with no intact frame
 	MetadataLost bool      `json:"metadata_lost"`
+	Salvaged     int64     `json:"packs_salvaged"` // damaged packs rewritten without their damage
 	Problems     []Problem `json:"-"`
 }

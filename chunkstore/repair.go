@@ -42,8 +42,60 @@ func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport,
 }
 
 // Repair implements Maintainer: it scans every pack, builds a new index
-// beside the old one and renames it into place.
+// beside the old one and renames it into place, then rewrites the packs
+// that hold damaged frames without them (their damage is in the report),
+// so the repaired store verifies clean.
 func (s *FileStore) Repair(ctx context.Context) (RepairReport, error) {
+	rep, err := s.repairIndex(ctx)
+	if err != nil {
+		return rep, err
+	}
+	err = s.salvage(ctx, &rep)
+	return rep, err
+}
+
+// salvage rewrites the packs in which Repair found damaged frames, keeping
+// the chunks the new index points at. Without it the damaged bytes would
+// stay in the pack (GC leaves damaged packs alone) and Verify would report
+// them forever.
+func (s *FileStore) salvage(ctx context.Context, rep *RepairReport) error {
+	damaged := map[uint32]bool{}
+	for _, p := range rep.Problems {
+		if num, ok := parsePackName(filepath.Base(p.Pack)); ok && p.Pack != "" {
+			damaged[num] = true
+		}
+	}
+	if len(damaged) == 0 {
+		return nil
+	}
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	// New frames go to a fresh pack, never to one being rewritten.
+	s.wmu.Lock()
+	if s.cur != nil {
+		s.cur.f.Close()
+		s.cur = nil
+	}
+	s.wmu.Unlock()
+	recs, err := s.packRecs(ctx)
+	if err != nil {
+		return fmt.Errorf("chunkstore repair: %w", err)
+	}
+	var st GCStats
+	for _, num := range sortedNums(damaged) {
+		rec, ok := recs[num]
+		if !ok {
+			continue
+		}
+		if err := s.rewritePack(ctx, num, rec, &st, true); err != nil {
+			return fmt.Errorf("chunkstore repair: rewriting damaged pack: %w", err)
+		}
+		rep.Salvaged++
+	}
+	return nil
+}
+
+func (s *FileStore) repairIndex(ctx context.Context) (RepairReport, error) {
 	var rep RepairReport
 	if err := s.check(true); err != nil {
 		return rep, err

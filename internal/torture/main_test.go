@@ -46,7 +46,11 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	build(engramBin)
+	if b := os.Getenv("ENGRAM_TORTURE_BIN"); b != "" {
+		engramBin = b // a prebuilt binary, e.g. one with local changes
+	} else {
+		build(engramBin)
+	}
 	raceBin = engramBin
 	if raceEnabled {
 		raceBin = filepath.Join(dir, "engram-race")
@@ -182,6 +186,16 @@ func engram(t testing.TB, bin, store string, args ...string) result {
 		t.Fatalf("engram %v: %v", args, err)
 	}
 	return r
+}
+
+// startEngram starts bin against store without waiting for it.
+func startEngram(t testing.TB, bin, store string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--store", store, "--lock-timeout", "2m", "-q"}, args...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
 }
 
 // ok runs engram and fails the test unless it exits 0; it returns stdout.
