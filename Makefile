@@ -44,3 +44,12 @@ lint:
 
 clean:
 	rm -rf bin demo bench/out
+
+# Fault and hostile-input suites, long version (internal/torture): SIGKILL
+# during every command, a full disk, bit rot, a hostile qcow2 corpus,
+# concurrent writers; prints what was tried and what survived.
+.PHONY: torture
+torture: deps
+	@ENGRAM_TORTURE=full ENGRAM_TORTURE_SUMMARY=$(CURDIR)/bin/torture-summary.txt \
+		$(GO) test -count=1 -timeout 60m ./internal/torture/; s=$$?; \
+		cat bin/torture-summary.txt 2>/dev/null; exit $$s
