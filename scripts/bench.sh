@@ -1,7 +1,32 @@
 #!/usr/bin/env bash
-# make bench: for now, the Go micro-benchmarks of the hot paths. The side-by-side
-# comparison with qemu-img, restic and borg on a Debian fleet is tracked as its
-# own issue and will replace this script's body.
+# make bench: engram side by side with qemu-img, restic and borg on a Debian
+# VM fleet (see bench/README.md). Arguments go to the runner, e.g.
+#   scripts/bench.sh -mode quick      (or bench/quick, or BENCH_MODE=quick make bench)
+#   scripts/bench.sh -clones 8 -runs 5
+# Results: bench/out/results.md and bench/out/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-go test -run '^$' -bench . -benchtime 2x ./chunkstore/ ./qcow2/ ./ingest/
+
+# The tools the corpus and the comparison need, from Debian's packages.
+need=()
+for t in debootstrap:debootstrap mke2fs:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs \
+  restic:restic borg:borgbackup qemu-img:qemu-utils zstd:zstd; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
+done
+[[ -x /usr/bin/time ]] || need+=(time)
+if ((${#need[@]})); then
+  echo "bench: installing ${need[*]}" >&2
+  sudo=""
+  ((EUID == 0)) || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${need[@]}"
+fi
+if [[ ${BENCH_MODE:-full} == full && $EUID -ne 0 ]]; then
+  echo "bench: the full corpus needs root (debootstrap, mke2fs -d with owners); run as root or use -mode quick" >&2
+fi
+
+[[ -x bin/engram ]] || go build -o bin/engram ./cmd/engram
+mkdir -p bench/out
+go build -o bench/out/run ./bench/run
+args=(-mode "${BENCH_MODE:-full}")
+exec bench/out/run "${args[@]}" "$@"
