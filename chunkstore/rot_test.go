@@ -302,3 +302,36 @@ func TestMemStoreCorrupt(t *testing.T) {
 		t.Fatalf("Verify: %v", ps)
 	}
 }
+
+// Regression: a flipped bit in a pack's version field made Verify and
+// Repair stop with ErrFormatVersion for the whole store.
+func TestPackVersionFlipIsDamage(t *testing.T) {
+	ctx := context.Background()
+	dir, cs := filledStore(t)
+	p := filepath.Join(dir, packsDir, packName(1))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[11] ^= 0x80 // pack format version, high byte
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := openT(t, dir)
+	ps := problems(t, s)
+	if len(ps) != 1 || ps[0].Pack != p || !errors.Is(ps[0].Err, ErrFormatVersion) {
+		t.Fatalf("verify: %v", ps)
+	}
+	rep, err := s.Repair(ctx)
+	if err != nil || rep.Dropped != 0 || rep.Salvaged != 1 {
+		t.Fatalf("repair: %+v, %v", rep, err)
+	}
+	if ps := problems(t, s); len(ps) != 0 {
+		t.Fatalf("after repair: %v", ps)
+	}
+	for _, c := range cs {
+		if got, err := s.Get(ctx, c.ID); err != nil || !bytes.Equal(got, c.Data) {
+			t.Fatalf("Get %s after repair: %v", c.ID.Short(), err)
+		}
+	}
+}

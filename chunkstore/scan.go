@@ -3,7 +3,6 @@ package chunkstore
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,10 +23,11 @@ func scanPack(ctx context.Context, f io.ReaderAt, num uint32, end int64,
 		return 0, nil
 	}
 	if err := checkPackHeader(hdr, num); err != nil {
+		// A pack version other than 1 inside a version-1 store (config.json
+		// is checked at Open) is damage, not a newer format: report it and
+		// scan on, since every frame describes itself. Stopping here made
+		// one flipped header bit abort Verify and Repair of the whole store.
 		bad(0, err)
-		if errors.Is(err, ErrFormatVersion) {
-			return 0, err
-		}
 	}
 	off, lastGood := int64(packHeaderSize), int64(packHeaderSize)
 	var buf []byte
