@@ -39,7 +39,7 @@ var corpusVersion = map[string]string{"full": "c1", "quick": "q2"}
 const password = "engram-bench"
 
 type config struct {
-	mode, root, cache, out, engram, compression string
+	mode, root, cache, out, engram, engramRev, compression string
 	clones, runs                                int
 	keepScratch                                 bool
 }
@@ -51,6 +51,7 @@ func main() {
 	flag.IntVar(&c.runs, "runs", 3, "runs per figure; the median is reported")
 	flag.StringVar(&c.root, "root", ".", "repository root")
 	flag.StringVar(&c.engram, "engram", "bin/engram", "engram binary")
+	flag.StringVar(&c.engramRev, "engram-rev", "", "what -engram was built from, for the report (default: git describe of the work tree)")
 	flag.StringVar(&c.compression, "compression", "default", "engram store compression (init --compression)")
 	flag.BoolVar(&c.keepScratch, "keep", false, "keep the scratch stores in bench/out/scratch")
 	flag.Parse()
@@ -802,7 +803,7 @@ func (b *bench) runAll(rep *Report) error {
 		if _, ok := rep.BLAKE3[key]; ok {
 			continue
 		}
-		out, err := exec.CommandContext(b.ctx, bin, "-threads", strconv.Itoa(th), "-runs", strconv.Itoa(max(3, b.cfg.runs)), tmpl).Output()
+		out, err := exec.CommandContext(b.ctx, bin, "-threads", strconv.Itoa(th), "-runs", strconv.Itoa(max(7, b.cfg.runs)), tmpl).Output()
 		if err != nil {
 			return fmt.Errorf("bench/blake3: %w", err)
 		}
@@ -921,7 +922,11 @@ func machine(ctx context.Context, cfg *config) map[string]string {
 			m[key] = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 		}
 	}
-	ver("engram", "git", "-C", cfg.root, "describe", "--always", "--dirty")
+	if cfg.engramRev != "" {
+		m["engram"] = cfg.engramRev
+	} else {
+		ver("engram", "git", "-C", cfg.root, "describe", "--always", "--dirty")
+	}
 	ver("qemu-img", "qemu-img", "--version")
 	ver("restic", "restic", "version")
 	ver("borg", "borg", "--version")

@@ -1,0 +1,104 @@
+// Command prof ingests images into a scratch store in-process under the CPU
+// profiler, to see which phase of ingest dominates (read, chunk, hash,
+// compress, index). It is the profiling companion of `make bench`:
+//
+//	go run ./bench/prof -o cpu.pprof [-reingest] IMAGE...
+//	go tool pprof -top cpu.pprof
+//	go run ./bench/prof -memprofile mem.pprof IMAGE && go tool pprof -sample_index=alloc_space -top mem.pprof
+//
+// With -reingest the images are ingested once unprofiled and then profiled
+// a second time (known data only).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"time"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/ingest"
+	"github.com/engram-vm/engram/qcow2"
+)
+
+func main() {
+	out := flag.String("o", "cpu.pprof", "CPU profile output")
+	reingest := flag.Bool("reingest", false, "profile a second ingest of the same images")
+	memOut := flag.String("memprofile", "", "also write a heap profile (alloc_space shows the big allocators)")
+	flag.Parse()
+	if flag.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: prof [-o cpu.pprof] [-reingest] IMAGE...")
+		os.Exit(2)
+	}
+	if err := run(*out, *memOut, *reingest, flag.Args()); err != nil {
+		fmt.Fprintln(os.Stderr, "prof:", err)
+		os.Exit(1)
+	}
+}
+
+func run(out, memOut string, reingest bool, images []string) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "engram-prof-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	store := filepath.Join(dir, "store")
+	if err := chunkstore.Init(store, chunkstore.InitOptions{}); err != nil {
+		return err
+	}
+	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	pass := func() error {
+		for _, path := range images {
+			im, err := qcow2.Open(path, qcow2.Options{})
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			res, err := ingest.Run(ctx, st, im, ingest.Options{})
+			im.Close()
+			if err != nil {
+				return fmt.Errorf("ingest %s: %w", path, err)
+			}
+			s := res.Stats
+			fmt.Fprintf(os.Stderr, "%s: %d data bytes, %d new, %.2fs (%.0f MB/s)\n", path, s.DataBytes, s.NewBytes,
+				time.Since(t0).Seconds(), float64(s.DataBytes)/time.Since(t0).Seconds()/1e6)
+		}
+		return nil
+	}
+	if reingest {
+		if err := pass(); err != nil {
+			return err
+		}
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	if memOut != "" {
+		runtime.MemProfileRate = 64 << 10
+	}
+	err = pass()
+	pprof.StopCPUProfile()
+	if err != nil || memOut == "" {
+		return err
+	}
+	mf, err := os.Create(memOut)
+	if err != nil {
+		return err
+	}
+	defer mf.Close()
+	return pprof.Lookup("allocs").WriteTo(mf, 0)
+}
