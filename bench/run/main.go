@@ -40,8 +40,8 @@ const password = "engram-bench"
 
 type config struct {
 	mode, root, cache, out, engram, engramRev, compression string
-	clones, runs                                int
-	keepScratch                                 bool
+	clones, runs                                           int
+	keepScratch                                            bool
 }
 
 func main() {
