@@ -117,8 +117,12 @@ func (s *Splitter) Write(off int64, data []byte) error {
 	return nil
 }
 
-// Flush emits the chunk in progress.
+// Flush emits the chunk in progress; the next chunk starts fresh.
 func (s *Splitter) Flush() error { return s.cut() }
+
+// Fresh reports whether no chunk is in progress: the next non-zero block
+// starts a new chunk whatever came before.
+func (s *Splitter) Fresh() bool { return s.buf == nil }
 
 func (s *Splitter) cut() error {
 	if s.buf == nil {

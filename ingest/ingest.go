@@ -42,7 +42,7 @@ const (
 	mapWindow   = 1 << 30 // guest range asked of the extent map at once
 	batchChunks = 128     // chunks per store batch
 	batchBytes  = 8 << 20 // raw bytes per store batch
-	inFlight    = 1024    // chunks between the chunker and the collector
+	inFlight    = 1024    // chunks between the producer and the collector
 )
 
 // Result is what Run produced: the manifest and what it cost.
@@ -53,100 +53,98 @@ type Result struct {
 	Stats engram.IngestStats
 }
 
-type readJob struct {
-	seq int64
-	off int64
-	n   int
-}
-
-type readResult struct {
-	job readJob
-	buf *[]byte
-}
-
+// chunkJob is one chunk of the manifest in guest order: new data to hash
+// and store, or (reuse) a chunk of the parent manifest that is kept as is.
 type chunkJob struct {
-	seq  int64
-	off  int64
-	data []byte
-	id   chunkstore.ID
+	seq   int64
+	off   int64
+	data  []byte
+	id    chunkstore.ID
+	n     uint32
+	reuse bool
 }
 
-// Run reads src, stores its new chunks in st and returns the manifest. It
-// does not commit the engram: the caller records it with engram.Commit, so
-// a cancelled or failed run leaves only unreferenced chunks behind.
+// producer emits the manifest's chunks in guest order and returns how many
+// guest bytes it read.
+type producer func(ctx context.Context, emit func(chunkJob) error) (read int64, err error)
+
+// Run reads all of src through its extent map, stores its new chunks in st
+// and returns the manifest. It does not commit the engram: the caller
+// records it with engram.Commit, so a cancelled or failed run leaves only
+// unreferenced chunks behind.
 func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*Result, error) {
-	start := time.Now()
 	ch, err := NewChunker(st.Params().Chunking)
 	if err != nil {
 		return nil, err
 	}
-	workers := opts.Workers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	size := src.Size()
 	align := int64(ch.p.Align)
-
 	total, err := dataBytes(src, align)
 	if err != nil {
 		return nil, err
 	}
-	prog := opts.Progress
-	if prog != nil {
-		prog.Start(total)
-		defer prog.Finish()
+	return pipeline(ctx, st, ch, src.Size(), total, opts, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
+		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress)
+	})
+}
+
+func workers(opts Options) int {
+	if opts.Workers > 0 {
+		return opts.Workers
 	}
+	return runtime.GOMAXPROCS(0)
+}
 
+// produceFlat plans 4 MiB aligned reads over the data extents, runs them on
+// n readers (decompression of compressed clusters happens here, in
+// parallel), puts them back in order and cuts them into chunks.
+func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress) (int64, error) {
+	size := src.Size()
+	align := int64(ch.p.Align)
+	type readJob struct {
+		seq, off int64
+		n        int
+	}
+	type readResult struct {
+		job readJob
+		buf *[]byte
+	}
 	g, ctx := errgroup.WithContext(ctx)
-	jobs := make(chan readJob, workers)
-	results := make(chan readResult, workers)
-	readTokens := make(chan struct{}, 2*workers+2) // bounds read buffers in flight
-	chunks := make(chan chunkJob, 2*workers)
-	hashed := make(chan chunkJob, 2*workers)
-	chunkTokens := make(chan struct{}, inFlight) // bounds chunks in flight
-	batches := make(chan []chunkstore.Chunk, workers)
-	readPool := sync.Pool{New: func() any { b := make([]byte, readSize); return &b }}
+	jobs := make(chan readJob, n)
+	results := make(chan readResult, n)
+	tokens := make(chan struct{}, 2*n+2) // bounds read buffers in flight
+	pool := sync.Pool{New: func() any { b := make([]byte, readSize); return &b }}
 
-	// Planner: 4 KiB-aligned read jobs over the allocated data, in order.
 	g.Go(func() error {
 		defer close(jobs)
 		var seq int64
 		return forDataSpans(src, align, func(off, end int64) error {
 			for off < end {
-				n := min(end-off, readSize)
-				select {
-				case readTokens <- struct{}{}:
-				case <-ctx.Done():
-					return ctx.Err()
+				l := min(end-off, readSize)
+				if err := send(ctx, tokens, struct{}{}); err != nil {
+					return err
 				}
-				select {
-				case jobs <- readJob{seq: seq, off: off, n: int(n)}:
-				case <-ctx.Done():
-					return ctx.Err()
+				if err := send(ctx, jobs, readJob{seq: seq, off: off, n: int(l)}); err != nil {
+					return err
 				}
 				seq++
-				off += n
+				off += l
 			}
 			return nil
 		})
 	})
-
-	// Readers: decompression of compressed clusters happens here, in parallel.
 	var readers sync.WaitGroup
-	for range workers {
+	for range n {
 		readers.Add(1)
 		g.Go(func() error {
 			defer readers.Done()
 			for j := range jobs {
-				bp := readPool.Get().(*[]byte)
+				bp := pool.Get().(*[]byte)
 				b := (*bp)[:j.n]
 				if _, err := src.ReadAt(b, j.off); err != nil && !(errors.Is(err, io.EOF) && j.off+int64(j.n) >= size) {
 					return fmt.Errorf("read guest %#x+%#x: %w", j.off, j.n, err)
 				}
-				select {
-				case results <- readResult{job: j, buf: bp}:
-				case <-ctx.Done():
-					return ctx.Err()
+				if err := send(ctx, results, readResult{job: j, buf: bp}); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -154,23 +152,10 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 	}
 	go func() { readers.Wait(); close(results) }()
 
-	// Chunker: puts reads back in order and cuts them into chunks.
+	var read int64
 	g.Go(func() error {
-		defer close(chunks)
-		var seq int64
 		sp := ch.NewSplitter(func(off int64, data []byte) error {
-			select {
-			case chunkTokens <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			select {
-			case chunks <- chunkJob{seq: seq, off: off, data: data}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			seq++
-			return nil
+			return emit(chunkJob{off: off, data: data, n: uint32(len(data))})
 		})
 		pending := map[int64]readResult{}
 		var next int64
@@ -184,11 +169,12 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 				delete(pending, next)
 				next++
 				err := sp.Write(r.job.off, (*r.buf)[:r.job.n])
-				readPool.Put(r.buf)
-				<-readTokens
+				pool.Put(r.buf)
+				<-tokens
 				if err != nil {
 					return err
 				}
+				read += int64(r.job.n)
 				if prog != nil {
 					prog.Add(int64(r.job.n))
 				}
@@ -199,19 +185,62 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 		}
 		return sp.Flush()
 	})
+	err := g.Wait()
+	return read, err
+}
 
-	// Hashers.
+// send delivers v on c unless ctx ends first.
+func send[T any](ctx context.Context, c chan<- T, v T) error {
+	select {
+	case c <- v:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// pipeline runs produce and, behind it, hashes new chunks on all cores,
+// builds the manifest in guest order and stores new chunks in batches.
+func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total int64, opts Options, produce producer) (*Result, error) {
+	start := time.Now()
+	n := workers(opts)
+	if opts.Progress != nil {
+		opts.Progress.Start(total)
+		defer opts.Progress.Finish()
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	chunks := make(chan chunkJob, 2*n)
+	hashed := make(chan chunkJob, 2*n)
+	tokens := make(chan struct{}, inFlight) // bounds chunks in flight
+	batches := make(chan []chunkstore.Chunk, n)
+
+	var read int64
+	g.Go(func() error {
+		defer close(chunks)
+		var seq int64
+		var err error
+		read, err = produce(ctx, func(c chunkJob) error {
+			if err := send(ctx, tokens, struct{}{}); err != nil {
+				return err
+			}
+			c.seq = seq
+			seq++
+			return send(ctx, chunks, c)
+		})
+		return err
+	})
+
 	var hashers sync.WaitGroup
-	for range workers {
+	for range n {
 		hashers.Add(1)
 		g.Go(func() error {
 			defer hashers.Done()
 			for c := range chunks {
-				c.id = chunkstore.Sum(c.data)
-				select {
-				case hashed <- c:
-				case <-ctx.Done():
-					return ctx.Err()
+				if !c.reuse {
+					c.id = chunkstore.Sum(c.data)
+				}
+				if err := send(ctx, hashed, c); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -219,14 +248,10 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 	}
 	go func() { hashers.Wait(); close(hashed) }()
 
-	// Storers: look up, compress and store new chunks, many batches at once.
 	var newChunks, newBytes int64
 	var statMu sync.Mutex
-	var storers sync.WaitGroup
-	for range workers {
-		storers.Add(1)
+	for range n {
 		g.Go(func() error {
-			defer storers.Done()
 			for b := range batches {
 				added, nb, err := storeBatch(ctx, st, b)
 				for _, c := range b {
@@ -244,21 +269,17 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 		})
 	}
 
-	// Collector: chunk refs in guest order into the manifest; chunks into
-	// store batches.
 	var res Result
 	g.Go(func() error {
 		defer close(batches)
 		var batch []chunkstore.Chunk
 		var bytesInBatch int
-		send := func() error {
+		flush := func() error {
 			if len(batch) == 0 {
 				return nil
 			}
-			select {
-			case batches <- batch:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := send(ctx, batches, batch); err != nil {
+				return err
 			}
 			batch, bytesInBatch = nil, 0
 			return nil
@@ -267,7 +288,7 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 			batch = append(batch, c)
 			bytesInBatch += len(c.Data)
 			if len(batch) >= batchChunks || bytesInBatch >= batchBytes {
-				return send()
+				return flush()
 			}
 			return nil
 		}
@@ -284,12 +305,14 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 				}
 				delete(pending, next)
 				next++
-				<-chunkTokens
-				if err := b.Add(engram.ChunkRef{Offset: c.off, Length: uint32(len(c.data)), ID: c.id}); err != nil {
+				<-tokens
+				if err := b.Add(engram.ChunkRef{Offset: c.off, Length: c.n, ID: c.id}); err != nil {
 					return err
 				}
-				if err := add(chunkstore.Chunk{ID: c.id, Data: c.data}); err != nil {
-					return err
+				if !c.reuse {
+					if err := add(chunkstore.Chunk{ID: c.id, Data: c.data}); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -303,13 +326,13 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 		res.ID, res.Root, res.Enc = id, root, enc
 		res.Stats.Chunks = b.Chunks()
 		res.Stats.StoredBytes = b.DataBytes()
-		return send()
+		return flush()
 	})
 
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	res.Stats.DataBytes = total
+	res.Stats.DataBytes = read
 	res.Stats.NewChunks = newChunks
 	res.Stats.NewBytes = newBytes
 	res.Stats.Duration = time.Since(start)
@@ -354,15 +377,20 @@ func storeBatch(ctx context.Context, st chunkstore.Store, b []chunkstore.Chunk) 
 // forDataSpans calls fn for each guest range that holds data (not zero,
 // not unallocated), widened to the align grid and merged, in order.
 func forDataSpans(src Source, align int64, fn func(off, end int64) error) error {
-	size := src.Size()
+	return forSpans(src.Size(), align, src.Extents, func(e qcow2.Extent) bool { return e.Data && !e.Zero }, fn)
+}
+
+// forSpans calls fn for the ranges of the extents that keep accepts,
+// widened to the align grid and merged, in order.
+func forSpans(size, align int64, extents func(off, length int64) ([]qcow2.Extent, error), keep func(qcow2.Extent) bool, fn func(off, end int64) error) error {
 	var curOff, curEnd int64 = -1, -1
 	for w := int64(0); w < size; w += mapWindow {
-		exts, err := src.Extents(w, min(mapWindow, size-w))
+		exts, err := extents(w, min(mapWindow, size-w))
 		if err != nil {
 			return err
 		}
 		for _, e := range exts {
-			if !e.Data || e.Zero || e.Length <= 0 {
+			if !keep(e) || e.Length <= 0 {
 				continue
 			}
 			s := e.Start / align * align
