@@ -40,6 +40,7 @@ type Layer struct {
 	Size        int64  `json:"virtual_size"`
 	FileSize    int64  `json:"file_size"`
 	Compression string `json:"compression,omitempty"`
+	ExtendedL2  bool   `json:"extended_l2,omitempty"`
 }
 
 // IngestStats are what one ingest did.
@@ -92,6 +93,11 @@ func Commit(ctx context.Context, w chunkstore.Writer, id ID, root []byte, rec *R
 	enc, err := json.Marshal(rec)
 	if err != nil {
 		return err
+	}
+	// A copy of root and record in the packs lets repair rebuild the
+	// catalog if index.db is lost (see recover.go).
+	if err := storeCatalogChunk(ctx, w, root, enc); err != nil {
+		return fmt.Errorf("engram %s: %w", id.Short(), err)
 	}
 	return w.Update(ctx, func(tx chunkstore.MetaTx) error {
 		if tx.Get(bucketEngrams, id[:]) == nil {
@@ -326,6 +332,9 @@ func Remove(ctx context.Context, w chunkstore.Writer, id ID) error {
 func LiveChunks(ctx context.Context, r chunkstore.Reader, fn func(chunkstore.ID)) error {
 	entries, err := List(ctx, r)
 	if err != nil {
+		return err
+	}
+	if err := CatalogChunkIDs(ctx, r, fn); err != nil {
 		return err
 	}
 	for _, e := range entries {

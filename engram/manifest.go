@@ -95,6 +95,9 @@ func DecodePage(b []byte, index uint64, size int64) ([]ChunkRef, error) {
 	if v := binary.LittleEndian.Uint16(b[4:]); v != pageVersion {
 		return nil, badf("page %d: unknown version %d", index, v)
 	}
+	if binary.LittleEndian.Uint16(b[6:]) != 0 || binary.LittleEndian.Uint32(b[20:]) != 0 {
+		return nil, badf("page %d: reserved fields are not zero", index)
+	}
 	if got := binary.LittleEndian.Uint64(b[8:]); got != index {
 		return nil, badf("page %d: encodes index %d", index, got)
 	}
@@ -144,6 +147,9 @@ func DecodeRoot(b []byte) (Root, error) {
 	}
 	if v := binary.LittleEndian.Uint16(b[4:]); v != rootVersion {
 		return r, badf("root: unknown version %d", v)
+	}
+	if binary.LittleEndian.Uint16(b[6:]) != 0 || binary.LittleEndian.Uint32(b[28:]) != 0 {
+		return r, badf("root: reserved fields are not zero")
 	}
 	size := binary.LittleEndian.Uint64(b[8:])
 	if size > 1<<62 {

@@ -33,6 +33,7 @@ type Options struct {
 	Format      string // "qcow2" (default) or "raw"
 	ClusterSize int    // qcow2 cluster size; 0 = 64 KiB
 	Compress    bool   // qcow2 compressed clusters (zstd)
+	ExtendedL2  bool   // qcow2 subclusters (allocation per cluster/32), as the source had
 	Force       bool   // overwrite an existing output file
 	Workers     int    // 0 = GOMAXPROCS
 	Progress    Progress
@@ -94,7 +95,7 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			return f.Close()
 		}
 	case "qcow2":
-		wo := qcow2.WriterOptions{Size: root.Size, ClusterSize: opts.ClusterSize}
+		wo := qcow2.WriterOptions{Size: root.Size, ClusterSize: opts.ClusterSize, ExtendedL2: opts.ExtendedL2}
 		if opts.Compress {
 			wo.Compression = "zstd"
 		}

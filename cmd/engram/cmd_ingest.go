@@ -123,7 +123,7 @@ func newRecord(im *qcow2.Image, name string, labels map[string]string, s engram.
 		}
 		rec.Chain = append(rec.Chain, engram.Layer{
 			Path: p, Format: li.Format, ClusterSize: li.ClusterSize, Size: li.VirtualSize,
-			FileSize: fsize, Compression: li.CompressionType,
+			FileSize: fsize, Compression: li.CompressionType, ExtendedL2: li.ExtendedL2,
 		})
 	}
 	return rec

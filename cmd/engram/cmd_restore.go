@@ -56,9 +56,12 @@ var restoreCommand = &cli.Command{
 			}
 			opts.ClusterSize = int(n)
 		} else if e, err := engram.Get(c.Context, st, id); err == nil {
+			// The newest record with a qcow2 source decides; extended L2
+			// keeps allocation as fine as the source's subclusters.
 			for _, r := range e.Records {
 				if r.ClusterSize > 0 {
 					opts.ClusterSize = r.ClusterSize
+					opts.ExtendedL2 = len(r.Chain) > 0 && r.Chain[0].ExtendedL2 && r.ClusterSize >= 16<<10
 				}
 			}
 		}
