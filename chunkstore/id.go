@@ -33,3 +33,16 @@ func ParseID(s string) (ID, error) {
 	}
 	return id, nil
 }
+
+// MarshalText makes IDs hex strings in JSON.
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText parses the hex form.
+func (id *ID) UnmarshalText(b []byte) error {
+	v, err := ParseID(string(b))
+	if err != nil {
+		return err
+	}
+	*id = v
+	return nil
+}

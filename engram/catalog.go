@@ -20,6 +20,7 @@ var (
 	bucketEngrams = []byte("engram.roots")   // engram ID -> root encoding
 	bucketRecords = []byte("engram.records") // record key -> Record JSON
 	bucketNames   = []byte("engram.names")   // name -> record key
+	bucketLayers  = []byte("engram.layers")  // image chain fingerprint -> engram ID
 )
 
 // recordVersion is the version of the Record JSON encoding.
@@ -68,6 +69,14 @@ type Record struct {
 	Chain       []Layer           `json:"chain,omitempty"`
 	Created     time.Time         `json:"created"`
 	Stats       IngestStats       `json:"stats"`
+	// Parent is the engram of the backing chain below Source, when the
+	// source is an overlay; its content is the guest view without Source.
+	Parent string `json:"parent,omitempty"`
+	// Fingerprint identifies the source chain as it was (qcow2.Fingerprint),
+	// so ingesting it again unchanged costs nothing.
+	Fingerprint string `json:"fingerprint,omitempty"`
+	// Reused says the source was recognised by its fingerprint and not read.
+	Reused bool `json:"reused,omitempty"`
 }
 
 // EngramID parses Record.Engram.
@@ -108,11 +117,33 @@ func Commit(ctx context.Context, w chunkstore.Writer, id ID, root []byte, rec *R
 		if err := tx.Put(bucketRecords, []byte(rec.Key), enc); err != nil {
 			return err
 		}
+		if fp, err := hex.DecodeString(rec.Fingerprint); err == nil && len(fp) == 32 {
+			if err := tx.Put(bucketLayers, fp, id[:]); err != nil {
+				return err
+			}
+		}
 		if rec.Name != "" {
 			return tx.Put(bucketNames, []byte(rec.Name), []byte(rec.Key))
 		}
 		return nil
 	})
+}
+
+// LookupFingerprint returns the engram last ingested from an image chain
+// with fingerprint fp, if it is still in the catalog.
+func LookupFingerprint(ctx context.Context, r chunkstore.Reader, fp [32]byte) (ID, bool, error) {
+	var id ID
+	var ok bool
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		v := tx.Get(bucketLayers, fp[:])
+		if len(v) != len(id) {
+			return nil
+		}
+		copy(id[:], v)
+		ok = tx.Get(bucketEngrams, v) != nil
+		return nil
+	})
+	return id, ok, err
 }
 
 // Has reports whether engram id is in the catalog.
@@ -320,6 +351,21 @@ func Remove(ctx context.Context, w chunkstore.Writer, id ID) error {
 		}
 		for _, k := range names {
 			if err := tx.Delete(bucketNames, k); err != nil {
+				return err
+			}
+		}
+		var fps [][]byte
+		err = tx.ForEach(bucketLayers, nil, func(k, v []byte) error {
+			if bytes.Equal(v, id[:]) {
+				fps = append(fps, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range fps {
+			if err := tx.Delete(bucketLayers, k); err != nil {
 				return err
 			}
 		}

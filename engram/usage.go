@@ -23,6 +23,10 @@ func Usages(ctx context.Context, r chunkstore.Reader) ([]Usage, error) {
 	if err != nil {
 		return nil, err
 	}
+	catalog, err := catalogChunksByEngram(ctx, r)
+	if err != nil {
+		return nil, err
+	}
 	users := map[chunkstore.ID]int32{} // how many engrams need each chunk
 	sets := make([]map[chunkstore.ID]struct{}, len(entries))
 	out := make([]Usage, len(entries))
@@ -32,6 +36,9 @@ func Usages(ctx context.Context, r chunkstore.Reader) ([]Usage, error) {
 			return nil, err
 		}
 		set := map[chunkstore.ID]struct{}{}
+		for _, c := range catalog[e.ID] {
+			set[c] = struct{}{}
+		}
 		for _, p := range root.Pages {
 			set[p.ID] = struct{}{}
 		}
@@ -98,4 +105,27 @@ func storedSizes(ctx context.Context, r chunkstore.Reader, ids map[chunkstore.ID
 		}
 	}
 	return out, nil
+}
+
+// catalogChunksByEngram lists the catalog chunk of every record, by the
+// engram the record belongs to: they are freed with it.
+func catalogChunksByEngram(ctx context.Context, r chunkstore.Reader) (map[ID][]chunkstore.ID, error) {
+	out := map[ID][]chunkstore.ID{}
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		return tx.ForEach(bucketRecords, nil, func(k, v []byte) error {
+			rec, err := decodeRecord(v)
+			if err != nil {
+				return nil // List reports bad records
+			}
+			id, err := rec.EngramID()
+			if err != nil {
+				return nil
+			}
+			if root := tx.Get(bucketEngrams, id[:]); root != nil {
+				out[id] = append(out[id], chunkstore.Sum(encodeCatalogChunk(root, v)))
+			}
+			return nil
+		})
+	})
+	return out, err
 }

@@ -35,6 +35,10 @@ type Progress interface {
 type Options struct {
 	Workers  int      // hashing and compressing goroutines; 0 = GOMAXPROCS
 	Progress Progress // nil: none
+	// HashOnly computes the manifest without storing data chunks (only the
+	// pages go to the store): how restore --backing learns the content of
+	// a backing file that was never ingested.
+	HashOnly bool
 }
 
 const (
@@ -309,7 +313,11 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				if err := b.Add(engram.ChunkRef{Offset: c.off, Length: c.n, ID: c.id}); err != nil {
 					return err
 				}
-				if !c.reuse {
+				switch {
+				case c.reuse:
+				case opts.HashOnly:
+					ch.PutBuf(c.data)
+				default:
 					if err := add(chunkstore.Chunk{ID: c.id, Data: c.data}); err != nil {
 						return err
 					}
@@ -419,3 +427,7 @@ func dataBytes(src Source, align int64) (int64, error) {
 	err := forDataSpans(src, align, func(off, end int64) error { n += end - off; return nil })
 	return n, err
 }
+
+// AllocatedBytes is how many guest bytes of src hold data (through its
+// whole chain), on the 4 KiB grid: what a full ingest reads.
+func AllocatedBytes(src Source) (int64, error) { return dataBytes(src, 4096) }

@@ -37,6 +37,9 @@ type Options struct {
 	Force       bool   // overwrite an existing output file
 	Workers     int    // 0 = GOMAXPROCS
 	Progress    Progress
+	// Backing makes the qcow2 output an overlay holding only the clusters
+	// that differ from it.
+	Backing *Backing
 }
 
 // sink is where chunks go, in guest order.
@@ -57,6 +60,9 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	if format != "qcow2" && format != "raw" {
 		return fmt.Errorf("output format %q: want qcow2 or raw", format)
 	}
+	if opts.Backing != nil && format != "qcow2" {
+		return fmt.Errorf("a backing file needs qcow2 output, not %s", format)
+	}
 	if !opts.Force {
 		if _, err := os.Lstat(path); err == nil {
 			return fmt.Errorf("%s: %w", path, ErrExists)
@@ -68,15 +74,14 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	} else if !st.IsDir() {
 		return fmt.Errorf("output directory %s: not a directory", dir)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".engram-tmp-*")
+	o, err := createOutput(dir, filepath.Base(path))
 	if err != nil {
-		return fmt.Errorf("create temporary output in %s: %w", dir, err)
+		return err
 	}
-	tmp := f.Name()
+	f, tmp := o.f, o.name
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(tmp)
+			o.discard()
 		}
 	}()
 
@@ -96,6 +101,11 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		}
 	case "qcow2":
 		wo := qcow2.WriterOptions{Size: root.Size, ClusterSize: opts.ClusterSize, ExtendedL2: opts.ExtendedL2}
+		if b := opts.Backing; b != nil {
+			wo.BackingFile, wo.BackingFormat = b.Name, b.Format
+			// Overlays own whole clusters; subclusters would hide backing data.
+			wo.ExtendedL2 = false
+		}
 		if opts.Compress {
 			wo.Compression = "zstd"
 		}
@@ -108,17 +118,30 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 				w.Abort()
 			}
 		}()
-		out = w
+		if b := opts.Backing; b != nil {
+			cs := int64(opts.ClusterSize)
+			if cs == 0 {
+				cs = 64 << 10
+			}
+			if err := writeOverlay(ctx, r, root, w, cs, b, opts.Progress); err != nil {
+				return err
+			}
+			out = discard{}
+		} else {
+			out = w
+		}
 		finish = w.Close // fsyncs and closes f
 	}
-	if err := stream(ctx, r, root, out, opts); err != nil {
-		return err
+	if _, ok := out.(discard); !ok {
+		if err := stream(ctx, r, root, out, opts); err != nil {
+			return err
+		}
 	}
 	if err := finish(); err != nil {
 		return fmt.Errorf("%s: %w", tmp, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	if err := o.publish(path); err != nil {
+		return err
 	}
 	return syncDir(dir)
 }
@@ -134,6 +157,11 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// discard marks output that was already written.
+type discard struct{}
+
+func (discard) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
 
 // ToWriter streams engram id as a raw image to w (e.g. stdout), zeros
 // included.

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/ingest"
 	"github.com/engram-vm/engram/qcow2"
 )
@@ -16,20 +18,21 @@ import (
 var formatFlag = &cli.StringFlag{Name: "format", Aliases: []string{"f"}, Usage: "input format: qcow2 or raw (default: detect by magic)"}
 
 var ingestCommand = &cli.Command{
-	Name:      "ingest",
-	Usage:     "archive disk images; prints each engram ID",
-	ArgsUsage: "IMAGE...",
+	Name:  "ingest",
+	Usage: "archive disk images (files, or directories of them); prints each engram ID",
+	Description: "An overlay is ingested layer by layer: each layer of its backing chain becomes an engram\n" +
+		"linked to the one below. A layer already ingested unchanged is recognised and not read, and an\n" +
+		"overlay over a known base costs only its own clusters.",
+	ArgsUsage: "IMAGE|DIR...",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "name", Usage: "name for the engram (one image only)"},
 		&cli.StringSliceFlag{Name: "label", Usage: "label key=value (repeatable)"},
+		&cli.BoolFlag{Name: "reread", Usage: "read every layer again instead of trusting fingerprints"},
 		formatFlag,
 	},
 	Action: func(c *cli.Context) error {
 		if c.NArg() == 0 {
-			return usagef("ingest needs at least one IMAGE")
-		}
-		if c.String("name") != "" && c.NArg() > 1 {
-			return usagef("--name needs exactly one IMAGE")
+			return usagef("ingest needs at least one IMAGE or DIR")
 		}
 		if f := c.String("format"); f != "" && f != "qcow2" && f != "raw" {
 			return usagef("--format %q: want qcow2 or raw", f)
@@ -37,6 +40,13 @@ var ingestCommand = &cli.Command{
 		labels, err := parseLabels(c.StringSlice("label"))
 		if err != nil {
 			return err
+		}
+		paths, err := expandImages(c.Args().Slice())
+		if err != nil {
+			return err
+		}
+		if c.String("name") != "" && len(paths) > 1 {
+			return usagef("--name needs exactly one IMAGE")
 		}
 		// Open every image before touching the store, so a bad argument
 		// fails before anything is written.
@@ -46,7 +56,7 @@ var ingestCommand = &cli.Command{
 				im.Close()
 			}
 		}()
-		for _, path := range c.Args().Slice() {
+		for _, path := range paths {
 			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), Warn: func(msg string) {
 				fmt.Fprintf(c.App.ErrWriter, "engram: %s\n", msg)
 			}})
@@ -61,70 +71,123 @@ var ingestCommand = &cli.Command{
 		}
 		defer st.Close()
 
-		var results []*engram.Record
-		for _, im := range imgs {
-			opts := ingest.Options{}
-			if p := progressFor(c, filepath.Base(im.Path())); p != nil {
+		var rows []ingestRow
+		for i, im := range imgs {
+			start := time.Now()
+			opts := ingest.ImageOptions{Name: c.String("name"), Labels: labels, Reread: c.Bool("reread")}
+			desc := filepath.Base(im.Path())
+			if len(imgs) > 1 {
+				desc = fmt.Sprintf("[%d/%d] %s", i+1, len(imgs), desc)
+			}
+			if p := progressFor(c, desc); p != nil {
 				opts.Progress = p
 			}
-			res, err := ingest.Run(c.Context, st, im, opts)
+			layers, err := ingest.Image(c.Context, st, im, opts)
 			if err != nil {
 				return fmt.Errorf("ingest %s: %w", im.Path(), err)
 			}
-			rec := newRecord(im, c.String("name"), labels, res.Stats)
-			if err := engram.Commit(c.Context, st, res.ID, res.Enc, rec); err != nil {
-				return fmt.Errorf("ingest %s: commit: %w", im.Path(), err)
+			top := layers[len(layers)-1]
+			row := ingestRow{Image: im.Path(), ID: top.ID.String(), Virtual: im.Size(), Seconds: time.Since(start).Seconds()}
+			row.Allocated, _ = ingest.AllocatedBytes(im)
+			for _, l := range layers {
+				if l.Record != nil {
+					row.Read += l.Record.Stats.DataBytes
+					row.New += l.Record.Stats.NewBytes
+				}
 			}
-			results = append(results, rec)
+			row.How = "full"
+			switch {
+			case top.Reused:
+				row.How = "unchanged"
+			case top.Incremental:
+				row.How = "overlay"
+			}
+			rows = append(rows, row)
 			if !c.Bool(jsonFlag.Name) {
-				fmt.Fprintln(c.App.Writer, res.ID)
-			}
-			if !c.Bool(quietFlag.Name) && !c.Bool(jsonFlag.Name) {
-				s := res.Stats
-				fmt.Fprintf(c.App.ErrWriter, "%s: %s virtual, %s data, %s new in %d chunks (%.1fs)\n",
-					im.Path(), bytesStr(im.Size()), bytesStr(s.StoredBytes), bytesStr(s.NewBytes), s.NewChunks, s.Duration.Seconds())
+				fmt.Fprintln(c.App.Writer, top.ID)
 			}
 		}
 		if c.Bool(jsonFlag.Name) {
-			return printJSON(c.App.Writer, results)
+			return printJSON(c.App.Writer, rows)
+		}
+		if !c.Bool(quietFlag.Name) {
+			printIngestSummary(c, rows)
 		}
 		return nil
 	},
 }
 
-// newRecord describes one ingest of im.
-func newRecord(im *qcow2.Image, name string, labels map[string]string, s engram.IngestStats) *engram.Record {
-	info := im.Info()
-	src, err := filepath.Abs(im.Path())
-	if err != nil {
-		src = im.Path()
+// ingestRow is one line of the ingest summary.
+type ingestRow struct {
+	Image     string  `json:"image"`
+	ID        string  `json:"id"`
+	Virtual   int64   `json:"virtual_bytes"`
+	Allocated int64   `json:"allocated_bytes"`
+	Read      int64   `json:"read_bytes"`
+	New       int64   `json:"new_bytes"`
+	How       string  `json:"how"` // full, overlay (only its own clusters read) or unchanged (recognised, not read)
+	Seconds   float64 `json:"seconds"`
+}
+
+func printIngestSummary(c *cli.Context, rows []ingestRow) {
+	tw := tabwriter.NewWriter(c.App.ErrWriter, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tID\tVIRTUAL\tALLOCATED\tREAD\tNEW\tHOW\tTIME")
+	var alloc, read, newB int64
+	var secs float64
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fs\n", r.Image, r.ID[:12], bytesStr(r.Virtual), bytesStr(r.Allocated),
+			bytesStr(r.Read), bytesStr(r.New), r.How, r.Seconds)
+		alloc += r.Allocated
+		read += r.Read
+		newB += r.New
+		secs += r.Seconds
 	}
-	rec := &engram.Record{
-		Name:        name,
-		Labels:      labels,
-		Source:      src,
-		Format:      info.Format,
-		ClusterSize: info.ClusterSize,
-		VirtualSize: im.Size(),
-		Created:     time.Now().UTC(),
-		Stats:       s,
+	if len(rows) > 1 {
+		fmt.Fprintf(tw, "total (%d images)\t\t\t%s\t%s\t%s\t\t%.1fs\n", len(rows), bytesStr(alloc), bytesStr(read), bytesStr(newB), secs)
 	}
-	for l := im; l != nil; l = l.Backing() {
-		li := l.Info()
-		p, err := filepath.Abs(l.Path())
+	tw.Flush()
+}
+
+// expandImages replaces each directory argument by the image files in it
+// (qcow2 by magic, or named *.raw / *.img), sorted; files pass as they are.
+func expandImages(args []string) ([]string, error) {
+	var out []string
+	for _, a := range args {
+		fi, err := os.Stat(a)
 		if err != nil {
-			p = l.Path()
+			return nil, fmt.Errorf("%s: %w", a, err)
 		}
-		fsize := li.FileSize
-		if fsize == 0 {
-			if fi, err := os.Stat(l.Path()); err == nil {
-				fsize = fi.Size()
+		if !fi.IsDir() {
+			out = append(out, a)
+			continue
+		}
+		ents, err := os.ReadDir(a)
+		if err != nil {
+			return nil, err
+		}
+		var found []string
+		for _, e := range ents {
+			p := filepath.Join(a, e.Name())
+			if e.Type().IsRegular() && (isQcow2(p) || strings.HasSuffix(e.Name(), ".raw") || strings.HasSuffix(e.Name(), ".img")) {
+				found = append(found, p)
 			}
 		}
-		rec.Chain = append(rec.Chain, engram.Layer{
-			Path: p, Format: li.Format, ClusterSize: li.ClusterSize, Size: li.VirtualSize,
-			FileSize: fsize, Compression: li.CompressionType, ExtendedL2: li.ExtendedL2,
-		})
+		if len(found) == 0 {
+			return nil, fmt.Errorf("%s: no images in directory (qcow2, *.raw, *.img)", a)
+		}
+		sort.Strings(found)
+		out = append(out, found...)
 	}
-	return rec
+	return out, nil
+}
+
+func isQcow2(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var m [4]byte
+	_, err = f.ReadAt(m[:], 0)
+	return err == nil && string(m[:]) == "QFI\xfb"
 }

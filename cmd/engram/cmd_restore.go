@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/qcow2"
 	"github.com/engram-vm/engram/restore"
 )
 
@@ -23,6 +24,8 @@ var restoreCommand = &cli.Command{
 		&cli.StringFlag{Name: "cluster-size", Usage: "qcow2 cluster size, e.g. 64k or 2M (default: the source's)"},
 		&cli.BoolFlag{Name: "compress", Aliases: []string{"c"}, Usage: "write compressed (zstd) qcow2 clusters"},
 		&cli.BoolFlag{Name: "force", Usage: "overwrite an existing output file"},
+		&cli.StringFlag{Name: "backing", Aliases: []string{"b"}, Usage: "write a qcow2 overlay on this image holding only the clusters that differ from it"},
+		&cli.BoolFlag{Name: "chain", Usage: "rebuild the engram's whole backing chain as separate files in the directory -o (base + thin overlays)"},
 	},
 	Action: func(c *cli.Context) error {
 		if c.NArg() != 1 {
@@ -63,6 +66,25 @@ var restoreCommand = &cli.Command{
 					opts.ClusterSize = r.ClusterSize
 					opts.ExtendedL2 = len(r.Chain) > 0 && r.Chain[0].ExtendedL2 && r.ClusterSize >= 16<<10
 				}
+			}
+		}
+		if c.Bool("chain") {
+			if c.IsSet("backing") || out == "-" {
+				return usagef("--chain writes files into the directory -o; it takes no --backing")
+			}
+			return restoreChain(c, st, id, out, opts)
+		}
+		if b := c.String("backing"); b != "" {
+			if out == "-" || format != "qcow2" {
+				return usagef("--backing needs qcow2 output to a file")
+			}
+			im, err := qcow2.Open(b, qcow2.Options{})
+			if err != nil {
+				return err
+			}
+			defer im.Close()
+			if opts.Backing, err = backingFor(c, st, im, out); err != nil {
+				return err
 			}
 		}
 		if out == "-" {

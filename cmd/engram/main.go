@@ -58,6 +58,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			verifyCommand,
 			repairCommand,
 			statsCommand,
+			diffCommand,
 			inspectCommand,
 		},
 	}

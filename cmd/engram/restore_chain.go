@@ -1,0 +1,160 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/ingest"
+	"github.com/engram-vm/engram/qcow2"
+	"github.com/engram-vm/engram/restore"
+)
+
+// backingFor describes the image at path as the backing of an overlay
+// written to out. Its content comes from the catalog when it was ingested
+// unchanged (recognised by fingerprint); otherwise it is read and hashed,
+// without storing anything. The caller closes the image in Backing.Image.
+func backingFor(c *cli.Context, st *chunkstore.FileStore, im *qcow2.Image, out string) (*restore.Backing, error) {
+	path := im.Path()
+	name, err := relativeTo(filepath.Dir(out), path)
+	if err != nil {
+		return nil, err
+	}
+	b := &restore.Backing{Name: name, Format: im.Format(), Image: im}
+	fp, err := im.Fingerprint()
+	if err != nil {
+		return nil, err
+	}
+	if id, ok, err := engram.LookupFingerprint(c.Context, st, fp); err != nil {
+		return nil, err
+	} else if ok {
+		b.Root, err = engram.LoadRoot(c.Context, st, id)
+		return b, err
+	}
+	mem := chunkstore.NewMemory(st.Params())
+	res, err := ingest.Run(c.Context, mem, im, ingest.Options{HashOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("reading backing %s: %w", path, err)
+	}
+	b.Root, b.Reader = res.Root, mem
+	return b, nil
+}
+
+// relativeTo names target relative to dir when both are local paths, so
+// the overlay and its backing can move together.
+func relativeTo(dir, target string) (string, error) {
+	ad, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	at, err := filepath.Abs(target)
+	if err != nil {
+		return "", err
+	}
+	if rel, err := filepath.Rel(ad, at); err == nil {
+		return rel, nil
+	}
+	return at, nil
+}
+
+// chainLayer is one engram of a chain and the record that describes it.
+type chainLayer struct {
+	id  engram.ID
+	rec *engram.Record
+}
+
+// restoreChain writes id and the engrams below it (following the records'
+// parent links) into dir as a base image and thin qcow2 overlays whose
+// backing names are relative, the shape the source had.
+func restoreChain(c *cli.Context, st *chunkstore.FileStore, id engram.ID, dir string, opts restore.Options) error {
+	var chain []chainLayer
+	seen := map[engram.ID]bool{}
+	for cur := id; ; {
+		if seen[cur] || len(chain) > 64 {
+			return fmt.Errorf("engram %s: parent links form a loop", cur.Short())
+		}
+		seen[cur] = true
+		e, err := engram.Get(c.Context, st, cur)
+		if err != nil {
+			return err
+		}
+		// Records come oldest first: the newest one that names a parent
+		// wins, else the newest.
+		var rec *engram.Record
+		for _, r := range e.Records {
+			if r.Parent != "" || rec == nil || rec.Parent == "" {
+				rec = r
+			}
+		}
+		chain = append(chain, chainLayer{cur, rec})
+		if rec == nil || rec.Parent == "" {
+			break
+		}
+		if cur, err = chunkstore.ParseID(rec.Parent); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("output directory %s: %w", dir, err)
+	}
+	used := map[string]bool{}
+	var prev *restore.Backing
+	var written []string
+	for i := len(chain) - 1; i >= 0; i-- {
+		l := chain[i]
+		name := layerFileName(l, used)
+		lo := opts
+		lo.Format, lo.ClusterSize, lo.ExtendedL2 = "qcow2", 0, false
+		if l.rec != nil {
+			lo.ClusterSize = l.rec.ClusterSize
+			if prev == nil && l.rec.Format == "raw" {
+				lo.Format = "raw"
+			}
+		}
+		lo.Backing = prev
+		path := filepath.Join(dir, name)
+		if p := progressFor(c, name); p != nil {
+			lo.Progress = p
+		}
+		if err := restore.ToFile(c.Context, st, l.id, path, lo); err != nil {
+			return err
+		}
+		root, err := engram.LoadRoot(c.Context, st, l.id)
+		if err != nil {
+			return err
+		}
+		im, err := qcow2.Open(path, qcow2.Options{Format: lo.Format})
+		if err != nil {
+			return err
+		}
+		defer im.Close()
+		prev = &restore.Backing{Name: name, Format: lo.Format, Root: root, Image: im}
+		written = append(written, path)
+	}
+	if c.Bool(jsonFlag.Name) {
+		return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "files": written})
+	}
+	if !c.Bool(quietFlag.Name) {
+		fmt.Fprintf(c.App.ErrWriter, "restored %s as a chain of %d: %s\n", id.Short(), len(written), strings.Join(written, " <- "))
+	}
+	return nil
+}
+
+// layerFileName is the source file's base name, made unique in the chain.
+func layerFileName(l chainLayer, used map[string]bool) string {
+	name := "engram-" + l.id.Short() + ".qcow2"
+	if l.rec != nil && l.rec.Source != "" {
+		name = filepath.Base(l.rec.Source)
+	}
+	for n := 2; used[name]; n++ {
+		ext := filepath.Ext(name)
+		name = fmt.Sprintf("%s-%d%s", strings.TrimSuffix(name, ext), n, ext)
+	}
+	used[name] = true
+	return name
+}

@@ -1,0 +1,133 @@
+package ingest
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/qcow2"
+)
+
+// ImageOptions say how to ingest and record one image.
+type ImageOptions struct {
+	Options
+	Name   string            // name for the top layer's engram
+	Labels map[string]string // labels for the top layer's engram
+	Reread bool              // do not trust fingerprints: read every layer again
+}
+
+// LayerResult is the engram of one layer of an image's chain: the guest
+// view of that layer with everything below it.
+type LayerResult struct {
+	Path        string
+	ID          engram.ID
+	Reused      bool // recognised by fingerprint: nothing was read
+	Incremental bool // only the layer's own clusters and their neighbourhood were read
+	Record      *engram.Record
+}
+
+// Image ingests img layer by layer, from the base up, and commits one
+// engram per layer, each linked to the engram below it. A layer whose chain
+// fingerprint is already in the catalog is not read; an overlay over a
+// known parent is re-chunked only around its own clusters. Results come
+// base first; the last is img itself.
+func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts ImageOptions) ([]LayerResult, error) {
+	var layers []*qcow2.Image
+	for l := img; l != nil; l = l.Backing() {
+		layers = append(layers, l)
+	}
+	var out []LayerResult
+	var parent *engram.Root
+	var parentID engram.ID
+	for i := len(layers) - 1; i >= 0; i-- {
+		l := layers[i]
+		top := i == 0
+		fp, err := l.Fingerprint()
+		if err != nil {
+			return out, err
+		}
+		lr := LayerResult{Path: l.Path()}
+		var res *Result
+		if id, ok, err := engram.LookupFingerprint(ctx, st, fp); err != nil {
+			return out, err
+		} else if ok && !opts.Reread {
+			root, err := engram.LoadRoot(ctx, st, id)
+			if err != nil {
+				return out, err
+			}
+			res = &Result{ID: id, Root: root, Enc: engram.EncodeRoot(root)}
+			lr.Reused = true
+		}
+		if res == nil {
+			if parent != nil && parent.Size > 0 {
+				res, err = RunIncremental(ctx, st, l, *parent, opts.Options)
+				lr.Incremental = true
+			} else {
+				res, err = Run(ctx, st, l, opts.Options)
+			}
+			if err != nil {
+				return out, fmt.Errorf("%s: %w", l.Path(), err)
+			}
+		}
+		lr.ID = res.ID
+		// A reused lower layer needs no new record; the top always gets one,
+		// so a name or label given now is kept.
+		if !lr.Reused || top {
+			rec := newRecord(l, res.Stats)
+			rec.Fingerprint = hex.EncodeToString(fp[:])
+			rec.Reused = lr.Reused
+			if parent != nil {
+				rec.Parent = parentID.String()
+			}
+			if top {
+				rec.Name, rec.Labels = opts.Name, opts.Labels
+			}
+			if err := engram.Commit(ctx, st, res.ID, res.Enc, rec); err != nil {
+				return out, fmt.Errorf("%s: commit: %w", l.Path(), err)
+			}
+			lr.Record = rec
+		}
+		out = append(out, lr)
+		parent, parentID = &res.Root, res.ID
+	}
+	return out, nil
+}
+
+// newRecord describes one ingest of the layer im (with its chain below).
+func newRecord(im *qcow2.Image, s engram.IngestStats) *engram.Record {
+	info := im.Info()
+	rec := &engram.Record{
+		Source:      absPath(im.Path()),
+		Format:      info.Format,
+		ClusterSize: info.ClusterSize,
+		VirtualSize: im.Size(),
+		Created:     time.Now().UTC(),
+		Stats:       s,
+	}
+	for l := im; l != nil; l = l.Backing() {
+		li := l.Info()
+		fsize := li.FileSize
+		if fsize == 0 {
+			if fi, err := os.Stat(l.Path()); err == nil {
+				fsize = fi.Size()
+			}
+		}
+		rec.Chain = append(rec.Chain, engram.Layer{
+			Path: absPath(l.Path()), Format: li.Format, ClusterSize: li.ClusterSize, Size: li.VirtualSize,
+			FileSize: fsize, Compression: li.CompressionType, ExtendedL2: li.ExtendedL2,
+		})
+	}
+	return rec
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}

@@ -1,0 +1,71 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// output is the file a restore writes before it becomes the target. Where
+// the file system allows, it is an anonymous O_TMPFILE file that gets a
+// name only when complete, so a restore killed at any point leaves nothing
+// behind; elsewhere it is a hidden temp file beside the target, removed on
+// error.
+type output struct {
+	f      *os.File
+	name   string   // what messages call it
+	tmp    string   // named temp file; "" for an anonymous one
+	keeper *os.File // second descriptor of an anonymous file, kept to link it
+}
+
+func createOutput(dir, base string) (*output, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o644)
+	if err == nil {
+		kfd, derr := unix.Dup(fd)
+		if derr == nil {
+			unix.CloseOnExec(kfd)
+			name := filepath.Join(dir, "."+base+" (unnamed, being restored)")
+			return &output{f: os.NewFile(uintptr(fd), name), name: name, keeper: os.NewFile(uintptr(kfd), name)}, nil
+		}
+		unix.Close(fd)
+	}
+	f, err := os.CreateTemp(dir, "."+base+".engram-tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("create temporary output in %s: %w", dir, err)
+	}
+	return &output{f: f, name: f.Name(), tmp: f.Name()}, nil
+}
+
+// publish gives the finished, synced and closed output the name path.
+func (o *output) publish(path string) error {
+	if o.keeper != nil {
+		defer o.keeper.Close()
+		// linkat cannot replace a file, so link under a temp name and rename.
+		tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".engram-tmp-"+strconv.Itoa(os.Getpid()))
+		os.Remove(tmp)
+		src := "/proc/self/fd/" + strconv.Itoa(int(o.keeper.Fd()))
+		if err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW); err != nil {
+			return fmt.Errorf("link finished output to %s: %w", tmp, err)
+		}
+		o.tmp = tmp
+	}
+	if err := os.Rename(o.tmp, path); err != nil {
+		os.Remove(o.tmp)
+		return fmt.Errorf("rename %s to %s: %w", o.tmp, path, err)
+	}
+	return nil
+}
+
+// discard drops an unfinished output.
+func (o *output) discard() {
+	o.f.Close()
+	if o.keeper != nil {
+		o.keeper.Close()
+	} else if err := os.Remove(o.tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		_ = err // nothing more to do; the name is hidden
+	}
+}
