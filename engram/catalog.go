@@ -354,20 +354,8 @@ func Remove(ctx context.Context, w chunkstore.Writer, id ID) error {
 				return err
 			}
 		}
-		var fps [][]byte
-		err = tx.ForEach(bucketLayers, nil, func(k, v []byte) error {
-			if bytes.Equal(v, id[:]) {
-				fps = append(fps, bytes.Clone(k))
-			}
-			return nil
-		})
-		if err != nil {
+		if err := forgetFingerprints(tx, id); err != nil {
 			return err
-		}
-		for _, k := range fps {
-			if err := tx.Delete(bucketLayers, k); err != nil {
-				return err
-			}
 		}
 		return tx.Delete(bucketEngrams, id[:])
 	})
@@ -394,6 +382,32 @@ func LiveChunks(ctx context.Context, r chunkstore.Reader, fn func(chunkstore.ID)
 		err = ForEachChunk(ctx, r, root, func(c ChunkRef) error { fn(c.ID); return nil })
 		if err != nil {
 			return fmt.Errorf("engram %s: %w", e.ID.Short(), err)
+		}
+	}
+	return nil
+}
+
+// ForgetFingerprints drops the fingerprints that point at engram id, so the
+// next ingest of its source reads it again. Repair calls it for engrams it
+// finds incomplete: a fingerprint promises that the engram is whole.
+func ForgetFingerprints(ctx context.Context, w chunkstore.Writer, id ID) error {
+	return w.Update(ctx, func(tx chunkstore.MetaTx) error { return forgetFingerprints(tx, id) })
+}
+
+func forgetFingerprints(tx chunkstore.MetaTx, id ID) error {
+	var fps [][]byte
+	err := tx.ForEach(bucketLayers, nil, func(k, v []byte) error {
+		if bytes.Equal(v, id[:]) {
+			fps = append(fps, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range fps {
+		if err := tx.Delete(bucketLayers, k); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -60,8 +60,15 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 			if err != nil {
 				return out, err
 			}
-			res = &Result{ID: id, Root: root, Enc: engram.EncodeRoot(root)}
-			lr.Reused = true
+			// Cheap check that the engram is still there to build on: its
+			// pages. (Repair forgets fingerprints of engrams it finds
+			// incomplete; --reread reads everything regardless.)
+			if whole, err := pagesPresent(ctx, st, root); err != nil {
+				return out, err
+			} else if whole {
+				res = &Result{ID: id, Root: root, Enc: engram.EncodeRoot(root)}
+				lr.Reused = true
+			}
 		}
 		if res == nil {
 			if parent != nil && parent.Size > 0 {
@@ -130,4 +137,21 @@ func absPath(p string) string {
 		return a
 	}
 	return p
+}
+
+func pagesPresent(ctx context.Context, st chunkstore.Reader, root engram.Root) (bool, error) {
+	ids := make([]chunkstore.ID, len(root.Pages))
+	for i, p := range root.Pages {
+		ids[i] = p.ID
+	}
+	have, err := st.HasMany(ctx, ids)
+	if err != nil {
+		return false, err
+	}
+	for _, h := range have {
+		if !h {
+			return false, nil
+		}
+	}
+	return true, nil
 }

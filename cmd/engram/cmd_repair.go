@@ -72,6 +72,10 @@ var repairCommand = &cli.Command{
 					return c.Context.Err()
 				}
 				res.Lost = append(res.Lost, fmt.Sprintf("%s%s: %v", e.ID, namesOf(e), err))
+				// Its source must be read again on the next ingest.
+				if err := engram.ForgetFingerprints(c.Context, st, e.ID); err != nil {
+					return err
+				}
 			}
 		}
 		if c.Bool(jsonFlag.Name) {
