@@ -141,13 +141,9 @@ var rmCommand = &cli.Command{
 			return err
 		}
 		defer st.Close()
-		var ids []engram.ID
-		for _, a := range c.Args().Slice() {
-			id, err := resolve(c.Context, st, a)
-			if err != nil {
-				return err
-			}
-			ids = append(ids, id)
+		ids, err := resolveAll(c.Context, st, c.Args().Slice())
+		if err != nil {
+			return err
 		}
 		for _, id := range ids {
 			if err := engram.Remove(c.Context, st, id); err != nil {

@@ -54,13 +54,9 @@ var verifyCommand = &cli.Command{
 			return err
 		}
 		defer st.Close()
-		var ids []engram.ID
-		for _, a := range c.Args().Slice() {
-			id, err := resolve(c.Context, st, a)
-			if err != nil {
-				return err
-			}
-			ids = append(ids, id)
+		ids, err := resolveAll(c.Context, st, c.Args().Slice())
+		if err != nil {
+			return err
 		}
 		bad := map[chunkstore.ID]bool{}
 		var problems []string

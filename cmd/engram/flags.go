@@ -83,6 +83,20 @@ func resolve(ctx context.Context, st chunkstore.Reader, arg string) (engram.ID, 
 	return engram.Resolve(ctx, st, arg)
 }
 
+// resolveAll resolves every argument, failing on the first that matches
+// nothing (before anything is changed).
+func resolveAll(ctx context.Context, st chunkstore.Reader, args []string) ([]engram.ID, error) {
+	ids := make([]engram.ID, 0, len(args))
+	for _, a := range args {
+		id, err := engram.Resolve(ctx, st, a)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
