@@ -28,7 +28,8 @@ type dbPool struct {
 	cond       *sync.Cond
 	db         *bolt.DB
 	refs       int
-	openedAt   time.Time
+	openedAt   time.Time // start of the current hold (see acquire)
+	closedAt   time.Time
 	draining   bool
 	pauseUntil time.Time
 	linger     *time.Timer
@@ -39,7 +40,7 @@ type dbPool struct {
 const (
 	dbLinger   = 2 * time.Millisecond
 	dbMaxHold  = time.Second
-	dbRotPause = 70 * time.Millisecond
+	dbRotPause = 120 * time.Millisecond // > bbolt's 50 ms flock poll, with slack for a loaded machine
 )
 
 func newDBPool(path string, readOnly bool, timeout time.Duration) *dbPool {
@@ -56,8 +57,13 @@ func (p *dbPool) acquire(ctx context.Context) (*bolt.DB, error) {
 			return nil, ErrClosed
 		}
 		if p.db != nil && !p.draining {
-			if p.refs > 0 && time.Since(p.openedAt) > dbMaxHold {
-				p.draining = true
+			if time.Since(p.openedAt) > dbMaxHold {
+				if p.refs == 0 {
+					p.closeLocked()
+					p.pauseUntil = time.Now().Add(dbRotPause)
+				} else {
+					p.draining = true
+				}
 				continue
 			}
 			if p.linger != nil {
@@ -83,7 +89,13 @@ func (p *dbPool) acquire(ctx context.Context) (*bolt.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.db, p.refs, p.openedAt = db, 1, time.Now()
+	// Short idle gaps do not count as giving the file up: a process that
+	// polls for the flock every 50 ms would rarely hit them. Only a pause
+	// of dbRotPause starts a new hold.
+	if time.Since(p.closedAt) >= dbRotPause {
+		p.openedAt = time.Now()
+	}
+	p.db, p.refs = db, 1
 	return db, nil
 }
 
@@ -150,6 +162,7 @@ func (p *dbPool) closeLocked() {
 	if p.db != nil {
 		_ = p.db.Close()
 		p.db = nil
+		p.closedAt = time.Now()
 	}
 	p.draining = false
 	p.gen++

@@ -26,7 +26,7 @@
 //   - index.db is open only while transactions run (bbolt locks the file
 //     exclusively for a writer, shared for readers): a process shares one
 //     handle among its goroutines, closes it when idle, and gives it up
-//     for 70 ms after holding it for 1 s, so a restore or verify in another
+//     for 120 ms after holding it for 1 s (short idle gaps count as holding), so a restore or verify in another
 //     process can read during an ingest, and an ingest can commit during a
 //     restore. Waiters retry bbolt's open until OpenOptions.LockTimeout.
 //   - Within a process, PutMany calls run concurrently (hashing and zstd

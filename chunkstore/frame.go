@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/zeebo/xxh3"
 )
@@ -177,32 +178,38 @@ func (f *frame) find(id ID, off uint32) int {
 // encodeFrame appends a frame holding chunks (consecutive in raw) to dst.
 // It compresses raw with enc unless that does not shrink it.
 func encodeFrame(dst []byte, chunks []Chunk, raw []byte, c *codec) []byte {
-	codecID := byte(codecRaw)
-	payload := raw
-	if c != nil {
-		if z := c.compress(raw); len(z) < len(raw) {
-			codecID, payload = codecZstd, z
-		}
-	}
 	start := len(dst)
-	var hdr [frameFixed]byte
-	copy(hdr[:], frameMagic)
+	hdrLen := frameFixed + frameEntry*len(chunks)
+	dst = slices.Grow(dst, hdrLen+len(raw)+frameTrailer)
+	dst = dst[:start+hdrLen]
+	hdr := dst[start:]
+	copy(hdr, frameMagic)
 	hdr[4] = frameVersion
-	hdr[5] = codecID
+	hdr[5] = codecRaw
+	clear(hdr[6:8])
 	binary.LittleEndian.PutUint32(hdr[8:], uint32(len(chunks)))
 	binary.LittleEndian.PutUint32(hdr[12:], uint32(len(raw)))
-	binary.LittleEndian.PutUint32(hdr[16:], uint32(len(payload)))
-	dst = append(dst, hdr[:]...)
 	var off uint32
-	for _, ch := range chunks {
-		var e [frameEntry]byte
-		copy(e[:], ch.ID[:])
+	for i, ch := range chunks {
+		e := hdr[frameFixed+frameEntry*i:]
+		copy(e[:32], ch.ID[:])
 		binary.LittleEndian.PutUint32(e[32:], off)
 		binary.LittleEndian.PutUint32(e[36:], uint32(len(ch.Data)))
-		dst = append(dst, e[:]...)
 		off += uint32(len(ch.Data))
 	}
-	dst = append(dst, payload...)
+	// Compress straight behind the header; keep it only if it shrank.
+	if c != nil {
+		dst = c.enc.EncodeAll(raw, dst)
+		if len(dst)-start-hdrLen < len(raw) {
+			dst[start+5] = codecZstd
+		} else {
+			dst = dst[:start+hdrLen]
+		}
+	}
+	if dst[start+5] == codecRaw {
+		dst = append(dst, raw...)
+	}
+	binary.LittleEndian.PutUint32(dst[start+16:], uint32(len(dst)-start-hdrLen))
 	return binary.LittleEndian.AppendUint64(dst, xxh3.Hash(dst[start:]))
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -133,6 +134,12 @@ type encFrame struct {
 	chunks []Chunk
 }
 
+// blockPool recycles the buffers runs of chunks are joined in.
+var blockPool = sync.Pool{New: func() any { b := make([]byte, 0, DefaultBlockSize+maxChunkLenHint); return &b }}
+
+// maxChunkLenHint is room for the chunk that takes a block past its size.
+const maxChunkLenHint = 256 << 10
+
 // encodeBlocks cuts chunks into runs of about blockSize raw bytes and
 // encodes each run as one frame.
 func encodeBlocks(chunks []Chunk, blockSize int, c *codec) []encFrame {
@@ -145,15 +152,21 @@ func encodeBlocks(chunks []Chunk, blockSize int, c *codec) []encFrame {
 		}
 		run := chunks[start:end]
 		var block []byte
+		var scratch *[]byte
 		if len(run) == 1 {
 			block = run[0].Data
 		} else {
-			block = make([]byte, 0, raw)
+			scratch = blockPool.Get().(*[]byte)
+			block = (*scratch)[:0]
 			for _, ch := range run {
 				block = append(block, ch.Data...)
 			}
 		}
 		out = append(out, encFrame{data: encodeFrame(nil, run, block, c), chunks: run})
+		if scratch != nil {
+			*scratch = block[:0]
+			blockPool.Put(scratch)
+		}
 		start = end
 	}
 	return out

@@ -20,7 +20,8 @@ type Chunker struct {
 	p         chunkstore.ChunkParams
 	threshold uint64
 	zero      []byte
-	pool      sync.Pool
+	work      sync.Pool   // Max-sized buffers chunks grow in
+	sized     []sync.Pool // chunk buffers by length in Align units, so memory in flight is what the chunks hold
 }
 
 // NewChunker checks p and returns a Chunker for it.
@@ -39,7 +40,8 @@ func NewChunker(p chunkstore.ChunkParams) (*Chunker, error) {
 		blocks = 1
 	}
 	c := &Chunker{p: p, threshold: math.MaxUint64 / blocks, zero: make([]byte, p.Align)}
-	c.pool.New = func() any { b := make([]byte, 0, p.Max); return &b }
+	c.work.New = func() any { b := make([]byte, 0, p.Max); return &b }
+	c.sized = make([]sync.Pool, p.Max/p.Align+1)
 	return c, nil
 }
 
@@ -49,15 +51,33 @@ func (c *Chunker) Params() chunkstore.ChunkParams { return c.p }
 // IsZero reports whether b (at most Align bytes) is all zero.
 func (c *Chunker) IsZero(b []byte) bool { return bytes.Equal(b, c.zero[:len(b)]) }
 
-// getBuf returns an empty buffer of capacity Max from the pool.
-func (c *Chunker) getBuf() []byte { return (*(c.pool.Get().(*[]byte)))[:0] }
+// getBuf returns an empty buffer of capacity Max to grow a chunk in.
+func (c *Chunker) getBuf() []byte { return (*(c.work.Get().(*[]byte)))[:0] }
 
-// PutBuf hands a chunk's buffer back once nothing refers to it.
-func (c *Chunker) PutBuf(b []byte) {
-	if cap(b) == c.p.Max {
-		b = b[:0]
-		c.pool.Put(&b)
+// sizedCopy copies a finished chunk into a pooled buffer of its size class
+// and recycles the working buffer.
+func (c *Chunker) sizedCopy(work []byte) []byte {
+	units := (len(work) + c.p.Align - 1) / c.p.Align
+	var b []byte
+	if v := c.sized[units].Get(); v != nil {
+		b = (*(v.(*[]byte)))[:len(work)]
+	} else {
+		b = make([]byte, len(work), units*c.p.Align)
 	}
+	copy(b, work)
+	work = work[:0]
+	c.work.Put(&work)
+	return b
+}
+
+// PutBuf hands a chunk's buffer back once nothing refers to it. Buffers
+// that did not come from the chunker are left to the garbage collector.
+func (c *Chunker) PutBuf(b []byte) {
+	if cap(b)%c.p.Align != 0 || cap(b) == 0 || cap(b) > c.p.Max {
+		return
+	}
+	b = b[:0]
+	c.sized[cap(b)/c.p.Align].Put(&b)
 }
 
 // Splitter feeds guest data through a Chunker. Write receives data in
@@ -128,7 +148,7 @@ func (s *Splitter) cut() error {
 	if s.buf == nil {
 		return nil
 	}
-	b := s.buf
+	b := s.c.sizedCopy(s.buf)
 	s.buf = nil
 	return s.emit(s.start, b)
 }

@@ -45,8 +45,8 @@ const (
 	readSize    = 4 << 20 // bytes per read job: big sequential reads
 	mapWindow   = 1 << 30 // guest range asked of the extent map at once
 	batchChunks = 128     // chunks per store batch
-	batchBytes  = 8 << 20 // raw bytes per store batch
-	inFlight    = 1024    // chunks between the producer and the collector
+	batchBytes  = 4 << 20 // raw bytes per store batch
+	inFlight    = 256     // chunks between the producer and the collector
 )
 
 // Result is what Run produced: the manifest and what it cost.

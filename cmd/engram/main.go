@@ -10,12 +10,19 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 )
 
 func main() {
+	// A soft heap limit keeps ingest's footprint flat: its buffers are
+	// bounded, but garbage from compression would otherwise let the heap
+	// grow to twice the live size. GOMEMLIMIT overrides it.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(160 << 20)
+	}
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
