@@ -7,7 +7,9 @@
 //	go run ./bench/prof -memprofile mem.pprof IMAGE && go tool pprof -sample_index=alloc_space -top mem.pprof
 //
 // With -reingest the images are ingested once unprofiled and then profiled
-// a second time (known data only).
+// a second time (known data only). With -restore STORE the arguments are
+// engram IDs or names in STORE, each restored under the profiler to a
+// scratch qcow2.
 package main
 
 import (
@@ -21,18 +23,25 @@ import (
 	"time"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/ingest"
 	"github.com/engram-vm/engram/qcow2"
+	"github.com/engram-vm/engram/restore"
 )
 
 func main() {
 	out := flag.String("o", "cpu.pprof", "CPU profile output")
 	reingest := flag.Bool("reingest", false, "profile a second ingest of the same images")
 	memOut := flag.String("memprofile", "", "also write a heap profile (alloc_space shows the big allocators)")
+	restoreFrom := flag.String("restore", "", "profile restores of the given IDs from this store instead of ingest")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: prof [-o cpu.pprof] [-reingest] IMAGE...")
 		os.Exit(2)
+	}
+	run := run
+	if *restoreFrom != "" {
+		run = func(out, memOut string, _ bool, ids []string) error { return runRestore(*restoreFrom, out, ids) }
 	}
 	if err := run(*out, *memOut, *reingest, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "prof:", err)
@@ -101,4 +110,39 @@ func run(out, memOut string, reingest bool, images []string) error {
 	}
 	defer mf.Close()
 	return pprof.Lookup("allocs").WriteTo(mf, 0)
+}
+
+func runRestore(store, out string, ids []string) error {
+	ctx := context.Background()
+	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	dir, err := os.MkdirTemp("", "engram-prof-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
+	for i, arg := range ids {
+		id, err := engram.Resolve(ctx, st, arg)
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := restore.ToFile(ctx, st, id, filepath.Join(dir, fmt.Sprintf("out-%d.qcow2", i)), restore.Options{}); err != nil {
+			return fmt.Errorf("restore %s: %w", arg, err)
+		}
+		fmt.Fprintf(os.Stderr, "%s: restored in %.2fs\n", arg, time.Since(t0).Seconds())
+	}
+	return nil
 }
