@@ -28,6 +28,10 @@ type OpenOptions struct {
 	// Command is recorded in the lock file for the message another writer
 	// gets (default: os.Args).
 	Command string
+	// TrustIDs skips re-hashing new chunks in PutMany, for a caller that
+	// has just computed their IDs itself (ingest). Get still verifies
+	// every chunk it returns, so a wrong ID cannot go unnoticed.
+	TrustIDs bool
 }
 
 // FileStore is a chunk store in a directory: pack files plus index.db.
@@ -42,6 +46,7 @@ type FileStore struct {
 	packs    *packReaders
 	cache    *blockCache
 	closed   atomic.Bool
+	trustIDs bool
 
 	// gcMu is held shared by PutMany and exclusively by GC and Repair, so
 	// they never see each other half done.
@@ -91,7 +96,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*FileStore, error)
 		timeout = 0
 	}
 	s := &FileStore{
-		dir: dir, cfg: cfg, codec: c, readOnly: opts.ReadOnly,
+		dir: dir, cfg: cfg, codec: c, readOnly: opts.ReadOnly, trustIDs: opts.TrustIDs,
 		packs:   newPackReaders(filepath.Join(dir, packsDir)),
 		cache:   newBlockCache(blockCacheSize),
 		pending: map[ID]*pendingPut{},

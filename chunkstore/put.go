@@ -113,6 +113,10 @@ func (s *FileStore) storeNew(ctx context.Context, chunks []Chunk) (int, error) {
 		if have[i] {
 			continue
 		}
+		if s.trustIDs {
+			fresh = append(fresh, c)
+			continue
+		}
 		if got := Sum(c.Data); got != c.ID {
 			return 0, fmt.Errorf("chunkstore: put chunk %s: its data hashes to %s", c.ID, got)
 		}

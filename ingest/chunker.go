@@ -54,19 +54,16 @@ func (c *Chunker) IsZero(b []byte) bool { return bytes.Equal(b, c.zero[:len(b)])
 // getBuf returns an empty buffer of capacity Max to grow a chunk in.
 func (c *Chunker) getBuf() []byte { return (*(c.work.Get().(*[]byte)))[:0] }
 
-// sizedCopy copies a finished chunk into a pooled buffer of its size class
-// and recycles the working buffer.
-func (c *Chunker) sizedCopy(work []byte) []byte {
-	units := (len(work) + c.p.Align - 1) / c.p.Align
+// sizedCopy copies a finished chunk into a pooled buffer of its size class.
+func (c *Chunker) sizedCopy(data []byte) []byte {
+	units := (len(data) + c.p.Align - 1) / c.p.Align
 	var b []byte
 	if v := c.sized[units].Get(); v != nil {
-		b = (*(v.(*[]byte)))[:len(work)]
+		b = (*(v.(*[]byte)))[:len(data)]
 	} else {
-		b = make([]byte, len(work), units*c.p.Align)
+		b = make([]byte, len(data), units*c.p.Align)
 	}
-	copy(b, work)
-	work = work[:0]
-	c.work.Put(&work)
+	copy(b, data)
 	return b
 }
 
@@ -101,54 +98,80 @@ func (c *Chunker) NewSplitter(emit func(off int64, data []byte) error) *Splitter
 // after the end of the previous write. Only the last write of an image may
 // end off the Align grid.
 func (s *Splitter) Write(off int64, data []byte) error {
-	align := int64(s.c.p.Align)
-	if off%align != 0 || off < s.next {
+	align := s.c.p.Align
+	if off%int64(align) != 0 || off < s.next {
 		return fmt.Errorf("chunker: write at %#x is unaligned or goes backwards (next %#x)", off, s.next)
 	}
 	if off != s.next {
-		if err := s.cut(); err != nil {
+		if err := s.cut(nil); err != nil {
 			return err
 		}
 	}
-	for len(data) > 0 {
-		n := min(int(align), len(data))
-		blk := data[:n]
-		data = data[n:]
+	// The chunk in progress is s.buf (carried over from earlier writes)
+	// followed by data[from:p]; it is copied once, when it is cut.
+	from := -1
+	for p := 0; p < len(data); p += align {
+		blk := data[p:min(p+align, len(data))]
 		if s.c.IsZero(blk) {
-			if err := s.cut(); err != nil {
+			if err := s.cutAt(data, &from, p); err != nil {
 				return err
 			}
-			off += int64(n)
 			continue
 		}
-		if s.buf == nil {
-			s.buf = s.c.getBuf()
-			s.start = off
+		if from < 0 {
+			from = p
+			if s.buf == nil {
+				s.start = off + int64(p)
+			}
 		}
-		s.buf = append(s.buf, blk...)
-		off += int64(n)
-		if len(s.buf) >= s.c.p.Max || (len(s.buf) >= s.c.p.Min && xxh3.Hash(blk) < s.c.threshold) {
-			if err := s.cut(); err != nil {
+		n := len(s.buf) + p + len(blk) - from
+		if n >= s.c.p.Max || (n >= s.c.p.Min && xxh3.Hash(blk) < s.c.threshold) {
+			if err := s.cutAt(data, &from, p+len(blk)); err != nil {
 				return err
 			}
 		}
 	}
-	s.next = off
+	if from >= 0 {
+		if s.buf == nil {
+			s.buf = s.c.getBuf()
+		}
+		s.buf = append(s.buf, data[from:]...)
+	}
+	s.next = off + int64(len(data))
 	return nil
 }
 
+// cutAt ends the chunk in progress at data[:end] (if any of it is in data).
+func (s *Splitter) cutAt(data []byte, from *int, end int) error {
+	var tail []byte
+	if *from >= 0 {
+		tail = data[*from:end]
+		*from = -1
+	}
+	return s.cut(tail)
+}
+
 // Flush emits the chunk in progress; the next chunk starts fresh.
-func (s *Splitter) Flush() error { return s.cut() }
+func (s *Splitter) Flush() error { return s.cut(nil) }
 
 // Fresh reports whether no chunk is in progress: the next non-zero block
-// starts a new chunk whatever came before.
+// starts a new chunk whatever came before. (Between writes, a chunk in
+// progress is always carried in s.buf.)
 func (s *Splitter) Fresh() bool { return s.buf == nil }
 
-func (s *Splitter) cut() error {
-	if s.buf == nil {
+// cut emits the chunk made of the carried prefix and tail, if any.
+func (s *Splitter) cut(tail []byte) error {
+	if s.buf == nil && len(tail) == 0 {
 		return nil
 	}
-	b := s.c.sizedCopy(s.buf)
-	s.buf = nil
+	var b []byte
+	if s.buf == nil {
+		b = s.c.sizedCopy(tail)
+	} else {
+		b = s.c.sizedCopy(append(s.buf, tail...))
+		work := s.buf[:0]
+		s.c.work.Put(&work)
+		s.buf = nil
+	}
 	return s.emit(s.start, b)
 }

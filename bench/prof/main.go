@@ -60,7 +60,7 @@ func run(out, memOut string, reingest bool, images []string) error {
 	if err := chunkstore.Init(store, chunkstore.InitOptions{}); err != nil {
 		return err
 	}
-	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{})
+	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{TrustIDs: true, })
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func run(out, memOut string, reingest bool, images []string) error {
 
 func runRestore(store, out string, ids []string) error {
 	ctx := context.Background()
-	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{ReadOnly: true})
+	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{TrustIDs: true, ReadOnly: true})
 	if err != nil {
 		return err
 	}
