@@ -60,7 +60,7 @@ func run(out, memOut string, reingest bool, images []string) error {
 	if err := chunkstore.Init(store, chunkstore.InitOptions{}); err != nil {
 		return err
 	}
-	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{TrustIDs: true, })
+	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{TrustIDs: true})
 	if err != nil {
 		return err
 	}
