@@ -38,7 +38,13 @@ var gcCommand = &cli.Command{
 			return printJSON(c.App.Writer, stats)
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.Writer, "%+v\n", stats)
+			verb := "freed"
+			if c.Bool("dry-run") {
+				verb = "would free"
+			}
+			fmt.Fprintf(c.App.Writer, "%d of %d chunks unreferenced (%s stored); %s %s of pack files (%d packs rewritten, %d deleted, %d chunks moved)\n",
+				stats.DeadChunks, stats.Chunks, bytesStr(stats.DeadBytes), verb, bytesStr(stats.BytesFreed),
+				stats.PacksRewritten, stats.PacksDeleted, stats.ChunksMoved)
 		}
 		return nil
 	},
