@@ -115,6 +115,12 @@ var showCommand = &cli.Command{
 				fmt.Fprintf(w, ", %s clusters", bytesStr(int64(r.ClusterSize)))
 			}
 			fmt.Fprintf(w, ")\n")
+			if r.Parent != "" {
+				fmt.Fprintf(w, "  overlay on engram %s\n", r.Parent)
+			}
+			if r.Reused {
+				fmt.Fprintf(w, "  recognised unchanged by its fingerprint; nothing read\n")
+			}
 			for k, v := range r.Labels {
 				fmt.Fprintf(w, "  label %s=%s\n", k, v)
 			}
