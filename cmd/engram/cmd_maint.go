@@ -29,8 +29,25 @@ var gcCommand = &cli.Command{
 		if err := engram.LiveChunks(c.Context, st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
 			return fmt.Errorf("gc: cannot list what engrams need, nothing removed: %w", err)
 		}
-		stats, err := st.GC(c.Context, func(id chunkstore.ID) bool { _, ok := live[id]; return ok },
-			chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold")})
+		opts := chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold")}
+		if p := progressFor(c, "gc"); p != nil {
+			started := false
+			var last int64
+			opts.Progress = func(done, total int64) {
+				if !started {
+					p.Start(total)
+					started = true
+				}
+				p.Add(done - last)
+				last = done
+			}
+			defer func() {
+				if started {
+					p.Finish()
+				}
+			}()
+		}
+		stats, err := st.GC(c.Context, func(id chunkstore.ID) bool { _, ok := live[id]; return ok }, opts)
 		if err != nil {
 			return err
 		}
