@@ -58,4 +58,13 @@
 //     least 8 tables) and 4 MiB of decompressed clusters (at least 4).
 //   - Names from a header are only opened if they are regular files, so a
 //     hostile image cannot make Open block on a FIFO or read a device.
+//
+// Image.Fingerprint identifies a chain cheaply (file identity and change
+// times, header cluster and L1 table of every layer), so a layer ingested
+// before and unchanged need not be read again.
+//
+// The Writer (writer.go) produces valid sparse v3 images: any cluster size,
+// plain, zstd- or deflate-compressed clusters, optional backing file and
+// format, optional extended L2 entries (WriterOptions.ExtendedL2, clusters
+// of 16 KiB or more), refcounts that `qemu-img check` finds clean.
 package qcow2
