@@ -9,10 +9,20 @@ import (
 // restore that asks for consecutive chunks decompresses each block once.
 // Blocks in it passed the frame checksum; Get still hashes what it returns.
 type blockCache struct {
-	mu    sync.Mutex
-	max   int
-	lru   *list.List // of *cachedBlock, most recent first
-	items map[blockKey]*list.Element
+	mu      sync.Mutex
+	max     int
+	lru     *list.List // of *cachedBlock, most recent first
+	items   map[blockKey]*list.Element
+	loading map[blockKey]*blockLoad
+}
+
+// blockLoad is a block one goroutine is reading and decompressing; others
+// that want it wait instead of decompressing it again (restore fetches
+// consecutive chunks of one block on several goroutines).
+type blockLoad struct {
+	done chan struct{}
+	cb   *cachedBlock
+	err  error
 }
 
 type blockKey struct {
@@ -29,7 +39,7 @@ type cachedBlock struct {
 const blockCacheSize = 16
 
 func newBlockCache(n int) *blockCache {
-	return &blockCache{max: n, lru: list.New(), items: map[blockKey]*list.Element{}}
+	return &blockCache{max: n, lru: list.New(), items: map[blockKey]*list.Element{}, loading: map[blockKey]*blockLoad{}}
 }
 
 func (c *blockCache) get(k blockKey) *cachedBlock {
@@ -42,9 +52,36 @@ func (c *blockCache) get(k blockKey) *cachedBlock {
 	return nil
 }
 
-func (c *blockCache) add(b *cachedBlock) {
+// load returns block k from the cache, or from fn, calling fn once however
+// many goroutines ask at the same time. Blocks of one chunk are not kept.
+func (c *blockCache) load(k blockKey, fn func() (*cachedBlock, error)) (*cachedBlock, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	if e := c.items[k]; e != nil {
+		c.lru.MoveToFront(e)
+		c.mu.Unlock()
+		return e.Value.(*cachedBlock), nil
+	}
+	if l := c.loading[k]; l != nil {
+		c.mu.Unlock()
+		<-l.done
+		return l.cb, l.err
+	}
+	l := &blockLoad{done: make(chan struct{})}
+	c.loading[k] = l
+	c.mu.Unlock()
+
+	l.cb, l.err = fn()
+	c.mu.Lock()
+	delete(c.loading, k)
+	if l.err == nil && len(l.cb.chunks) > 1 {
+		c.addLocked(l.cb)
+	}
+	c.mu.Unlock()
+	close(l.done)
+	return l.cb, l.err
+}
+
+func (c *blockCache) addLocked(b *cachedBlock) {
 	if e := c.items[b.key]; e != nil {
 		c.lru.MoveToFront(e)
 		return

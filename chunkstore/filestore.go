@@ -370,6 +370,15 @@ func (s *FileStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	return data, err
 }
 
+// frameError says why a frame could not be read; each chunk that wanted the
+// frame turns it into its own CorruptChunkError.
+type frameError struct {
+	reason string
+	err    error
+}
+
+func (e *frameError) Error() string { return e.reason + ": " + e.err.Error() }
+
 // readChunk reads, checks and returns the chunk e locates.
 func (s *FileStore) readChunk(id ID, e entry) ([]byte, error) {
 	corrupt := func(reason string, err error) error {
@@ -389,18 +398,25 @@ func (s *FileStore) readChunk(id ID, e entry) ([]byte, error) {
 		}
 		return data, nil
 	} else {
-		f, err := s.readFrame(e)
+		cb, err := s.cache.load(key, func() (*cachedBlock, error) {
+			f, err := s.readFrame(e)
+			if err != nil {
+				return nil, &frameError{"reading frame", err}
+			}
+			block, err := f.block()
+			if err != nil {
+				return nil, &frameError{"decompressing block", err}
+			}
+			return &cachedBlock{key: key, block: block, chunks: f.Chunks}, nil
+		})
 		if err != nil {
+			var fe *frameError
+			if errors.As(err, &fe) {
+				return nil, corrupt(fe.reason, fe.err)
+			}
 			return nil, corrupt("reading frame", err)
 		}
-		block, err = f.block()
-		if err != nil {
-			return nil, corrupt("decompressing block", err)
-		}
-		list = f.Chunks
-		if len(list) > 1 {
-			s.cache.add(&cachedBlock{key: key, block: block, chunks: list})
-		}
+		block, list = cb.block, cb.chunks
 	}
 	i := -1
 	for j, c := range list {

@@ -219,7 +219,10 @@ type fetched struct {
 func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink, opts Options) error {
 	workers := opts.Workers
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		// Consecutive chunks share compressed blocks, which are decompressed
+		// once while other fetchers wait; more fetchers than cores keep
+		// several blocks in work at once.
+		workers = 4 * runtime.GOMAXPROCS(0)
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	refs := make(chan fetched, 4*workers)
