@@ -90,7 +90,7 @@ func describe(in qcow2.Info) string {
 		return fmt.Sprintf("%s, %s on disk", in.Format, bytesStr(in.FileSize))
 	}
 	parts := []string{fmt.Sprintf("qcow2 v%d", in.Version), bytesStr(int64(in.ClusterSize)) + " clusters",
-		fmt.Sprintf("%d-bit refcounts", in.RefcountBits), in.CompressionType + " compression", bytesStr(in.FileSize) + " on disk"}
+		fmt.Sprintf("%d-bit refcounts", in.RefcountBits), "compression type " + qemuCompressionName(in.CompressionType), bytesStr(in.FileSize) + " on disk"}
 	if in.ExtendedL2 {
 		parts = append(parts, "extended L2")
 	}
@@ -110,4 +110,12 @@ func describe(in qcow2.Info) string {
 		parts = append(parts, fmt.Sprintf("backing %s (%s)", in.BackingFile, in.BackingFormat))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// qemuCompressionName names a compression type the way qemu-img info does.
+func qemuCompressionName(t string) string {
+	if t == "deflate" {
+		return "zlib"
+	}
+	return t
 }
