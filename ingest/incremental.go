@@ -43,7 +43,7 @@ func RunIncremental(ctx context.Context, st chunkstore.Store, src Layer, parent 
 		total += r.end - r.start
 	}
 	return pipeline(ctx, st, ch, src.Size(), total, opts, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
-		p := &incr{ctx: ctx, st: st, src: src, ch: ch, emit: emit, prog: opts.Progress, parent: parentCursor{ctx: ctx, r: st, root: parent}}
+		p := &incr{ctx: ctx, st: st, src: src, ch: ch, emit: emit, prog: opts.Progress, parent: engram.NewCursor(ctx, st, parent)}
 		err := p.run(regions)
 		return p.read, err
 	})
@@ -92,34 +92,6 @@ func mergeSpan(l []span, x span) []span {
 	return append(out, x)
 }
 
-// parentCursor walks the parent's chunk refs in order, a page at a time.
-type parentCursor struct {
-	ctx  context.Context
-	r    chunkstore.Reader
-	root engram.Root
-	page int
-	refs []engram.ChunkRef
-	i    int
-}
-
-// peek returns the next ref, or ok=false at the end.
-func (c *parentCursor) peek() (ref engram.ChunkRef, ok bool, err error) {
-	for c.i >= len(c.refs) {
-		if c.page >= len(c.root.Pages) {
-			return ref, false, nil
-		}
-		c.refs, err = engram.LoadPage(c.ctx, c.r, c.root, c.root.Pages[c.page])
-		if err != nil {
-			return ref, false, fmt.Errorf("parent manifest: %w", err)
-		}
-		c.page++
-		c.i = 0
-	}
-	return c.refs[c.i], true, nil
-}
-
-func (c *parentCursor) pop() { c.i++ }
-
 type incr struct {
 	ctx    context.Context
 	st     chunkstore.Store
@@ -127,7 +99,7 @@ type incr struct {
 	ch     *Chunker
 	emit   func(chunkJob) error
 	prog   Progress
-	parent parentCursor
+	parent *engram.Cursor
 	read   int64
 	buf    []byte
 }
@@ -135,11 +107,11 @@ type incr struct {
 // reuseWhile emits parent refs while keep says so.
 func (p *incr) reuseWhile(keep func(engram.ChunkRef) bool) error {
 	for {
-		ref, ok, err := p.parent.peek()
+		ref, ok, err := p.parent.Peek()
 		if err != nil || !ok || !keep(ref) {
 			return err
 		}
-		p.parent.pop()
+		p.parent.Pop()
 		if err := p.emit(chunkJob{off: ref.Offset, id: ref.ID, n: ref.Length, reuse: true}); err != nil {
 			return err
 		}
@@ -149,16 +121,8 @@ func (p *incr) reuseWhile(keep func(engram.ChunkRef) bool) error {
 // straddles drops parent refs that end at or before pos (re-chunking has
 // replaced them) and reports whether one starts before pos and ends after.
 func (p *incr) straddles(pos int64) (bool, error) {
-	for {
-		ref, ok, err := p.parent.peek()
-		if err != nil || !ok {
-			return false, err
-		}
-		if ref.End() > pos {
-			return ref.Offset < pos, nil
-		}
-		p.parent.pop()
-	}
+	ref, ok, err := p.parent.SkipTo(pos)
+	return ok && ref.Offset < pos, err
 }
 
 func (p *incr) run(regions []span) error {
@@ -176,7 +140,7 @@ func (p *incr) run(regions []span) error {
 			return err
 		}
 		pos := ds
-		if ref, ok, err := p.parent.peek(); err != nil {
+		if ref, ok, err := p.parent.Peek(); err != nil {
 			return err
 		} else if ok && ref.Offset < ds {
 			pos = ref.Offset

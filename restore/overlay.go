@@ -32,7 +32,7 @@ func writeOverlay(ctx context.Context, r chunkstore.Reader, root engram.Root, w 
 	if br == nil {
 		br = r
 	}
-	cur := &refCursor{ctx: ctx, r: r, root: root}
+	cur := engram.NewCursor(ctx, r, root)
 	buf := make([]byte, cluster)
 	bbuf := make([]byte, cluster)
 	var chunk []byte
@@ -50,7 +50,7 @@ func writeOverlay(ctx context.Context, r chunkstore.Reader, root engram.Root, w 
 			end := min(c+cluster, root.Size)
 			clear(buf)
 			for {
-				ref, ok, err := cur.peek(c)
+				ref, ok, err := cur.SkipTo(c)
 				if err != nil {
 					return err
 				}
@@ -71,7 +71,7 @@ func writeOverlay(ctx context.Context, r chunkstore.Reader, root engram.Root, w 
 				if ref.End() > end {
 					break // continues into the next cluster
 				}
-				cur.pop()
+				cur.Pop()
 			}
 			data := buf[:end-c]
 			if b.Image != nil {
@@ -103,42 +103,3 @@ func writeOverlay(ctx context.Context, r chunkstore.Reader, root engram.Root, w 
 		return nil
 	})
 }
-
-// refCursor walks a manifest's refs in order, skipping those that end at
-// or before the position asked for.
-type refCursor struct {
-	ctx  context.Context
-	r    chunkstore.Reader
-	root engram.Root
-	page int
-	refs []engram.ChunkRef
-	i    int
-}
-
-func (c *refCursor) peek(pos int64) (engram.ChunkRef, bool, error) {
-	for {
-		for c.i < len(c.refs) && c.refs[c.i].End() <= pos {
-			c.i++
-		}
-		if c.i < len(c.refs) {
-			return c.refs[c.i], true, nil
-		}
-		if c.page >= len(c.root.Pages) {
-			return engram.ChunkRef{}, false, nil
-		}
-		// Pages wholly before pos need no loading: a page's refs start in
-		// its span and end at most MaxChunkLen later.
-		p := c.root.Pages[c.page]
-		c.page++
-		if (int64(p.Index)+1)*engram.PageSpan+engram.MaxChunkLen <= pos {
-			continue
-		}
-		refs, err := engram.LoadPage(c.ctx, c.r, c.root, p)
-		if err != nil {
-			return engram.ChunkRef{}, false, err
-		}
-		c.refs, c.i = refs, 0
-	}
-}
-
-func (c *refCursor) pop() { c.i++ }

@@ -14,9 +14,9 @@ import (
 func ReadRange(ctx context.Context, r chunkstore.Reader, root engram.Root, p []byte, off int64) error {
 	clear(p)
 	end := off + int64(len(p))
-	cur := &refCursor{ctx: ctx, r: r, root: root}
+	cur := engram.NewCursor(ctx, r, root)
 	for {
-		ref, ok, err := cur.peek(off)
+		ref, ok, err := cur.SkipTo(off)
 		if err != nil {
 			return err
 		}
@@ -32,6 +32,6 @@ func ReadRange(ctx context.Context, r chunkstore.Reader, root engram.Root, p []b
 		}
 		lo, hi := max(ref.Offset, off), min(ref.End(), end)
 		copy(p[lo-off:hi-off], data[lo-ref.Offset:hi-ref.Offset])
-		cur.pop()
+		cur.Pop()
 	}
 }
