@@ -151,5 +151,6 @@
 //     recorded); the writer lock keeps other processes out, the caller
 //     must order its own goroutines.
 //   - If index.db is lost, Repair rebuilds the chunk index but the MetaTx
-//     buckets are gone (RepairReport.MetadataLost).
+//     buckets are gone (RepairReport.MetadataLost); engram keeps a copy of
+//     its catalog in catalog chunks and rebuilds it (engram repair).
 package chunkstore
