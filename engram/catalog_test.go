@@ -1,0 +1,114 @@
+package engram
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/engram-vm/engram/chunkstore"
+)
+
+func newMem() *chunkstore.MemStore {
+	return chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+}
+
+// commitRoot commits an empty engram of the given size under name.
+func commitRoot(t *testing.T, st chunkstore.Store, size int64, name string, fp string) ID {
+	t.Helper()
+	enc := EncodeRoot(Root{Size: size})
+	id := chunkstore.Sum(enc)
+	if err := Commit(context.Background(), st, id, enc, &Record{Name: name, Source: "/x/" + name, Fingerprint: fp}); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestCatalog(t *testing.T) {
+	ctx := context.Background()
+	st := newMem()
+	// Find two sizes whose IDs share a first hex digit, for an ambiguous prefix.
+	var ids []ID
+	seen := map[byte]ID{}
+	for size := int64(512); len(ids) < 2; size += 512 {
+		id := chunkstore.Sum(EncodeRoot(Root{Size: size}))
+		if other, ok := seen[id.String()[0]]; ok {
+			ids = []ID{other, id}
+			break
+		}
+		seen[id.String()[0]] = id
+	}
+	var sizes []int64
+	for _, want := range ids {
+		for size := int64(512); ; size += 512 {
+			if chunkstore.Sum(EncodeRoot(Root{Size: size})) == want {
+				sizes = append(sizes, size)
+				break
+			}
+		}
+	}
+	fp := strings.Repeat("ab", 32)
+	a := commitRoot(t, st, sizes[0], "web-01", fp)
+	b := commitRoot(t, st, sizes[1], "", "")
+
+	for _, tc := range []struct {
+		arg  string
+		want ID
+		err  error
+	}{
+		{"web-01", a, nil},
+		{a.String(), a, nil},
+		{b.String()[:12], b, nil},
+		{a.String()[:1], ID{}, ErrAmbiguous},
+		{"nosuchname", ID{}, ErrNotFound},
+		{"", ID{}, ErrNotFound},
+	} {
+		got, err := Resolve(ctx, st, tc.arg)
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("Resolve(%q): %v, want %v", tc.arg, err, tc.err)
+			}
+			if tc.err == ErrAmbiguous && (!strings.Contains(err.Error(), a.String()) || !strings.Contains(err.Error(), b.String())) {
+				t.Errorf("ambiguous prefix error does not list the candidates: %v", err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("Resolve(%q) = %s, %v; want %s", tc.arg, got.Short(), err, tc.want.Short())
+		}
+	}
+
+	var fpb [32]byte
+	copy(fpb[:], []byte(strings.Repeat("\xab", 32)))
+	if got, ok, err := LookupFingerprint(ctx, st, fpb); err != nil || !ok || got != a {
+		t.Errorf("LookupFingerprint: %s %v %v", got.Short(), ok, err)
+	}
+	if err := ForgetFingerprints(ctx, st, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := LookupFingerprint(ctx, st, fpb); ok {
+		t.Error("fingerprint still known after ForgetFingerprints")
+	}
+
+	entries, err := List(ctx, st)
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("List: %d entries, %v", len(entries), err)
+	}
+	if err := Remove(ctx, st, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Resolve(ctx, st, "web-01"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("name of a removed engram still resolves: %v", err)
+	}
+	if err := Remove(ctx, st, a); !errors.Is(err, ErrNotFound) {
+		t.Errorf("removing twice: %v", err)
+	}
+	// The catalog chunk of the remaining engram is live for gc.
+	var live []chunkstore.ID
+	if err := LiveChunks(ctx, st, func(id chunkstore.ID) { live = append(live, id) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(live) != 1 {
+		t.Errorf("LiveChunks reported %d chunks for one empty engram, want its catalog chunk", len(live))
+	}
+}
