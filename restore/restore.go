@@ -126,13 +126,13 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			if err := writeOverlay(ctx, r, root, w, cs, b, opts.Progress); err != nil {
 				return err
 			}
-			out = discard{}
+			// out stays nil: the overlay is written already.
 		} else {
 			out = w
 		}
 		finish = w.Close // fsyncs and closes f
 	}
-	if _, ok := out.(discard); !ok {
+	if out != nil {
 		if err := stream(ctx, r, root, out, opts); err != nil {
 			return err
 		}
@@ -157,11 +157,6 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
-
-// discard marks output that was already written.
-type discard struct{}
-
-func (discard) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
 
 // ToWriter streams engram id as a raw image to w (e.g. stdout), zeros
 // included.

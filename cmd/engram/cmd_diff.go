@@ -25,7 +25,7 @@ var diffCommand = &cli.Command{
 		var ids [2]engram.ID
 		var roots [2]engram.Root
 		for i := range ids {
-			if ids[i], err = resolve(c.Context, st, c.Args().Get(i)); err != nil {
+			if ids[i], err = engram.Resolve(c.Context, st, c.Args().Get(i)); err != nil {
 				return err
 			}
 			if roots[i], err = engram.LoadRoot(c.Context, st, ids[i]); err != nil {

@@ -74,7 +74,7 @@ var showCommand = &cli.Command{
 			return err
 		}
 		defer st.Close()
-		id, err := resolve(c.Context, st, c.Args().First())
+		id, err := engram.Resolve(c.Context, st, c.Args().First())
 		if err != nil {
 			return err
 		}

@@ -47,7 +47,7 @@ var restoreCommand = &cli.Command{
 			return err
 		}
 		defer st.Close()
-		id, err := resolve(c.Context, st, c.Args().First())
+		id, err := engram.Resolve(c.Context, st, c.Args().First())
 		if err != nil {
 			return err
 		}

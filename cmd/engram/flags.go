@@ -79,11 +79,6 @@ func isEmptyOrMissing(dir string) bool {
 	return errors.Is(err, fs.ErrNotExist) || (err == nil && len(ents) == 0)
 }
 
-// resolve turns an ID, prefix or name argument into an engram ID.
-func resolve(ctx context.Context, st chunkstore.Reader, arg string) (engram.ID, error) {
-	return engram.Resolve(ctx, st, arg)
-}
-
 // resolveAll resolves every argument, failing on the first that matches
 // nothing (before anything is changed).
 func resolveAll(ctx context.Context, st chunkstore.Reader, args []string) ([]engram.ID, error) {
