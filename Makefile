@@ -11,10 +11,11 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/engram
 
-# qemu-img and qemu-io judge every round trip; install Debian's qemu-utils
-# when they are missing.
+# qemu-img and qemu-io judge every round trip, nbdinfo/nbdcopy the NBD
+# server, fusermount3 the mount, qemu-system-x86_64 the boot test; the
+# script installs whichever Debian package is missing.
 deps:
-	@command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || scripts/install-deps.sh
+	@scripts/install-deps.sh
 
 demo: deps build
 	scripts/demo.sh
