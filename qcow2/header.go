@@ -96,6 +96,9 @@ func parseHeader(path string, f *os.File, fileSize int64) (*header, error) {
 		h.autoclear = be.Uint64(fixed[offAutoclearFeatures:])
 		h.refcountOrder = be.Uint32(fixed[offRefcountOrder:])
 		h.headerLen = be.Uint32(fixed[offHeaderLength:])
+	case qcowVersion1:
+		// Same magic, another format: name it as QEMU does.
+		return nil, newErr(path, ErrUnsupportedFormat, "qcow (the legacy version 1 format, not qcow2) image; only qcow2 and raw are read (convert it with qemu-img convert -O qcow2)")
 	default:
 		return nil, newErr(path, ErrUnsupportedFormat, "qcow2 version %d is not supported (only 2 and 3)", h.version)
 	}

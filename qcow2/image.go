@@ -209,48 +209,6 @@ func hasProtocol(name string) bool {
 	return i > 0 && !strings.Contains(name[:i], "/")
 }
 
-// detect guesses the format of f by its magic.
-func detect(path string, f *os.File, fileSize int64, warn func(string)) (string, error) {
-	var b [512]byte
-	n, err := f.ReadAt(b[:], 0)
-	if err != nil && err != io.EOF {
-		return "", ioErr(path, err, "magic")
-	}
-	head := b[:n]
-	unsupported := func(name string) (string, error) {
-		return "", newErr(path, ErrUnsupportedFormat, "%s image; only qcow2 and raw are read (convert it with qemu-img convert -O qcow2)", name)
-	}
-	switch {
-	case len(head) >= 4 && be.Uint32(head) == Magic:
-		return "qcow2", nil
-	case bytes.HasPrefix(head, []byte("KDMV")), bytes.HasPrefix(head, []byte("# Disk DescriptorFile")):
-		return unsupported("vmdk")
-	case bytes.HasPrefix(head, []byte("vhdxfile")):
-		return unsupported("vhdx")
-	case len(head) >= 0x44 && binary.LittleEndian.Uint32(head[0x40:]) == 0xbeda107f:
-		return unsupported("vdi")
-	case bytes.HasPrefix(head, []byte("QED\x00")):
-		return unsupported("qed")
-	case bytes.HasPrefix(head, []byte("LUKS\xba\xbe")):
-		return unsupported("luks")
-	case bytes.HasPrefix(head, []byte("conectix")):
-		return unsupported("vpc (vhd)")
-	case bytes.HasPrefix(head, []byte("WithoutFreeSpace")), bytes.HasPrefix(head, []byte("WithouFreSpacExt")):
-		return unsupported("parallels")
-	}
-	if strings.EqualFold(filepath.Ext(path), ".qcow2") {
-		m := head
-		if len(m) > 4 {
-			m = m[:4]
-		}
-		return "", newErr(path, ErrNotQcow2, "not a qcow2 image: magic %x, want %x", m, be.AppendUint32(nil, Magic))
-	}
-	if warn != nil {
-		warn(path + ": no known format magic, reading as raw (use --format raw to silence)")
-	}
-	return "raw", nil
-}
-
 // initQcow2 sets up the mapping state of a qcow2 layer from its header.
 func (im *Image) initQcow2(h *header, fileSize int64) error {
 	cs := h.clusterSize()

@@ -71,6 +71,28 @@ func TestRefusals(t *testing.T) {
 			qemutest.Create(t, "qed", p, "1M")
 			return p
 		}, "qed"},
+		{"qcow", ErrUnsupportedFormat, Options{}, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "d.qcow")
+			qemutest.Create(t, "qcow", p, "1M")
+			return p
+		}, "qcow (the legacy version 1 format"},
+		{"qcow-as-qcow2-backing", ErrUnsupportedFormat, Options{}, func(t *testing.T, dir string) string {
+			qemutest.Create(t, "qcow", filepath.Join(dir, "d.qcow"), "1M")
+			p := filepath.Join(dir, "o.qcow2")
+			qemutest.Create(t, "qcow2", p, "1M", "backing_file=d.qcow", "backing_fmt=qcow")
+			qemutest.Img(t, "rebase", "-u", "-f", "qcow2", "-b", "d.qcow", "-F", "qcow2", p)
+			return p
+		}, "qcow (the legacy version 1 format"},
+		{"vpc", ErrUnsupportedFormat, Options{}, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "d.vhd")
+			qemutest.Create(t, "vpc", p, "1M")
+			return p
+		}, "vpc"},
+		{"parallels", ErrUnsupportedFormat, Options{}, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "d.hds")
+			qemutest.Create(t, "parallels", p, "1M")
+			return p
+		}, "parallels"},
 		{"luks", ErrUnsupportedFormat, Options{}, func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "d.luks")
 			if !createEncrypted(append(append([]string{"create", "-q", "-f", "luks"}, secret...), "-o", "key-secret=s0", p, "1M")) {
