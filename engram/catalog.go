@@ -42,6 +42,9 @@ type Layer struct {
 	FileSize    int64  `json:"file_size"`
 	Compression string `json:"compression,omitempty"`
 	ExtendedL2  bool   `json:"extended_l2,omitempty"`
+	// CorruptMarked: the file had QEMU's corrupt bit set; it was read as
+	// QEMU reads such images (read-only), every structural check passing.
+	CorruptMarked bool `json:"corrupt_marked,omitempty"`
 }
 
 // IngestStats are what one ingest did.
@@ -77,6 +80,10 @@ type Record struct {
 	Fingerprint string `json:"fingerprint,omitempty"`
 	// Reused says the source was recognised by its fingerprint and not read.
 	Reused bool `json:"reused,omitempty"`
+	// CorruptMarked says a file of the source chain had QEMU's corrupt bit
+	// set when it was ingested (which ones: Chain[i].CorruptMarked).
+	// Absent in records written before it existed, which had none.
+	CorruptMarked bool `json:"corrupt_marked,omitempty"`
 }
 
 // EngramID parses Record.Engram.

@@ -127,7 +127,9 @@ func newRecord(im *qcow2.Image, s engram.IngestStats) *engram.Record {
 		rec.Chain = append(rec.Chain, engram.Layer{
 			Path: absPath(l.Path()), Format: li.Format, ClusterSize: li.ClusterSize, Size: li.VirtualSize,
 			FileSize: fsize, Compression: li.CompressionType, ExtendedL2: li.ExtendedL2,
+			CorruptMarked: li.CorruptMarked,
 		})
+		rec.CorruptMarked = rec.CorruptMarked || li.CorruptMarked
 	}
 	return rec
 }

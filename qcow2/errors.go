@@ -22,8 +22,8 @@ var (
 	ErrEncrypted = errors.New("encrypted image")
 
 	// ErrCorruptBit means the image has the corrupt incompatible feature bit
-	// set: QEMU found its metadata inconsistent and it must be repaired
-	// (qemu-img check -r all) before it is archived.
+	// set (QEMU once found its metadata inconsistent) and the caller asked
+	// for such images to be refused (Options.RefuseCorrupt).
 	ErrCorruptBit = errors.New("image is marked corrupt")
 
 	// ErrUnknownFeature means the image sets incompatible feature bits (or a

@@ -41,6 +41,8 @@ func (h *header) clusterSize() int64 { return 1 << h.clusterBits }
 
 func (h *header) extendedL2() bool { return h.incompat&IncompatExtendedL2 != 0 }
 
+func (h *header) corruptMarked() bool { return h.incompat&IncompatCorrupt != 0 }
+
 // l2Entries is the number of entries in one L2 table.
 func (h *header) l2Entries() int64 {
 	if h.extendedL2() {
@@ -138,12 +140,11 @@ func parseHeader(path string, f *os.File, fileSize int64) (*header, error) {
 	}
 
 	// Feature bits: unknown incompatible bits first (they may change the
-	// meaning of everything else), then the corrupt bit.
+	// meaning of everything else). The corrupt bit is the caller's choice
+	// (Options.RefuseCorrupt): QEMU still opens such images read-only, and
+	// every check below applies to them as to any image.
 	if unknown := h.incompat &^ incompatKnown; unknown != 0 {
 		return nil, newErr(path, ErrUnknownFeature, "unknown incompatible feature bits: %s", h.featureList(0, unknown))
-	}
-	if h.incompat&IncompatCorrupt != 0 {
-		return nil, newErr(path, ErrCorruptBit, "image is marked corrupt (incompatible feature bit 1); repair it with qemu-img check -r all")
 	}
 	if h.cryptMethod != cryptNone {
 		name := map[uint32]string{cryptAES: "AES", cryptLUKS: "LUKS"}[h.cryptMethod]

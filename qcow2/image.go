@@ -22,6 +22,10 @@ type Options struct {
 	Format        string           // "" = detect by magic, "qcow2", "raw"
 	MaxChainDepth int              // backing layers allowed below the top image; 0 = 64
 	Warn          func(msg string) // one-line notes (e.g. "probed raw"); nil = discard
+	// RefuseCorrupt refuses images whose corrupt bit is set (ErrCorruptBit).
+	// By default they are read as QEMU reads them, read-only and with every
+	// structural check, after a note through Warn; Info.CorruptMarked says so.
+	RefuseCorrupt bool
 }
 
 // Info describes one layer of a chain.
@@ -39,6 +43,7 @@ type Info struct {
 	ExtendedL2      bool
 	RefcountBits    int
 	Dirty           bool
+	CorruptMarked   bool // the corrupt bit is set: QEMU found the metadata inconsistent once
 	LazyRefcounts   bool
 	Snapshots       int
 	Bitmaps         int
@@ -128,6 +133,14 @@ func openLayer(path, referrer, format string, opts Options, level int, seen map[
 	h, err := parseHeader(path, f, fileSize)
 	if err != nil {
 		return nil, err
+	}
+	if h.corruptMarked() {
+		if opts.RefuseCorrupt {
+			return nil, newErr(path, ErrCorruptBit, "image is marked corrupt (incompatible feature bit 1); refused (qemu-img check says what is wrong)")
+		}
+		if opts.Warn != nil {
+			opts.Warn(path + ": warning: image is marked corrupt (incompatible feature bit 1); reading it read-only as QEMU does")
+		}
 	}
 	if err := im.initQcow2(h, fileSize); err != nil {
 		return nil, err
@@ -250,6 +263,7 @@ func (im *Image) initQcow2(h *header, fileSize int64) error {
 	info.ExtendedL2 = q.extL2
 	info.RefcountBits = 1 << h.refcountOrder
 	info.Dirty = h.incompat&IncompatDirty != 0
+	info.CorruptMarked = h.corruptMarked()
 	info.LazyRefcounts = h.compat&CompatLazyRefcounts != 0
 	info.Snapshots = int(h.nbSnapshots)
 	info.Bitmaps = h.bitmaps

@@ -108,7 +108,7 @@ func TestRefusals(t *testing.T) {
 			}
 			return p
 		}, "LUKS"},
-		{"corrupt-bit", ErrCorruptBit, Options{}, func(t *testing.T, dir string) string {
+		{"corrupt-bit-refused", ErrCorruptBit, Options{RefuseCorrupt: true}, func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "c.qcow2")
 			qemutest.Create(t, "qcow2", p, "1M")
 			patch(t, p, func(b []byte) { b[offIncompatibleFeatures+7] |= IncompatCorrupt })

@@ -28,6 +28,7 @@ var ingestCommand = &cli.Command{
 		&cli.StringFlag{Name: "name", Usage: "name for the engram (one image only)"},
 		&cli.StringSliceFlag{Name: "label", Usage: "label key=value (repeatable)"},
 		&cli.BoolFlag{Name: "reread", Usage: "read every layer again instead of trusting fingerprints"},
+		&cli.BoolFlag{Name: "refuse-corrupt", Usage: "refuse images marked corrupt (QEMU's corrupt bit) instead of reading them read-only as QEMU does"},
 		formatFlag,
 	},
 	Action: func(c *cli.Context) error {
@@ -57,7 +58,7 @@ var ingestCommand = &cli.Command{
 			}
 		}()
 		for _, path := range paths {
-			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), Warn: func(msg string) {
+			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), RefuseCorrupt: c.Bool("refuse-corrupt"), Warn: func(msg string) {
 				fmt.Fprintf(c.App.ErrWriter, "engram: %s\n", msg)
 			}})
 			if err != nil {
@@ -95,6 +96,9 @@ var ingestCommand = &cli.Command{
 					row.New += l.Record.Stats.NewBytes
 				}
 			}
+			if top.Record != nil {
+				row.CorruptMarked = top.Record.CorruptMarked
+			}
 			row.How = "full"
 			switch {
 			case top.Reused:
@@ -127,6 +131,8 @@ type ingestRow struct {
 	New       int64   `json:"new_bytes"`
 	How       string  `json:"how"` // full, overlay (only its own clusters read) or unchanged (recognised, not read)
 	Seconds   float64 `json:"seconds"`
+	// CorruptMarked: a file of the chain had QEMU's corrupt bit set.
+	CorruptMarked bool `json:"corrupt_marked,omitempty"`
 }
 
 func printIngestSummary(c *cli.Context, rows []ingestRow) {

@@ -100,6 +100,9 @@ func describe(in qcow2.Info) string {
 	if in.Dirty {
 		parts = append(parts, "dirty")
 	}
+	if in.CorruptMarked {
+		parts = append(parts, "marked corrupt (read read-only, as QEMU does)")
+	}
 	if in.Snapshots > 0 {
 		parts = append(parts, fmt.Sprintf("%d internal snapshots (read past)", in.Snapshots))
 	}

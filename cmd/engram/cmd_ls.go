@@ -121,11 +121,18 @@ var showCommand = &cli.Command{
 			if r.Reused {
 				fmt.Fprintf(w, "  recognised unchanged by its fingerprint; nothing read\n")
 			}
+			if r.CorruptMarked {
+				fmt.Fprintf(w, "  marked corrupt: the source had QEMU's corrupt bit set; read read-only as QEMU does\n")
+			}
 			for k, v := range r.Labels {
 				fmt.Fprintf(w, "  label %s=%s\n", k, v)
 			}
 			for i, l := range r.Chain {
-				fmt.Fprintf(w, "  %*s%s (%s, %s on disk)\n", 2*i, "", l.Path, l.Format, bytesStr(l.FileSize))
+				mark := ""
+				if l.CorruptMarked {
+					mark = ", marked corrupt"
+				}
+				fmt.Fprintf(w, "  %*s%s (%s, %s on disk%s)\n", 2*i, "", l.Path, l.Format, bytesStr(l.FileSize), mark)
 			}
 			s := r.Stats
 			fmt.Fprintf(w, "  read %s, stored %s new in %d chunks, %.1fs\n", bytesStr(s.DataBytes), bytesStr(s.NewBytes), s.NewChunks, s.Duration.Seconds())
