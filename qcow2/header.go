@@ -224,7 +224,7 @@ func parseHeader(path string, f *os.File, fileSize int64) (*header, error) {
 		if end > uint64(len(buf)) {
 			return nil, corrupt("backing file name at offset %d (%d bytes) past end of file (size %d)", h.backingOff, h.backingLen, fileSize)
 		}
-		h.backingName = string(buf[h.backingOff:end])
+		h.backingName = cName(buf[h.backingOff:end])
 		if h.backingName == "" {
 			h.backingOff = 0
 		}
@@ -233,6 +233,15 @@ func parseHeader(path string, f *os.File, fileSize int64) (*header, error) {
 		return nil, corrupt("raw external data file cannot be combined with a backing file")
 	}
 	return h, nil
+}
+
+// cName is a name field as QEMU reads it: a C string, ending at the first
+// NUL even when the header's length covers padding after it.
+func cName(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
 }
 
 // checkTable validates a table of n bytes at off: cluster aligned and inside
@@ -292,9 +301,9 @@ func (h *header) parseExtensions(path string, buf []byte, cs int64) error {
 		d := buf[data : data+n]
 		switch typ {
 		case extBackingFormat:
-			h.backingFormat = string(d)
+			h.backingFormat = cName(d)
 		case extExternalData:
-			h.dataFile = string(d)
+			h.dataFile = cName(d)
 		case extFeatureNames:
 			if h.featureNames == nil {
 				h.featureNames = map[[2]byte]string{}

@@ -58,9 +58,7 @@ var ingestCommand = &cli.Command{
 			}
 		}()
 		for _, path := range paths {
-			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), RefuseCorrupt: c.Bool("refuse-corrupt"), Warn: func(msg string) {
-				fmt.Fprintf(c.App.ErrWriter, "engram: %s\n", msg)
-			}})
+			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), RefuseCorrupt: c.Bool("refuse-corrupt"), Warn: warnFunc(c)})
 			if err != nil {
 				return err
 			}
@@ -76,7 +74,7 @@ var ingestCommand = &cli.Command{
 		for i, im := range imgs {
 			start := time.Now()
 			opts := ingest.ImageOptions{Name: c.String("name"), Labels: labels, Reread: c.Bool("reread")}
-			desc := filepath.Base(im.Path())
+			desc := escapeControl(filepath.Base(im.Path()))
 			if len(imgs) > 1 {
 				desc = fmt.Sprintf("[%d/%d] %s", i+1, len(imgs), desc)
 			}
@@ -141,7 +139,7 @@ func printIngestSummary(c *cli.Context, rows []ingestRow) {
 	var alloc, read, newB int64
 	var secs float64
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fs\n", r.Image, r.ID[:12], bytesStr(r.Virtual), bytesStr(r.Allocated),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fs\n", escapeControl(r.Image), r.ID[:12], bytesStr(r.Virtual), bytesStr(r.Allocated),
 			bytesStr(r.Read), bytesStr(r.New), r.How, r.Seconds)
 		alloc += r.Allocated
 		read += r.Read

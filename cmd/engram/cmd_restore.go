@@ -104,7 +104,7 @@ var restoreCommand = &cli.Command{
 			return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "output": out, "format": format})
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.ErrWriter, "restored %s to %s (%s)\n", id.Short(), out, format)
+			fmt.Fprintf(c.App.ErrWriter, "restored %s to %s (%s)\n", id.Short(), escapeControl(out), format)
 		}
 		return nil
 	},

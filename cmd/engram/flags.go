@@ -63,7 +63,7 @@ func openStore(c *cli.Context, write, create bool) (*chunkstore.FileStore, error
 			return nil, err
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.ErrWriter, "engram: created store %s\n", dir)
+			fmt.Fprintf(c.App.ErrWriter, "engram: created store %s\n", escapeControl(dir))
 		}
 	}
 	return chunkstore.Open(c.Context, dir, chunkstore.OpenOptions{

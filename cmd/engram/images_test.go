@@ -96,3 +96,76 @@ func TestIngestCorruptMarked(t *testing.T) {
 		t.Error("a refused ingest created the store")
 	}
 }
+
+// A backing name whose header length covers trailing NULs is read as QEMU
+// reads it (cut at the first NUL): the ingest works and restores identical.
+func TestIngestNULPaddedBacking(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "base.raw")
+	qemutest.Create(t, "raw", base, "64M")
+	qemutest.IO(t, base, "raw", "write -P 0x31 0 1M", "write -P 0x32 40M 1M")
+	src := filepath.Join(dir, "over.qcow2")
+	qemutest.Create(t, "qcow2", src, "64M", "backing_file=base.raw", "backing_fmt=raw")
+	qemutest.IO(t, src, "qcow2", "write -P 0x33 512k 1M")
+	patchFile(t, src, func(b []byte) {
+		// backing_file_size (bytes 16..19): cover 24 of the NULs after the name.
+		n := int(b[16])<<24 | int(b[17])<<16 | int(b[18])<<8 | int(b[19])
+		n += 24
+		b[16], b[17], b[18], b[19] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+	})
+	want := filepath.Join(dir, "want.raw")
+	qemutest.ToRaw(t, src, want)
+
+	r := runEngram(t, store, "ingest", src)
+	if r.code != 0 {
+		t.Fatalf("ingest: exit %d: %q", r.code, r.stderr)
+	}
+	if strings.ContainsRune(r.stderr, 0) {
+		t.Errorf("stderr carries NUL bytes: %q", r.stderr)
+	}
+	out := filepath.Join(dir, "out.qcow2")
+	ok(t, store, "restore", strings.TrimSpace(r.stdout), "-o", out)
+	qemutest.Compare(t, want, out, "-f", "raw", "-F", "qcow2")
+}
+
+// Control characters from an image header reach stderr escaped, on one line.
+func TestStderrEscapesControlCharacters(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "over.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-u", "-b", "XXXXXXXX.raw", "-F", "raw", src, "64M")
+	patchFile(t, src, func(b []byte) {
+		i := strings.Index(string(b), "XXXXXXXX.raw")
+		copy(b[i:], "\x1b[31m\n\x07\x7f")
+	})
+	r := runEngram(t, filepath.Join(dir, "store"), "ingest", src)
+	if r.code != exitBadImage {
+		t.Fatalf("exit %d, want %d: %q", r.code, exitBadImage, r.stderr)
+	}
+	msg := strings.TrimSuffix(r.stderr, "\n")
+	for _, c := range msg {
+		if c < 0x20 || c == 0x7f {
+			t.Fatalf("stderr carries control character %#x: %q", c, r.stderr)
+		}
+	}
+	if !strings.Contains(msg, `\x1b[31m\x0a\x07\x7f.raw`) {
+		t.Errorf("stderr %q does not show the escaped name", msg)
+	}
+}
+
+func TestEscapeControl(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain é ✓":      "plain é ✓",
+		"a\x00b":         `a\x00b`,
+		"\x1b[1mx\n":     `\x1b[1mx\x0a`,
+		"bad\xffutf8":    `bad\xffutf8`,
+		"c1\u009b31m":    `c1\u009b31m`,
+		"tab\there\x7f!": `tab\x09here\x7f!`,
+	} {
+		if got := escapeControl(in); got != want {
+			t.Errorf("escapeControl(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 )
@@ -37,8 +39,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	code := exitCode(ctx, err)
-	fmt.Fprintf(stderr, "engram: %v\n", errorText(ctx, err))
+	fmt.Fprintf(stderr, "engram: %s\n", escapeControl(errorText(ctx, err)))
 	return code
+}
+
+// escapeControl makes s safe for one line on a terminal: names from image
+// headers or the command line may hold NULs, newlines or escape sequences,
+// which are shown as \xNN (and invalid UTF-8 bytes likewise).
+func escapeControl(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1, r < 0x20, r == 0x7f:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case r >= 0x80 && r < 0xa0: // C1 controls, such as CSI
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+// warnFunc prints the one-line notes of qcow2.Open on stderr.
+func warnFunc(c *cli.Context) func(string) {
+	return func(msg string) { fmt.Fprintf(c.App.ErrWriter, "engram: %s\n", escapeControl(msg)) }
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {

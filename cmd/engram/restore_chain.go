@@ -140,7 +140,7 @@ func restoreChain(c *cli.Context, st *chunkstore.FileStore, id engram.ID, dir st
 		return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "files": written})
 	}
 	if !c.Bool(quietFlag.Name) {
-		fmt.Fprintf(c.App.ErrWriter, "restored %s as a chain of %d: %s\n", id.Short(), len(written), strings.Join(written, " <- "))
+		fmt.Fprintf(c.App.ErrWriter, "restored %s as a chain of %d: %s\n", id.Short(), len(written), escapeControl(strings.Join(written, " <- ")))
 	}
 	return nil
 }
