@@ -3,7 +3,7 @@ package ingest
 import (
 	"context"
 	"encoding/hex"
-	"fmt"
+	"errors"
 	"os"
 	"path/filepath"
 	"time"
@@ -31,11 +31,35 @@ type LayerResult struct {
 	Record      *engram.Record
 }
 
+// LayerError is a failure while ingesting one file of an image's chain.
+// Its message names the file once: not again when the cause is a qcow2
+// error about that same file, which already starts with its path.
+type LayerError struct {
+	Path string // the layer's path, as opened
+	Op   string // what failed, "" for reading and chunking the layer
+	Err  error
+}
+
+func (e *LayerError) Error() string {
+	msg := e.Err.Error()
+	if e.Op != "" {
+		msg = e.Op + ": " + msg
+	}
+	var qe *qcow2.Error
+	if errors.As(e.Err, &qe) && qe.Path == e.Path {
+		return msg
+	}
+	return e.Path + ": " + msg
+}
+
+func (e *LayerError) Unwrap() error { return e.Err }
+
 // Image ingests img layer by layer, from the base up, and commits one
 // engram per layer, each linked to the engram below it. A layer whose chain
 // fingerprint is already in the catalog is not read; an overlay over a
 // known parent is re-chunked only around its own clusters. Results come
-// base first; the last is img itself.
+// base first; the last is img itself. Errors are *LayerError naming the
+// layer at fault.
 func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts ImageOptions) ([]LayerResult, error) {
 	var layers []*qcow2.Image
 	for l := img; l != nil; l = l.Backing() {
@@ -47,24 +71,27 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 	for i := len(layers) - 1; i >= 0; i-- {
 		l := layers[i]
 		top := i == 0
+		fail := func(op string, err error) ([]LayerResult, error) {
+			return out, &LayerError{Path: l.Path(), Op: op, Err: err}
+		}
 		fp, err := l.Fingerprint()
 		if err != nil {
-			return out, err
+			return fail("", err)
 		}
 		lr := LayerResult{Path: l.Path()}
 		var res *Result
 		if id, ok, err := engram.LookupFingerprint(ctx, st, fp); err != nil {
-			return out, err
+			return fail("catalog", err)
 		} else if ok && !opts.Reread {
 			root, err := engram.LoadRoot(ctx, st, id)
 			if err != nil {
-				return out, err
+				return fail("catalog", err)
 			}
 			// Cheap check that the engram is still there to build on: its
 			// pages. (Repair forgets fingerprints of engrams it finds
 			// incomplete; --reread reads everything regardless.)
 			if whole, err := pagesPresent(ctx, st, root); err != nil {
-				return out, err
+				return fail("catalog", err)
 			} else if whole {
 				res = &Result{ID: id, Root: root, Enc: engram.EncodeRoot(root)}
 				lr.Reused = true
@@ -78,7 +105,7 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 				res, err = Run(ctx, st, l, opts.Options)
 			}
 			if err != nil {
-				return out, fmt.Errorf("%s: %w", l.Path(), err)
+				return fail("", err)
 			}
 		}
 		lr.ID = res.ID
@@ -95,7 +122,7 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 				rec.Name, rec.Labels = opts.Name, opts.Labels
 			}
 			if err := engram.Commit(ctx, st, res.ID, res.Enc, rec); err != nil {
-				return out, fmt.Errorf("%s: commit: %w", l.Path(), err)
+				return fail("commit", err)
 			}
 			lr.Record = rec
 		}

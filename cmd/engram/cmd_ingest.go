@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,6 +84,11 @@ var ingestCommand = &cli.Command{
 			}
 			layers, err := ingest.Image(c.Context, st, im, opts)
 			if err != nil {
+				// Name the image once: the error names the layer at fault,
+				// which is often the image itself.
+				if le := (*ingest.LayerError)(nil); errors.As(err, &le) && le.Path == im.Path() {
+					return fmt.Errorf("ingest: %w", err)
+				}
 				return fmt.Errorf("ingest %s: %w", im.Path(), err)
 			}
 			top := layers[len(layers)-1]

@@ -169,3 +169,45 @@ func TestEscapeControl(t *testing.T) {
 		}
 	}
 }
+
+// The error of a damaged L2 entry names the image once, and in a chain
+// names the image asked for and the layer at fault once each.
+func TestDamagedL2NamesPathOnce(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "damaged.qcow2")
+	qemutest.Create(t, "qcow2", base, "64M")
+	qemutest.IO(t, base, "qcow2", "write -P 0x41 0 1M")
+	patchFile(t, base, func(b []byte) {
+		be := func(o uint64, n int) (v uint64) {
+			for _, c := range b[o : o+uint64(n)] {
+				v = v<<8 | uint64(c)
+			}
+			return v
+		}
+		l2 := be(be(40, 8), 8) & 0x00fffffffffffe00 // L1[0] -> first L2 table
+		b[l2+7] |= 0x02                             // reserved bit 1 of the first L2 entry
+	})
+	over := filepath.Join(dir, "over.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "damaged.qcow2", "-F", "qcow2", over)
+
+	for _, c := range []struct{ image, other string }{{base, ""}, {over, base}} {
+		r := runEngram(t, store, "ingest", c.image)
+		if r.code != exitBadImage {
+			t.Fatalf("ingest %s: exit %d, want %d: %s", c.image, r.code, exitBadImage, r.stderr)
+		}
+		msg := strings.TrimSpace(r.stderr)
+		if i := strings.LastIndex(msg, "\n"); i >= 0 {
+			msg = msg[i+1:] // after the "created store" note
+		}
+		if !strings.Contains(msg, "reserved bits set") {
+			t.Errorf("stderr %q does not say what is wrong", msg)
+		}
+		for _, p := range []string{c.image, c.other} {
+			if p != "" && strings.Count(msg, p) != 1 {
+				t.Errorf("stderr %q names %s %d times, want once", msg, p, strings.Count(msg, p))
+			}
+		}
+	}
+}
