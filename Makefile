@@ -1,6 +1,8 @@
 # engram — see README.md. Every target installs what it needs.
 GO       ?= go
 BIN      := bin/engram
+# What `engram version` prints; without it the binary says "(devel)".
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 FUZZTIME ?= 30s
 export GOFLAGS := -buildvcs=false
 
@@ -9,7 +11,7 @@ export GOFLAGS := -buildvcs=false
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/engram
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/engram
 
 # qemu-img and qemu-io judge every round trip, nbdinfo/nbdcopy the NBD
 # server, fusermount3 the mount, qemu-system-x86_64 the boot test; the

@@ -8,7 +8,9 @@ d=demo
 rm -rf "$d"; mkdir -p "$d"
 export ENGRAM_STORE=$PWD/$d/store
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+# Bold command lines on a terminal only: a log file gets plain text.
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; "$@"; }
 
 echo "== building a 1 GiB template and a clone overlay in $d/"
 # The template: 1 GiB virtual with ~200 MiB of data, half random (like

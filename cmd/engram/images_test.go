@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -209,5 +211,63 @@ func TestDamagedL2NamesPathOnce(t *testing.T) {
 				t.Errorf("stderr %q names %s %d times, want once", msg, p, strings.Count(msg, p))
 			}
 		}
+	}
+}
+
+// `engram --version` and `engram version [--json]` print the versions of
+// the core dependencies that `go version -m` finds in the binary.
+func TestVersion(t *testing.T) {
+	out, err := exec.Command("go", "version", "-m", engramBin).Output()
+	if err != nil {
+		t.Fatalf("go version -m: %v", err)
+	}
+	want := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "dep" {
+			want[f[1]] = f[2]
+		}
+	}
+	core := []string{"github.com/zeebo/blake3", "github.com/klauspost/compress", "go.etcd.io/bbolt", "github.com/urfave/cli/v2"}
+	store := t.TempDir()
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		text := ok(t, store, args...)
+		if !strings.HasPrefix(text, "engram ") || !strings.Contains(text, runtime.Version()) {
+			t.Errorf("engram %v does not print engram's and Go's version:\n%s", args, text)
+		}
+		lines := map[string]bool{}
+		for _, l := range strings.Split(text, "\n") {
+			if f := strings.Fields(l); len(f) == 3 {
+				lines[f[1]+" "+f[2]] = true
+			}
+		}
+		for _, p := range core {
+			if want[p] == "" || !lines[want[p]+" "+p] {
+				t.Errorf("engram %v does not print %s %s:\n%s", args, p, want[p], text)
+			}
+		}
+	}
+	for _, args := range [][]string{{"--json", "version"}, {"version", "--json"}, {"--json", "--version"}} {
+		var v struct {
+			Version   string `json:"version"`
+			GoVersion string `json:"go_version"`
+			Modules   []struct {
+				Path, Version string
+			} `json:"modules"`
+		}
+		if err := json.Unmarshal([]byte(ok(t, store, args...)), &v); err != nil {
+			t.Fatalf("engram %v: %v", args, err)
+		}
+		if v.Version == "" || v.GoVersion != runtime.Version() || len(v.Modules) != len(core) {
+			t.Fatalf("engram %v: %+v", args, v)
+		}
+		for i, m := range v.Modules {
+			if m.Path != core[i] || m.Version != want[m.Path] {
+				t.Errorf("engram %v: module %+v, want %s %s", args, m, core[i], want[core[i]])
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(store, "index.db")); err == nil {
+		t.Error("version touched the store")
 	}
 }

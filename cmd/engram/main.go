@@ -69,8 +69,12 @@ func warnFunc(c *cli.Context) func(string) {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
+	// --version prints what `engram version` prints (urfave/cli keeps its
+	// printer in a package variable).
+	cli.VersionPrinter = func(c *cli.Context) { _ = printVersion(c) }
 	return &cli.App{
 		Name:                 "engram",
+		Version:              buildVersion().Version,
 		Usage:                "archive VM disk images into a deduplicating chunk store and restore them",
 		Writer:               stdout,
 		ErrWriter:            stderr,
@@ -94,6 +98,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			statsCommand,
 			diffCommand,
 			inspectCommand,
+			versionCommand,
 		},
 	}
 }
