@@ -271,3 +271,44 @@ func TestVersion(t *testing.T) {
 		t.Error("version touched the store")
 	}
 }
+
+// Formats QEMU probes but engram does not read are refused by name (exit
+// 4) from the bytes their probers check, before the store is touched.
+func TestIngestRefusesOtherFormatsByName(t *testing.T) {
+	dir := t.TempDir()
+	le32 := func(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24) }
+	be32 := func(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v) }
+	bochs := make([]byte, 64<<10)
+	copy(bochs, "Bochs Virtual HD Image")
+	copy(bochs[32:], "Redolog")
+	copy(bochs[48:], "Growing")
+	le32(bochs[64:], 0x00020000)
+	cloop := append([]byte("#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"), make([]byte, 64<<10)...)
+	dmg := make([]byte, 64<<10)
+	copy(dmg[len(dmg)-512:], "koly")
+	be32(dmg[len(dmg)-508:], 4)
+	be32(dmg[len(dmg)-504:], 512)
+	qcow := make([]byte, 64<<10)
+	copy(qcow, "QFI\xfb\x00\x00\x00\x01")
+	for _, c := range []struct {
+		file, want string
+		data       []byte
+	}{
+		{"disk.img", "bochs image", bochs},
+		{"disk.img", "cloop image", cloop},
+		{"disk.img", "dmg image", dmg},
+		{"disk.dmg", "dmg image", make([]byte, 64<<10)},
+		{"disk.img", "qcow (the legacy version 1 format, not qcow2) image", qcow},
+	} {
+		p := filepath.Join(dir, c.file)
+		if err := os.WriteFile(p, c.data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		store := filepath.Join(dir, "store")
+		fails(t, store, exitBadImage, []string{"ingest", p}, p+": "+c.want)
+		if _, err := os.Stat(store); err == nil {
+			t.Fatalf("refusing %s created the store", c.want)
+		}
+		os.Remove(p)
+	}
+}
