@@ -20,7 +20,16 @@
 //     against the overlay's directory; a backing file smaller than its
 //     overlay reads as zeros past its end;
 //   - internal snapshots and bitmaps are validated and read past: the active
-//     L1 table is the guest view. The dirty bit is fine for reading.
+//     L1 table is the guest view. The dirty bit is fine for reading; so is
+//     the corrupt bit, as in QEMU (read-only, a note through Options.Warn,
+//     Info.CorruptMarked), unless Options.RefuseCorrupt;
+//   - header names (backing file, backing format, data file) are C strings:
+//     cut at the first NUL, as QEMU reads them.
+//
+// Format detection (probe.go) follows QEMU's probers: qcow2 is read; the
+// legacy qcow (version 1), vmdk, vhdx, vdi, qed, luks, vpc, parallels,
+// bochs, cloop and dmg are refused by name (ErrUnsupportedFormat); a file
+// no prober claims is raw.
 //
 // Raw files are seen in whole 512-byte sectors, as QEMU does (a tail past
 // the end of the file reads as zero), and mapped with SEEK_DATA/SEEK_HOLE:
@@ -35,7 +44,7 @@
 // extension without the external-data feature bit is ignored.
 //
 // Refused, with a sentinel error: encryption (ErrEncrypted), the corrupt bit
-// (ErrCorruptBit), unknown incompatible features (ErrUnknownFeature), other
+// when asked (ErrCorruptBit), unknown incompatible features (ErrUnknownFeature), other
 // formats (ErrUnsupportedFormat), backing loops, chains deeper than
 // Options.MaxChainDepth, missing backing or data files, and protocol
 // backing names such as nbd: or json: (ErrProtocolBacking).

@@ -13,8 +13,9 @@ var (
 	ErrNotQcow2 = errors.New("not a qcow2 image")
 
 	// ErrUnsupportedFormat means the file is a disk image in a format this
-	// package does not read (vmdk, vhdx, vdi, qed, luks, an unknown qcow2
-	// version, or an unknown backing format name).
+	// package does not read (qcow version 1, vmdk, vhdx, vdi, qed, luks, vpc,
+	// parallels, bochs, cloop, dmg, an unknown qcow2 version, or an unknown
+	// backing format name).
 	ErrUnsupportedFormat = errors.New("unsupported image format")
 
 	// ErrEncrypted means the qcow2 image is encrypted (AES or LUKS); its
