@@ -81,6 +81,15 @@ func Open(path string, opts Options) (*Image, error) {
 		// Name the image the caller asked for, then the layer at fault.
 		err = &Error{Path: path, Msg: "in backing chain: " + e.Error(), Err: e.Err}
 	}
+	if err == nil && opts.Warn != nil {
+		// Only once the whole chain opened: a refused image gets its error
+		// alone.
+		for l := im; l != nil; l = l.backing {
+			if l.info.CorruptMarked {
+				opts.Warn(l.path + ": warning: image is marked corrupt (incompatible feature bit 1); reading it read-only as QEMU does")
+			}
+		}
+	}
 	return im, err
 }
 
@@ -134,13 +143,8 @@ func openLayer(path, referrer, format string, opts Options, level int, seen map[
 	if err != nil {
 		return nil, err
 	}
-	if h.corruptMarked() {
-		if opts.RefuseCorrupt {
-			return nil, newErr(path, ErrCorruptBit, "image is marked corrupt (incompatible feature bit 1); refused (qemu-img check says what is wrong)")
-		}
-		if opts.Warn != nil {
-			opts.Warn(path + ": warning: image is marked corrupt (incompatible feature bit 1); reading it read-only as QEMU does")
-		}
+	if h.corruptMarked() && opts.RefuseCorrupt {
+		return nil, newErr(path, ErrCorruptBit, "image is marked corrupt (incompatible feature bit 1); refused (qemu-img check says what is wrong)")
 	}
 	if err := im.initQcow2(h, fileSize); err != nil {
 		return nil, err

@@ -92,6 +92,24 @@ func TestIngestCorruptMarked(t *testing.T) {
 		t.Errorf("inspect does not say marked corrupt:\n%s", s)
 	}
 
+	// A marked base under a clean overlay: the warning names the base, the
+	// overlay's record says its chain holds a marked file.
+	over := filepath.Join(dir, "over.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "marked.qcow2", "-F", "qcow2", over)
+	r = runEngram(t, store, "--json", "ingest", "--reread", over)
+	if r.code != 0 || !strings.Contains(r.stderr, "engram: "+src+": warning: image is marked corrupt") {
+		t.Errorf("ingest of an overlay on a marked base: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil || len(rows) != 1 || !rows[0].CorruptMarked {
+		t.Errorf("overlay on a marked base: rows %+v (%v), want corrupt_marked", rows, err)
+	}
+
+	// A marked image that is refused for another reason gets its error alone.
+	gone := filepath.Join(dir, "gone.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-u", "-b", "missing.qcow2", "-F", "qcow2", gone, "64M")
+	patchFile(t, gone, func(b []byte) { b[79] |= 1 << 1 })
+	fails(t, store, exitBadImage, []string{"ingest", gone}, gone, "missing.qcow2")
+
 	// --refuse-corrupt: the old behaviour, before anything is written.
 	fails(t, filepath.Join(dir, "store2"), exitBadImage, []string{"ingest", "--refuse-corrupt", src}, src, "marked corrupt")
 	if _, err := os.Stat(filepath.Join(dir, "store2")); err == nil {
