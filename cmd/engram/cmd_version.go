@@ -84,6 +84,10 @@ func printVersion(c *cli.Context) error {
 	return tw.Flush()
 }
 
+// --version prints what `engram version` prints; urfave/cli keeps its
+// printer in a package variable, set once here.
+func init() { cli.VersionPrinter = func(c *cli.Context) { _ = printVersion(c) } }
+
 var versionCommand = &cli.Command{
 	Name:      "version",
 	Usage:     "print engram's version, the Go version and the versions of its core dependencies",

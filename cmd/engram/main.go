@@ -69,9 +69,6 @@ func warnFunc(c *cli.Context) func(string) {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	// --version prints what `engram version` prints (urfave/cli keeps its
-	// printer in a package variable).
-	cli.VersionPrinter = func(c *cli.Context) { _ = printVersion(c) }
 	return &cli.App{
 		Name:                 "engram",
 		Version:              buildVersion().Version,
