@@ -26,6 +26,7 @@ rm "$d/template.raw"
 qemu-img create -q -f qcow2 -b template.qcow2 -F qcow2 "$d/clone.qcow2"
 qemu-io -f qcow2 -c "write -P 0xc1 16M 2M" -c "write -z 40M 1M" -c "write -P 0xc2 900M 3M" "$d/clone.qcow2" >/dev/null
 
+step "$engram" --version
 step "$engram" inspect "$d/clone.qcow2"
 step "$engram" ingest --name template "$d/template.qcow2"
 step "$engram" ingest --name clone --label role=web "$d/clone.qcow2"

@@ -170,7 +170,7 @@ func TestStderrEscapesControlCharacters(t *testing.T) {
 			t.Fatalf("stderr carries control character %#x: %q", c, r.stderr)
 		}
 	}
-	if !strings.Contains(msg, `\x1b[31m\x0a\x07\x7f.raw`) {
+	if !strings.Contains(msg, `\x1b[31m; \x07\x7f.raw`) {
 		t.Errorf("stderr %q does not show the escaped name", msg)
 	}
 }

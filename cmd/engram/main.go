@@ -39,7 +39,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	code := exitCode(ctx, err)
-	fmt.Fprintf(stderr, "engram: %s\n", escapeControl(errorText(ctx, err)))
+	// One line: errors.Join separates its parts with newlines.
+	msg := strings.ReplaceAll(errorText(ctx, err), "\n", "; ")
+	fmt.Fprintf(stderr, "engram: %s\n", escapeControl(msg))
 	return code
 }
 
