@@ -145,7 +145,7 @@ func InitBlob(ctx context.Context, bs blob.Store, opts InitOptions) error {
 		if _, err := bs.Get(ctx, blobConfigName, 0, 0); err == nil {
 			return fmt.Errorf("chunkstore init %s: %w", bs, ErrStoreExists)
 		}
-		return fmt.Errorf("chunkstore init %s: holds objects (%s) but no %s: %w", bs, found, blobConfigName, ErrNotStore)
+		return foreignError(bs, found)
 	}
 	var id [16]byte
 	_, _ = rand.Read(id[:])
@@ -165,6 +165,16 @@ func InitBlob(ctx context.Context, bs blob.Store, opts InitOptions) error {
 
 var errStopList = errors.New("stop listing")
 
+// notStoreError is ErrNotStore with a message of its own.
+type notStoreError struct{ msg string }
+
+func (e *notStoreError) Error() string        { return e.msg }
+func (e *notStoreError) Is(target error) bool { return target == ErrNotStore }
+
+func foreignError(bs blob.Store, found string) error {
+	return &notStoreError{fmt.Sprintf("%s: not an engram store: it holds %s and no %s (nothing was written)", bs, found, blobConfigName)}
+}
+
 func readBlobConfig(ctx context.Context, bs blob.Store) (blobConfig, error) {
 	var c blobConfig
 	b, err := blob.ReadAll(ctx, bs, blobConfigName, maxConfigObject)
@@ -175,7 +185,7 @@ func readBlobConfig(ctx context.Context, bs blob.Store) (blobConfig, error) {
 			return c, lerr
 		}
 		if found != "" {
-			return c, fmt.Errorf("%s: holds objects (%s) but no %s, so it is not an engram store: %w", bs, found, blobConfigName, ErrNotStore)
+			return c, foreignError(bs, found)
 		}
 		return c, fmt.Errorf("%s: empty, no engram store here (engram init --store creates one): %w", bs, ErrNotStore)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 )
 
@@ -39,6 +40,9 @@ var repairCommand = &cli.Command{
 		dir, err := storeDir(c)
 		if err != nil {
 			return err
+		}
+		if storeurl.IsBucket(dir) {
+			return fmt.Errorf("repair %s: %w (a host's cache is rebuilt from the bucket when its directory under --cache-dir is removed)", dir, chunkstore.ErrNotSupported)
 		}
 		opts := chunkstore.OpenOptions{LockTimeout: c.Duration(lockFlag.Name), Command: strings.Join(os.Args, " ")}
 		var res repairResult

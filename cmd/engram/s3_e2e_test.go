@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+	"github.com/engram-vm/engram/chunkstore/blob/s3"
+	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
+	"github.com/engram-vm/engram/internal/qemutest"
+)
+
+// TestS3EndToEnd runs the CLI against a bucket on a real S3 server
+// (versitygw): init creates the bucket, ingest on one host, ls, restore
+// and verify on others with empty caches, rm seen everywhere.
+func TestS3EndToEnd(t *testing.T) {
+	qemutest.Require(t)
+	s3test.SetEnv(t)
+	dir := t.TempDir()
+	bucket := s3test.Bucket(t)
+	store := "s3://" + bucket + "/fleet"
+	host := func(name string) string { return filepath.Join(dir, "cache-"+name) }
+
+	fails(t, store, 1, []string{"ls"}, "no such bucket")
+	ok(t, store, "init")
+	fails(t, store, 1, []string{"init"}, "already exists")
+
+	img1, _ := qcowWith("64M", nil, pattern...)(t, mkdir(t, dir, "a"))
+	img2, _ := qcowWith("64M", nil, append(pattern, "write -P 0x66 40M 1M")...)(t, mkdir(t, dir, "b"))
+	ok(t, store, "--cache-dir", host("A"), "ingest", "--name", "base", img1)
+	ok(t, store, "--cache-dir", host("B"), "ingest", "--name", "clone", img2)
+
+	ls := ok(t, store, "--cache-dir", host("C"), "ls")
+	if !strings.Contains(ls, "base") || !strings.Contains(ls, "clone") {
+		t.Fatalf("a fresh cache does not list both engrams:\n%s", ls)
+	}
+	for name, src := range map[string]string{"base": img1, "clone": img2} {
+		out := filepath.Join(dir, name+"-restored.qcow2")
+		ok(t, store, "--cache-dir", host("C"), "restore", "-o", out, name)
+		qemutest.Compare(t, src, out)
+	}
+	ok(t, store, "--cache-dir", host("D"), "verify")
+	ok(t, store, "--cache-dir", host("A"), "rm", "clone")
+	ls = ok(t, store, "--cache-dir", host("B"), "ls")
+	if strings.Contains(ls, "clone") || !strings.Contains(ls, "base") {
+		t.Fatalf("after rm on host A, host B lists:\n%s", ls)
+	}
+	// The same store through ENGRAM_STORE and ENGRAM_CACHE_DIR.
+	t.Setenv("ENGRAM_CACHE_DIR", host("E"))
+	ok(t, store, "ls")
+	if _, err := os.Stat(host("E")); err != nil {
+		t.Fatalf("ENGRAM_CACHE_DIR not used: %v", err)
+	}
+}
+
+// Bad S3 input: one line on stderr, exit 1, nothing written.
+func TestS3BadInput(t *testing.T) {
+	qemutest.Require(t)
+	env := s3test.Env(t)
+	s3test.SetEnv(t)
+	dir := t.TempDir()
+	img, _ := qcowWith("8M", nil, "write -P 0x11 0 1M")(t, dir)
+	cache := filepath.Join(dir, "cache")
+
+	// A bucket holding something that is not an engram store.
+	cfg := s3test.Config(t)
+	bs, err := s3.Open(context.Background(), cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Put(context.Background(), "photos/cat.jpg", []byte("meow")); err != nil {
+		t.Fatal(err)
+	}
+	foreign := "s3://" + cfg.Bucket
+	fails(t, foreign, 1, []string{"--cache-dir", cache, "ls"}, "not an engram store")
+	fails(t, foreign, 1, []string{"--cache-dir", cache, "ingest", img}, "not an engram store")
+	fails(t, foreign, 1, []string{"--cache-dir", cache, "init"}, "not an engram store")
+	n := 0
+	_ = bs.List(context.Background(), "", func(blob.Info) error { n++; return nil })
+	if n != 1 {
+		t.Fatalf("refused commands wrote to the bucket: %d objects", n)
+	}
+
+	missing := "s3://" + s3test.Bucket(t)
+	fails(t, missing, 1, []string{"--cache-dir", cache, "ingest", img}, "no such bucket")
+	fails(t, missing, 1, []string{"--cache-dir", cache, "restore", "-o", filepath.Join(dir, "x.qcow2"), "x"}, "no such bucket")
+
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+	fails(t, foreign, 1, []string{"--cache-dir", cache, "ls"}, "access denied")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"])
+	t.Setenv("AWS_ACCESS_KEY_ID", "nobody")
+	fails(t, foreign, 1, []string{"--cache-dir", cache, "ingest", img}, "access denied")
+	t.Setenv("AWS_ACCESS_KEY_ID", env["AWS_ACCESS_KEY_ID"])
+
+	t.Setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+	fails(t, foreign, 1, []string{"--cache-dir", cache, "ls"}, "endpoint unreachable")
+	fails(t, "s3://Bad_Bucket", 1, []string{"ls"}, "not valid")
+}
+
+func mkdir(t *testing.T, parent, name string) string {
+	t.Helper()
+	d := filepath.Join(parent, name)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
