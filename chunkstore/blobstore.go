@@ -910,14 +910,16 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
 	var segs, journals []string
-	err := s.bs.List(ctx, "", func(in blob.Info) error {
-		switch {
-		case strings.HasPrefix(in.Name, blobIndexPrefix):
-			segs = append(segs, in.Name)
-		case strings.HasPrefix(in.Name, blobMetaPrefix):
-			if _, ok := parseJournalName(in.Name); ok {
-				journals = append(journals, in.Name)
-			}
+	err := s.bs.List(ctx, blobIndexPrefix, func(in blob.Info) error {
+		segs = append(segs, in.Name)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
+		if _, ok := parseJournalName(in.Name); ok {
+			journals = append(journals, in.Name)
 		}
 		return nil
 	})
