@@ -30,8 +30,9 @@ import (
 // host. Writers take no lock. See docs/FORMAT.md ("Chunk store in a
 // bucket") for the objects and docs/DESIGN.md for the reasoning.
 //
-// It implements Store, Lister and Maintainer (Verify; GC and Repair are
-// not done yet and fail with ErrNotSupported).
+// It implements Store, Lister and Maintainer (Verify, and GC in two
+// phases with a margin (blobgc.go); Repair is not done yet and fails with
+// ErrNotSupported).
 type BlobStore struct {
 	bs       blob.Store
 	cfg      blobConfig
@@ -45,6 +46,18 @@ type BlobStore struct {
 
 	// refreshMu serialises refreshes in this process.
 	refreshMu sync.Mutex
+	// viewTime is when the last refresh listed the bucket (UnixNano): the
+	// age of this process's view, which gc's margin bounds.
+	viewTime atomic.Int64
+	// clock is time.Now but for tests of gc's margins.
+	clock func() time.Time
+}
+
+func (s *BlobStore) now() int64 {
+	if s.clock != nil {
+		return s.clock().UnixNano()
+	}
+	return time.Now().UnixNano()
 }
 
 var (
@@ -85,7 +98,12 @@ var (
 	bucketBlobPacks = []byte("blob.packs") // local pack number (BE) -> 32-byte pack hash
 	bucketBlobHash  = []byte("blob.hash")  // pack hash -> local pack number (BE)
 	bucketBlobMeta  = []byte("blob.meta")  // journal object name -> "" (applied)
+	bucketBlobSegs  = []byte("blob.segs")  // pack hash -> its index segment, as read
+	bucketBlobCond  = []byte("blob.cond")  // local pack number (BE) -> "" (condemned by a pending gc list)
+	bucketBlobGC    = []byte("blob.gc")    // gc list object name -> its body, as last listed
 	keyStoreID      = []byte("store_id")
+
+	cacheBuckets = [][]byte{bucketBlobPacks, bucketBlobHash, bucketBlobMeta, bucketBlobSegs, bucketBlobCond, bucketBlobGC}
 )
 
 // blobConfig is config.json in a bucket: the directory store's fields
@@ -266,7 +284,7 @@ func createCache(path, storeID string) error {
 	tmp := fmt.Sprintf("%s.new-%d", path, os.Getpid())
 	_ = os.Remove(tmp)
 	err := createIndex(tmp, func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBlobPacks, bucketBlobHash, bucketBlobMeta} {
+		for _, b := range cacheBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -291,8 +309,10 @@ func (s *BlobStore) checkCache(ctx context.Context) error {
 		if _, _, err := buckets(tx); err != nil {
 			return err
 		}
-		if tx.Bucket(bucketBlobPacks) == nil || tx.Bucket(bucketBlobHash) == nil || tx.Bucket(bucketBlobMeta) == nil {
-			return fmt.Errorf("cache %s: not a bucket cache (remove it to rebuild): %w", s.db.path, ErrIndexDamaged)
+		for _, b := range cacheBuckets {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("cache %s: not a bucket cache of this version (remove it to rebuild): %w", s.db.path, ErrIndexDamaged)
+			}
 		}
 		if id := tx.Bucket(bucketMeta).Get(keyStoreID); string(id) != s.cfg.StoreID {
 			return fmt.Errorf("cache %s belongs to store %q, not %q (remove it to rebuild): %w", s.db.path, id, s.cfg.StoreID, ErrIndexDamaged)
@@ -406,7 +426,7 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	for i, c := range chunks {
 		ids[i] = c.ID
 	}
-	have, err := s.HasMany(ctx, ids)
+	have, err := s.has(ctx, ids, true)
 	if err != nil {
 		return 0, err
 	}
@@ -454,7 +474,12 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 		size += int64(len(fr.data))
 	}
 	pack := make([]byte, 0, size+int64(len(chunks))*segEntry+64)
-	pack = append(pack, packHeader(0)...)
+	// A random number where a directory pack has its number: two packs of
+	// the same chunks are two objects, so chunks stored again beside a
+	// condemned copy (gc) never land in the condemned object itself.
+	var nonce [4]byte
+	_, _ = rand.Read(nonce[:])
+	pack = append(pack, packHeader(binary.LittleEndian.Uint32(nonce[:]))...)
 	var ents []indexed
 	for _, fr := range frames {
 		off := int64(len(pack))
@@ -488,25 +513,29 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 	var added int
 	err := s.db.update(context.WithoutCancel(ctx), func(tx *bolt.Tx) error {
 		var err error
-		added, err = mergeSegment(tx, h, int64(len(pack)), ents)
+		added, err = mergeSegment(tx, h, int64(len(pack)), ents, seg, false)
 		return err
 	})
 	return added, err
 }
 
-// mergeSegment indexes the entries of pack h in the cache, unless the pack
-// is known already. A chunk already indexed in another pack keeps the
-// entry of the pack with the smaller hash, so every cache that has seen
-// the same packs agrees whatever order it saw them in. It returns the
+// mergeSegment indexes the entries of pack h (segment seg) in the cache,
+// unless the pack is known already. A chunk already indexed in another
+// pack keeps the entry of a pack gc has not condemned, then of the pack
+// with the smaller hash, so every cache that has seen the same packs and
+// gc lists agrees whatever order it saw them in. It returns the
 // number of chunks the cache did not know before.
-func mergeSegment(tx *bolt.Tx, h ID, size int64, ents []indexed) (int, error) {
+func mergeSegment(tx *bolt.Tx, h ID, size int64, ents []indexed, seg []byte, condemned bool) (int, error) {
 	chunks, packs, err := buckets(tx)
 	if err != nil {
 		return 0, err
 	}
-	byHash, byNum := tx.Bucket(bucketBlobHash), tx.Bucket(bucketBlobPacks)
+	byHash, byNum, cond := tx.Bucket(bucketBlobHash), tx.Bucket(bucketBlobPacks), tx.Bucket(bucketBlobCond)
 	if byHash.Get(h[:]) != nil {
 		return 0, nil
+	}
+	if err := tx.Bucket(bucketBlobSegs).Put(h[:], seg); err != nil {
+		return 0, err
 	}
 	meta := tx.Bucket(bucketMeta)
 	num := uint32(1)
@@ -522,6 +551,11 @@ func mergeSegment(tx *bolt.Tx, h ID, size int64, ents []indexed) (int, error) {
 	if err := byNum.Put(packKey(num), h[:]); err != nil {
 		return 0, err
 	}
+	if condemned {
+		if err := cond.Put(packKey(num), nil); err != nil {
+			return 0, err
+		}
+	}
 	deltas := map[uint32]*packRec{}
 	rec := packRec{Size: size}
 	n := 0
@@ -534,8 +568,11 @@ func mergeSegment(tx *bolt.Tx, h ID, size int64, ents []indexed) (int, error) {
 			if err != nil {
 				return 0, err
 			}
+			// Keep the copy in a pack gc has not condemned, then the one in
+			// the pack with the smaller hash.
 			other := byNum.Get(packKey(cur.Pack))
-			if other != nil && bytes.Compare(other, h[:]) <= 0 {
+			otherCond := cond.Get(packKey(cur.Pack)) != nil
+			if other != nil && (otherCond == condemned && bytes.Compare(other, h[:]) <= 0 || !otherCond && condemned) {
 				continue
 			}
 			addDelta(deltas, cur, -1)
@@ -569,6 +606,13 @@ func (s *BlobStore) Has(ctx context.Context, id ID) (bool, error) {
 
 // HasMany answers Has for ids in one cache transaction.
 func (s *BlobStore) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
+	return s.has(ctx, ids, false)
+}
+
+// has answers HasMany; forDedup leaves out chunks whose indexed copy is in
+// a pack gc has condemned, so PutMany stores them again: the condemned
+// pack may be gone before this writer commits.
+func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, error) {
 	if err := s.check(false); err != nil {
 		return nil, err
 	}
@@ -581,8 +625,10 @@ func (s *BlobStore) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
 		if err != nil {
 			return err
 		}
+		cond := tx.Bucket(bucketBlobCond)
 		for i, id := range ids {
-			out[i] = chunks.Get(id[:]) != nil
+			v := chunks.Get(id[:])
+			out[i] = v != nil && (!forDedup || len(v) < 4 || cond.Get(packKey(binary.LittleEndian.Uint32(v))) == nil)
 		}
 		return nil
 	})
@@ -650,6 +696,19 @@ func (s *BlobStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if err := s.check(false); err != nil {
 		return nil, err
 	}
+	data, err := s.get(ctx, id)
+	if errors.Is(err, blob.ErrNotExist) {
+		// gc on another host deleted the pack this cache points at (the
+		// chunk then lives in another copy): refresh and look again.
+		if rerr := s.Refresh(ctx); rerr != nil {
+			return nil, rerr
+		}
+		data, err = s.get(ctx, id)
+	}
+	return data, err
+}
+
+func (s *BlobStore) get(ctx context.Context, id ID) ([]byte, error) {
 	e, h, ok, err := s.lookup(ctx, id)
 	if err != nil {
 		return nil, err
@@ -843,6 +902,9 @@ func (s *BlobStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 	if err := s.check(true); err != nil {
 		return err
 	}
+	if err := s.checkCommit(ctx); err != nil {
+		return err
+	}
 	return s.db.update(ctx, func(tx *bolt.Tx) error {
 		var ops []journalOp
 		if err := fn(recordingTx{metaTx{tx}, &ops}); err != nil {
@@ -855,7 +917,7 @@ func (s *BlobStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 		if err != nil {
 			return err
 		}
-		t := time.Now().UnixNano()
+		t := s.now()
 		if last, ok := parseJournalName(lastApplied(tx)); ok && last >= t {
 			t = last + 1
 		}
@@ -909,6 +971,7 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	}
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
+	start := s.now()
 	var segs, journals []string
 	err := s.bs.List(ctx, blobIndexPrefix, func(in blob.Info) error {
 		segs = append(segs, in.Name)
@@ -926,47 +989,10 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Segments.
-	var newSegs []ID
-	err = s.db.view(ctx, func(tx *bolt.Tx) error {
-		byHash := tx.Bucket(bucketBlobHash)
-		for _, name := range segs {
-			h, err := ParseID(strings.TrimPrefix(name, blobIndexPrefix))
-			if err != nil {
-				continue
-			}
-			if byHash.Get(h[:]) == nil {
-				newSegs = append(newSegs, h)
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.refreshPacks(ctx, segs); err != nil {
 		return err
 	}
-	for _, h := range newSegs {
-		b, err := blob.ReadAll(ctx, s.bs, indexObject(h), maxSegment)
-		if err != nil {
-			return err
-		}
-		ents, err := decodeSegment(b)
-		if err != nil {
-			return fmt.Errorf("%s: %s: %w: %w", s.bs, indexObject(h), ErrIndexDamaged, err)
-		}
-		// The pack's size: where its segment copy ends, plus the footer.
-		size := int64(packHeaderSize)
-		for _, x := range ents {
-			size = max(size, x.e.FrameOff+int64(x.e.FrameLen))
-		}
-		size += int64(len(b)) + packFooterSize
-		err = s.db.update(ctx, func(tx *bolt.Tx) error {
-			_, err := mergeSegment(tx, h, size, ents)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-	}
+	s.viewTime.Store(start)
 	// Journal.
 	sort.Strings(journals)
 	var last string
@@ -1026,11 +1052,15 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 
 // ---- maintenance ----
 
-// Verify reads every pack the cache knows, checks its hash, every frame
-// and every chunk, and every cache entry against what it found.
+// Verify refreshes the cache, then reads every pack it knows, checks its
+// hash, every frame and every chunk, and every cache entry against what it
+// found.
 func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifyStats, error) {
 	var st VerifyStats
 	if err := s.check(false); err != nil {
+		return st, err
+	}
+	if err := s.Refresh(ctx); err != nil {
 		return st, err
 	}
 	emit := func(p Problem) {
@@ -1087,7 +1117,11 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 		} else {
 			emit(Problem{Pack: name, Offset: end, Err: errors.New("pack footer missing")})
 		}
-		_, err = scanPack(ctx, bytes.NewReader(b), 0, end, func(off int64, fr *frame, raw []byte) error {
+		var nonce uint32
+		if len(b) >= packHeaderSize {
+			nonce = binary.LittleEndian.Uint32(b[12:])
+		}
+		_, err = scanPack(ctx, bytes.NewReader(b), nonce, end, func(off int64, fr *frame, raw []byte) error {
 			st.Frames++
 			st.Bytes += int64(len(raw))
 			sf := &scannedFrame{n: int64(len(raw)), chunks: fr.Chunks}
@@ -1154,12 +1188,6 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 		return nil
 	})
 	return st, err
-}
-
-// GC is not done yet for bucket stores: it needs the two-phase protocol
-// (docs/DESIGN.md) to be safe beside writers on other hosts.
-func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) (GCStats, error) {
-	return GCStats{}, fmt.Errorf("%s: gc: %w", s.bs, ErrNotSupported)
 }
 
 // Repair of a bucket store is rebuilding the cache: remove it (CacheDir)

@@ -53,6 +53,21 @@ func TestS3EndToEnd(t *testing.T) {
 	if strings.Contains(ls, "clone") || !strings.Contains(ls, "base") {
 		t.Fatalf("after rm on host A, host B lists:\n%s", ls)
 	}
+	// gc in two phases: the first run condemns the clone's own packs, the
+	// second (past the tiny margin) deletes them; base still restores.
+	before := countPacks(t, bucket)
+	ok(t, store, "--cache-dir", host("A"), "gc", "--margin", "1ns")
+	if n := countPacks(t, bucket); n != before {
+		t.Fatalf("the first gc deleted packs: %d -> %d", before, n)
+	}
+	ok(t, store, "--cache-dir", host("B"), "gc", "--margin", "1ns")
+	if n := countPacks(t, bucket); n >= before {
+		t.Fatalf("the second gc deleted nothing: %d -> %d packs", before, n)
+	}
+	out := filepath.Join(dir, "base-after-gc.qcow2")
+	ok(t, store, "--cache-dir", host("C"), "restore", "-o", out, "base")
+	qemutest.Compare(t, img1, out)
+	ok(t, store, "--cache-dir", host("F"), "verify")
 	// The same store through ENGRAM_STORE and ENGRAM_CACHE_DIR.
 	t.Setenv("ENGRAM_CACHE_DIR", host("E"))
 	ok(t, store, "ls")
@@ -103,6 +118,22 @@ func TestS3BadInput(t *testing.T) {
 	t.Setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
 	fails(t, foreign, 1, []string{"--cache-dir", cache, "ls"}, "endpoint unreachable")
 	fails(t, "s3://Bad_Bucket", 1, []string{"ls"}, "not valid")
+}
+
+// countPacks counts the pack objects in the test bucket's "fleet" prefix.
+func countPacks(t *testing.T, bucket string) int {
+	t.Helper()
+	cfg := s3test.Config(t)
+	cfg.Bucket, cfg.Prefix = bucket, "fleet"
+	bs, err := s3.Open(context.Background(), cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := bs.List(context.Background(), "packs/", func(blob.Info) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func mkdir(t *testing.T, parent, name string) string {
