@@ -541,4 +541,3 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	}
 	return st, s.Refresh(ctx)
 }
-
