@@ -198,7 +198,6 @@ func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
 				missing = append(missing, h)
 			}
 		}
-		byNum := tx.Bucket(bucketBlobPacks)
 		err := known.ForEach(func(k, v []byte) error {
 			h := ID(k)
 			if !listed[h] {
@@ -209,7 +208,6 @@ func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
 			}
 			return nil
 		})
-		_ = byNum
 		return err
 	})
 	if err != nil {

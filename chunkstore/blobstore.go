@@ -67,7 +67,7 @@ var (
 )
 
 // ErrNotSupported is returned by operations a store does not implement
-// (yet): GC and Repair of a BlobStore.
+// (yet): Repair of a BlobStore.
 var ErrNotSupported = errors.New("not supported by this store yet")
 
 // Object names and formats in the bucket.
