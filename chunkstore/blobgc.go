@@ -182,6 +182,10 @@ func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
 		return err
 	}
 	cond := condemnedSet(lists)
+	dmg, dmgChanged, err := s.damageLists(ctx)
+	if err != nil {
+		return err
+	}
 	listed := map[ID]bool{}
 	for _, name := range segs {
 		if h, err := ParseID(strings.TrimPrefix(name, blobIndexPrefix)); err == nil {
@@ -189,7 +193,7 @@ func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
 		}
 	}
 	var missing []ID // listed, no local copy
-	rebuild := false
+	rebuild := dmgChanged
 	err = s.db.view(ctx, func(tx *bolt.Tx) error {
 		known := tx.Bucket(bucketBlobHash)
 		segsB := tx.Bucket(bucketBlobSegs)
@@ -278,7 +282,7 @@ func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
 				size = max(size, x.e.FrameOff+int64(x.e.FrameLen))
 			}
 			size += int64(len(b)) + packFooterSize
-			if _, err := mergeSegment(tx, h, size, ents, b, cond[h]); err != nil {
+			if _, err := mergeSegment(tx, h, size, ents, b, cond[h], dmg[h]); err != nil {
 				return err
 			}
 		}

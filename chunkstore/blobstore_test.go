@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -342,3 +343,92 @@ func TestBlobStoreCacheRebuild(t *testing.T) {
 }
 
 func removeAll(dir string) error { return os.RemoveAll(dir) }
+
+// Repair gives a pack its segment back from the copy at its end, and
+// records a damaged frame so every cache drops its chunks (which a later
+// PutMany then stores again).
+func TestBlobStoreRepair(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{BlockSize: 16 << 10})
+	fs := faulty.New(inner)
+	s, err := OpenBlob(ctx, nopClose{fs}, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b := mkChunks(1, 6, 20000), mkChunks(50, 4, 20000)
+	if _, err := s.PutMany(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	fs.Add(faulty.Fault{Op: faulty.Put, Prefix: blobIndexPrefix, Times: 1})
+	if _, err := s.PutMany(ctx, b); !errors.Is(err, faulty.ErrInjected) {
+		t.Fatal(err)
+	}
+	// Damage the first frame of a's pack.
+	var apack string
+	for _, n := range objects(t, inner, blobPacksPrefix) {
+		if _, err := inner.Get(ctx, indexObject(mustID(t, n[strings.LastIndexByte(n, '/')+1:])), 0, -1); err == nil {
+			apack = n
+		}
+	}
+	inner.Corrupt(apack, packHeaderSize+200)
+	rep, err := s.Repair(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Added != int64(len(b)) || rep.BadFrames != 1 || rep.Dropped == 0 || rep.Dropped >= int64(len(a)) {
+		t.Fatalf("repair = %+v", rep)
+	}
+	fresh := newBlobHostNoVerify(t, inner)
+	for _, h := range []*BlobStore{s, fresh} {
+		have, err := h.HasMany(ctx, ids(append(slices.Clone(a), b...)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lost := 0
+		for _, ok := range have {
+			if !ok {
+				lost++
+			}
+		}
+		if lost != int(rep.Dropped) {
+			t.Fatalf("%d chunks missing after repair, report says %d dropped", lost, rep.Dropped)
+		}
+	}
+	// Storing the lost chunks again makes the store whole.
+	if n, err := s.PutMany(ctx, a); err != nil || n != int(rep.Dropped) {
+		t.Fatalf("PutMany after repair = %d, %v; want %d", n, err, rep.Dropped)
+	}
+	for _, c := range a {
+		if _, err := s.Get(ctx, c.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func newBlobHostNoVerify(t *testing.T, bs blob.Store) *BlobStore {
+	t.Helper()
+	s, err := OpenBlob(context.Background(), nopClose{bs}, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func ids(cs []Chunk) []ID {
+	out := make([]ID, len(cs))
+	for i, c := range cs {
+		out[i] = c.ID
+	}
+	return out
+}
+
+func mustID(t *testing.T, s string) ID {
+	id, err := ParseID(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
