@@ -1210,4 +1210,3 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 	})
 	return st, err
 }
-
