@@ -440,13 +440,19 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	// A record committed since this view (by a writer that passed its
+	// commit check before a mark) is not in live: sweep nothing this run.
+	changed, err := s.catalogChangedSinceView(ctx)
+	if err != nil {
+		return st, err
+	}
 	// Phase 2 of earlier runs: sweep.
 	for _, n := range names {
 		l := lists[n]
 		if !strings.HasPrefix(n, gcPendingPrefix) {
 			continue
 		}
-		if l.Time+l.Margin > view {
+		if l.Time+l.Margin > view || changed {
 			for _, p := range append(slices.Clone(l.Packs), l.Orphans...) {
 				if h, err := ParseID(p); err == nil {
 					pending[h] = true
@@ -542,4 +548,28 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 		return st, nil
 	}
 	return st, s.Refresh(ctx)
+}
+
+// catalogChangedSinceView reports whether meta/ holds a journal entry the
+// cache has not applied.
+func (s *BlobStore) catalogChangedSinceView(ctx context.Context) (bool, error) {
+	applied := map[string]bool{}
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobMeta).ForEach(func(k, _ []byte) error { applied[string(k)] = true; return nil })
+	})
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	err = s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
+		if _, ok := parseJournalName(in.Name); ok && !applied[in.Name] {
+			changed = true
+			return errStopList
+		}
+		return nil
+	})
+	if errors.Is(err, errStopList) {
+		err = nil
+	}
+	return changed, err
 }

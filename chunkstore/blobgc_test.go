@@ -272,3 +272,33 @@ func TestBlobGCOrphanPack(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// A record committed after gc's view (so not in its live set) postpones
+// the sweep: nothing is deleted that the record may need.
+func TestBlobGCCommitAfterView(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	w := gcHost(t, bs, clk)
+	cs := mkChunks(1, 5, 20000)
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	g := gcHost(t, bs, clk)
+	if _, err := g.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(testMargin / 2)
+	if err := w.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("r"), []byte("k"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	// g's view is older than the record but its clock is past the margin.
+	g.viewTime.Store(clk.now().Add(testMargin).UnixNano())
+	if st, err := g.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil || st.PacksDeleted != 0 {
+		t.Fatalf("gc with a view older than a record = %+v, %v; want the sweep postponed", st, err)
+	}
+	if n := len(objects(t, bs, blobPacksPrefix)); n != 1 {
+		t.Fatalf("%d packs, want 1", n)
+	}
+}
