@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 FUZZTIME ?= 30s
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build deps demo test unit fuzz fuzz-short bench lint clean
+.PHONY: all build deps demo test unit fuzz fuzz-short bench lint clean s3-interop
 
 all: build
 
@@ -22,7 +22,8 @@ deps:
 demo: deps build
 	scripts/demo.sh
 
-# The whole suite: vet, race-enabled tests (unit + CLI end to end against
+# The whole suite (the S3 suites against versitygw, which deps installs;
+# CI=true makes them fail rather than skip without it): vet, race-enabled tests (unit + CLI end to end against
 # the built binary) and a few seconds of every fuzz target.
 test: deps
 	$(GO) vet ./...
@@ -39,6 +40,14 @@ fuzz:
 # fuzz coordinator ("context deadline exceeded") on a loaded machine.
 fuzz-short:
 	scripts/fuzz.sh 20000x
+
+# The blob and S3 store suites against an S3 server you run yourself (a
+# second engine: MinIO, SeaweedFS `weed mini`, AWS): export AWS_ENDPOINT_URL,
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION first. The tests make
+# buckets named engram-test-*.
+s3-interop:
+	@test -n "$$AWS_ENDPOINT_URL" || { echo "s3-interop: export AWS_ENDPOINT_URL and credentials of the server to test"; exit 1; }
+	ENGRAM_TEST_S3_EXTERNAL=1 $(GO) test -count=1 -run 'S3|Conformance|BadInput|Prefix' ./chunkstore/blob/s3/ ./chunkstore/
 
 bench: deps build
 	scripts/bench.sh

@@ -259,6 +259,9 @@ func runConformance(t *testing.T, newStore func(t *testing.T) testable) {
 	})
 	t.Run("GC", func(t *testing.T) {
 		s := newStore(t)
+		if _, ok := s.(*BlobStore); ok {
+			t.Skip("a bucket store collects in two phases with a margin: blobgc_test.go")
+		}
 		var all []Chunk
 		for i := range 6 {
 			cs := mkChunks(uint64(1000+i*50), 50, 8000)

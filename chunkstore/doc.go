@@ -1,7 +1,10 @@
 // Package chunkstore keeps content-addressed chunks (key: BLAKE3-256 of
 // the uncompressed bytes) in append-only pack files indexed by bbolt.
 //
-// It imports nothing of the project. FileStore is the on-disk store;
+// It imports nothing of the project but its own subpackages. FileStore
+// is the on-disk store; BlobStore keeps a store in a bucket (package
+// blob: S3, or a directory of write-once objects) with a bbolt cache per
+// host, described in docs/FORMAT.md section 3;
 // MemStore has the same semantics in memory for other packages' tests;
 // NewTestStore makes a FileStore in t.TempDir that is verified in
 // t.Cleanup.

@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // Maintainer checks and compacts a store. FileStore and MemStore implement it.
@@ -63,6 +64,12 @@ type GCOptions struct {
 	Threshold float64
 	// Progress, if set, is called with the packs handled and to handle.
 	Progress func(done, total int64)
+	// Margin (bucket stores) is how long a pack gc condemned waits before
+	// a later gc may delete it; 0 means DefaultGCMargin.
+	Margin time.Duration
+	// LeaseTimeout (bucket stores) is the age at which another gc's lease
+	// counts as stale; 0 means DefaultGCLeaseTimeout.
+	LeaseTimeout time.Duration
 }
 
 // GCStats says what GC did (or, with DryRun, would do).

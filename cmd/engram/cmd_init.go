@@ -6,11 +6,12 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 )
 
 var initCommand = &cli.Command{
 	Name:      "init",
-	Usage:     "create a store (ingest creates one with defaults when needed)",
+	Usage:     "create a store (ingest creates one with defaults when needed); for s3:// also the bucket",
 	ArgsUsage: " ",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "compression", Value: "default", Usage: "zstd level: fastest, default or better"},
@@ -39,7 +40,7 @@ var initCommand = &cli.Command{
 		default:
 			return usagef("--compression %q: want fastest, default or better", c.String("compression"))
 		}
-		if err := chunkstore.Init(dir, chunkstore.InitOptions{Compression: c.String("compression"), Chunking: cp}); err != nil {
+		if err := storeurl.Init(c.Context, dir, chunkstore.InitOptions{Compression: c.String("compression"), Chunking: cp}); err != nil {
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {

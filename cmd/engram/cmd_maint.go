@@ -18,6 +18,7 @@ var gcCommand = &cli.Command{
 	Flags: []cli.Flag{
 		&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only say what would be freed"},
 		&cli.Float64Flag{Name: "threshold", Value: 0.5, Usage: "rewrite packs whose live fraction falls below this"},
+		&cli.DurationFlag{Name: "margin", Value: chunkstore.DefaultGCMargin, Usage: "s3:// stores: how long a pack one gc condemned waits before a later gc deletes it (ingests must finish within it)"},
 	},
 	Action: func(c *cli.Context) error {
 		st, err := openStore(c, true, false)
@@ -29,7 +30,10 @@ var gcCommand = &cli.Command{
 		if err := engram.LiveChunks(c.Context, st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
 			return fmt.Errorf("gc: cannot list what engrams need, nothing removed: %w", err)
 		}
-		opts := chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold")}
+		if c.Duration("margin") <= 0 {
+			return usagef("--margin %s: want a positive duration", c.Duration("margin"))
+		}
+		opts := chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold"), Margin: c.Duration("margin")}
 		if p := progressFor(c, "gc"); p != nil {
 			started := false
 			var last int64

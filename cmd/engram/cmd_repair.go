@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 )
 
@@ -40,20 +41,39 @@ var repairCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		opts := chunkstore.OpenOptions{LockTimeout: c.Duration(lockFlag.Name), Command: strings.Join(os.Args, " ")}
 		var res repairResult
-		res.Index, err = chunkstore.RepairDir(c.Context, dir, opts)
-		for _, p := range res.Index.Problems {
-			res.Problems = append(res.Problems, p.String())
+		var st storeurl.Store
+		if storeurl.IsBucket(dir) {
+			// Objects are never changed: damage is recorded in the bucket
+			// and the catalog lives in its journal, so nothing is lost to
+			// rebuild (a host's cache is rebuilt whenever it is missing).
+			if st, err = openStore(c, true, false); err != nil {
+				return err
+			}
+			defer st.Close()
+			res.Index, err = st.Repair(c.Context)
+			for _, p := range res.Index.Problems {
+				res.Problems = append(res.Problems, p.String())
+			}
+			if err != nil {
+				return fmt.Errorf("repair %s: %w", dir, err)
+			}
+		} else {
+			opts := chunkstore.OpenOptions{LockTimeout: c.Duration(lockFlag.Name), Command: strings.Join(os.Args, " ")}
+			res.Index, err = chunkstore.RepairDir(c.Context, dir, opts)
+			for _, p := range res.Index.Problems {
+				res.Problems = append(res.Problems, p.String())
+			}
+			if err != nil {
+				return fmt.Errorf("repair %s: %w", dir, err)
+			}
+			fst, err := chunkstore.Open(c.Context, dir, opts)
+			if err != nil {
+				return fmt.Errorf("repair %s: reopening after the index rebuild: %w", dir, err)
+			}
+			defer fst.Close()
+			st = fst
 		}
-		if err != nil {
-			return fmt.Errorf("repair %s: %w", dir, err)
-		}
-		st, err := chunkstore.Open(c.Context, dir, opts)
-		if err != nil {
-			return fmt.Errorf("repair %s: reopening after the index rebuild: %w", dir, err)
-		}
-		defer st.Close()
 		if res.Index.MetadataLost || c.Bool("catalog") {
 			cr, err := engram.RecoverCatalog(c.Context, st)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
 	"github.com/engram-vm/engram/internal/qemutest"
 )
 
@@ -29,6 +30,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	s3test.Stop() // the S3 server, if a test started one
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -15,20 +15,26 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 )
 
 var (
 	storeFlag = &cli.StringFlag{
 		Name:    "store",
-		Usage:   "store directory (default: $XDG_DATA_HOME/engram or ~/.local/share/engram)",
+		Usage:   "store directory, or s3://BUCKET[/PREFIX] (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...) (default: $XDG_DATA_HOME/engram or ~/.local/share/engram)",
 		EnvVars: []string{"ENGRAM_STORE"},
+	}
+	cacheDirFlag = &cli.StringFlag{
+		Name:    "cache-dir",
+		Usage:   "where s3:// stores keep this host's index cache, one directory per store (default: $XDG_CACHE_HOME/engram)",
+		EnvVars: []string{"ENGRAM_CACHE_DIR"},
 	}
 	jsonFlag  = &cli.BoolFlag{Name: "json", Usage: "print results as JSON"}
 	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs), no progress"}
 	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for another writer to release the store"}
 
-	globalFlags = []cli.Flag{storeFlag, jsonFlag, quietFlag, lockFlag}
+	globalFlags = []cli.Flag{storeFlag, cacheDirFlag, jsonFlag, quietFlag, lockFlag}
 )
 
 // storeDir returns the store directory from --store, ENGRAM_STORE or the
@@ -48,14 +54,23 @@ func storeDir(c *cli.Context) (string, error) {
 }
 
 // openStore opens the store for reading, or for writing (taking the
-// writer lock). With create, a missing or empty directory becomes a new
-// store with default parameters.
-func openStore(c *cli.Context, write, create bool) (*chunkstore.FileStore, error) {
+// writer lock of a directory store). With create, a missing or empty
+// directory, or an empty prefix of an existing bucket, becomes a new store
+// with default parameters.
+func openStore(c *cli.Context, write, create bool) (storeurl.Store, error) {
 	dir, err := storeDir(c)
 	if err != nil {
 		return nil, err
 	}
-	if create && isEmptyOrMissing(dir) {
+	if create && storeurl.IsBucket(dir) {
+		made, err := storeurl.InitIfEmpty(c.Context, dir)
+		if err != nil {
+			return nil, err
+		}
+		if made && !c.Bool(quietFlag.Name) {
+			fmt.Fprintf(c.App.ErrWriter, "engram: created store %s\n", dir)
+		}
+	} else if create && isEmptyOrMissing(dir) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create store %s: %w", dir, err)
 		}
@@ -66,11 +81,12 @@ func openStore(c *cli.Context, write, create bool) (*chunkstore.FileStore, error
 			fmt.Fprintf(c.App.ErrWriter, "engram: created store %s\n", escapeControl(dir))
 		}
 	}
-	return chunkstore.Open(c.Context, dir, chunkstore.OpenOptions{
+	return storeurl.Open(c.Context, dir, storeurl.Options{
 		ReadOnly:    !write,
 		LockTimeout: c.Duration(lockFlag.Name),
 		Command:     strings.Join(os.Args, " "),
 		TrustIDs:    true, // every chunk the CLI puts was hashed just before
+		CacheRoot:   c.String(cacheDirFlag.Name),
 	})
 }
 

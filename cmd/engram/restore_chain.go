@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/ingest"
 	"github.com/engram-vm/engram/qcow2"
@@ -19,7 +20,7 @@ import (
 // written to out. Its content comes from the catalog when it was ingested
 // unchanged (recognised by fingerprint); otherwise it is read and hashed,
 // without storing anything. The caller closes the image in Backing.Image.
-func backingFor(c *cli.Context, st *chunkstore.FileStore, im *qcow2.Image, out string) (*restore.Backing, error) {
+func backingFor(c *cli.Context, st storeurl.Store, im *qcow2.Image, out string) (*restore.Backing, error) {
 	path := im.Path()
 	name, err := relativeTo(filepath.Dir(out), path)
 	if err != nil {
@@ -71,7 +72,7 @@ type chainLayer struct {
 // restoreChain writes id and the engrams below it (following the records'
 // parent links) into dir as a base image and thin qcow2 overlays whose
 // backing names are relative, the shape the source had.
-func restoreChain(c *cli.Context, st *chunkstore.FileStore, id engram.ID, dir string, opts restore.Options) error {
+func restoreChain(c *cli.Context, st storeurl.Store, id engram.ID, dir string, opts restore.Options) error {
 	var chain []chainLayer
 	seen := map[engram.ID]bool{}
 	for cur := id; ; {

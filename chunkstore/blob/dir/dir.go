@@ -1,0 +1,249 @@
+package dir
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+)
+
+const tmpDir = ".tmp"
+
+// Store is a directory of objects.
+type Store struct {
+	root string
+}
+
+var _ blob.Store = (*Store)(nil)
+
+// Open opens the object directory root, creating it (and its parents)
+// when create is set; otherwise a missing root is blob.ErrNotExist.
+// Temporary files older than an hour (left by killed writers) are removed.
+func Open(root string, create bool) (*Store, error) {
+	if create {
+		if err := os.MkdirAll(filepath.Join(root, tmpDir), 0o755); err != nil {
+			return nil, fmt.Errorf("dir %s: %w", root, err)
+		}
+	}
+	fi, err := os.Stat(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("dir %s: %w", root, blob.ErrNotExist)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dir %s: %w", root, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("dir %s: not a directory", root)
+	}
+	if err := os.MkdirAll(filepath.Join(root, tmpDir), 0o755); err != nil {
+		return nil, fmt.Errorf("dir %s: %w", root, err)
+	}
+	if des, err := os.ReadDir(filepath.Join(root, tmpDir)); err == nil {
+		for _, de := range des {
+			if fi, err := de.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
+				_ = os.Remove(filepath.Join(root, tmpDir, de.Name()))
+			}
+		}
+	}
+	return &Store{root: root}, nil
+}
+
+func (s *Store) String() string { return "dir " + s.root }
+
+// Close does nothing.
+func (s *Store) Close() error { return nil }
+
+func (s *Store) path(name string) string { return filepath.Join(s.root, filepath.FromSlash(name)) }
+
+func (s *Store) errf(op, name string, err error) error {
+	return fmt.Errorf("%s: %s %s: %w", s, op, name, err)
+}
+
+// Put writes data to a temporary file and links it to name.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := blob.CheckName(name); err != nil {
+		return fmt.Errorf("%s: put: %w", s, err)
+	}
+	if strings.HasPrefix(name, tmpDir+"/") || name == tmpDir {
+		return s.errf("put", name, blob.ErrBadName)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.errf("put", name, err)
+	}
+	final := s.path(name)
+	if _, err := os.Lstat(final); err == nil {
+		return s.errf("put", name, blob.ErrExist)
+	}
+	parent := filepath.Dir(final)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return s.errf("put", name, err)
+	}
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(s.root, tmpDir, hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return s.errf("put", name, err)
+	}
+	defer os.Remove(tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return s.errf("put", name, err)
+	}
+	if err := os.Link(tmp, final); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return s.errf("put", name, blob.ErrExist)
+		}
+		return s.errf("put", name, err)
+	}
+	if err := syncDir(parent); err != nil {
+		return s.errf("put", name, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Get reads length bytes at off (length < 0: to the end).
+func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	if err := blob.CheckName(name); err != nil {
+		return nil, fmt.Errorf("%s: get: %w", s, err)
+	}
+	if err := blob.CheckRange(off, length); err != nil {
+		return nil, s.errf("get", name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, s.errf("get", name, err)
+	}
+	f, err := os.Open(s.path(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, s.errf("get", name, blob.ErrNotExist)
+	}
+	if err != nil {
+		return nil, s.errf("get", name, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, s.errf("get", name, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, s.errf("get", name, blob.ErrNotExist)
+	}
+	size := fi.Size()
+	if length < 0 {
+		length = size - off
+		if length > blob.MaxWholeRead {
+			return nil, s.errf("get", name, fmt.Errorf("%d bytes: %w", size, blob.ErrRange))
+		}
+	}
+	if off > size || length < 0 || off+length > size {
+		return nil, s.errf("get", name, fmt.Errorf("%d bytes at %d of a %d-byte object: %w", length, off, size, blob.ErrRange))
+	}
+	buf := make([]byte, length)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, s.errf("get", name, fmt.Errorf("object shrank: %w", blob.ErrRange))
+		}
+		return nil, s.errf("get", name, err)
+	}
+	return buf, nil
+}
+
+// List walks the directories the prefix can match.
+func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) error) error {
+	if err := blob.CheckPrefix(prefix); err != nil {
+		return fmt.Errorf("%s: list: %w", s, err)
+	}
+	// Walk from the deepest directory the prefix fixes.
+	start := s.root
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		start = s.path(prefix[:i])
+	}
+	err := filepath.WalkDir(start, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		rel, rerr := filepath.Rel(s.root, p)
+		if rerr != nil {
+			return rerr
+		}
+		name := filepath.ToSlash(rel)
+		if de.IsDir() {
+			if name == tmpDir {
+				return filepath.SkipDir
+			}
+			// Skip directories that cannot hold a match.
+			if name != "." && !strings.HasPrefix(name+"/", prefix) && !strings.HasPrefix(prefix, name+"/") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !de.Type().IsRegular() || !strings.HasPrefix(name, prefix) {
+			return nil
+		}
+		fi, ierr := de.Info()
+		if errors.Is(ierr, fs.ErrNotExist) {
+			return nil // deleted meanwhile
+		}
+		if ierr != nil {
+			return ierr
+		}
+		return fn(blob.Info{Name: name, Size: fi.Size(), ModTime: fi.ModTime()})
+	})
+	if err != nil {
+		return fmt.Errorf("%s: list %q: %w", s, prefix, err)
+	}
+	return nil
+}
+
+// Delete removes name; a missing name is not an error.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	if err := blob.CheckName(name); err != nil {
+		return fmt.Errorf("%s: delete: %w", s, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.errf("delete", name, err)
+	}
+	p := s.path(name)
+	if err := os.Remove(p); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return s.errf("delete", name, err)
+	}
+	if err := syncDir(filepath.Dir(p)); err != nil {
+		return s.errf("delete", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,370 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+)
+
+// Config says which bucket to use and how to reach it.
+type Config struct {
+	Bucket string
+	Prefix string // object names are Prefix + "/" + name ("" for none)
+	// Endpoint is the server's URL (http://host:port or https://...);
+	// empty means AWS (s3.amazonaws.com) with virtual-host requests.
+	Endpoint string
+	Region   string
+	// Static credentials; all empty means the environment chain.
+	AccessKey, SecretKey, SessionToken string
+	// MaxRetries bounds attempts per request (0: 5).
+	MaxRetries int
+}
+
+// ConfigFromEnv fills Endpoint, Region and credentials from the AWS
+// environment variables (credentials are left to the chain when unset).
+func ConfigFromEnv(bucket, prefix string) Config {
+	c := Config{Bucket: bucket, Prefix: strings.Trim(prefix, "/"), Endpoint: os.Getenv("AWS_ENDPOINT_URL")}
+	c.Region = os.Getenv("AWS_REGION")
+	if c.Region == "" {
+		c.Region = os.Getenv("AWS_DEFAULT_REGION")
+	}
+	return c
+}
+
+// ParseURL splits s3://BUCKET[/PREFIX].
+func ParseURL(u string) (bucket, prefix string, err error) {
+	rest, ok := strings.CutPrefix(u, "s3://")
+	if !ok {
+		return "", "", fmt.Errorf("%q: not an s3:// URL", u)
+	}
+	bucket, prefix, _ = strings.Cut(rest, "/")
+	prefix = strings.Trim(prefix, "/")
+	if !validBucket(bucket) {
+		return "", "", fmt.Errorf("%q: bucket name %q is not valid (3-63 of a-z, 0-9, '.', '-')", u, bucket)
+	}
+	if prefix != "" {
+		if err := blob.CheckName(prefix); err != nil {
+			return "", "", fmt.Errorf("%q: prefix: %w", u, err)
+		}
+	}
+	return bucket, prefix, nil
+}
+
+func validBucket(b string) bool {
+	if len(b) < 3 || len(b) > 63 {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return b[0] != '.' && b[0] != '-' && b[len(b)-1] != '.' && b[len(b)-1] != '-'
+}
+
+// Store is a bucket (under a prefix) as a blob.Store.
+type Store struct {
+	c      *minio.Client
+	cfg    Config
+	bucket string
+	prefix string // "" or "p/"
+	where  string // s3://bucket/prefix
+}
+
+var _ blob.Store = (*Store)(nil)
+
+// Open connects to the bucket and checks that it exists; with create, a
+// missing bucket is created (as restic init does). Errors are one line:
+// no such bucket, access denied, endpoint unreachable, clock skew.
+func Open(ctx context.Context, cfg Config, create bool) (*Store, error) {
+	if !validBucket(cfg.Bucket) {
+		return nil, fmt.Errorf("s3: bucket name %q is not valid", cfg.Bucket)
+	}
+	s := &Store{cfg: cfg, bucket: cfg.Bucket, where: "s3://" + cfg.Bucket}
+	if cfg.Prefix != "" {
+		s.prefix = cfg.Prefix + "/"
+		s.where += "/" + cfg.Prefix
+	}
+	opts := &minio.Options{Region: cfg.Region, MaxRetries: cfg.MaxRetries}
+	if opts.MaxRetries == 0 {
+		opts.MaxRetries = 5
+	}
+	switch {
+	case cfg.AccessKey != "" || cfg.SecretKey != "":
+		opts.Creds = credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, cfg.SessionToken)
+	default:
+		opts.Creds = credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.EnvAWS{}, &credentials.FileAWSCredentials{}, &credentials.IAM{},
+		})
+	}
+	host := "s3.amazonaws.com"
+	opts.Secure = true
+	if cfg.Endpoint != "" {
+		u, err := url.Parse(cfg.Endpoint)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || (u.Path != "" && u.Path != "/") {
+			return nil, fmt.Errorf("s3: AWS_ENDPOINT_URL %q: want http(s)://host[:port]", cfg.Endpoint)
+		}
+		host, opts.Secure = u.Host, u.Scheme == "https"
+		opts.BucketLookup = minio.BucketLookupPath
+	}
+	tr, err := minio.DefaultTransport(opts.Secure)
+	if err != nil {
+		return nil, fmt.Errorf("s3: %w", err)
+	}
+	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	tr.ResponseHeaderTimeout = 2 * time.Minute
+	opts.Transport = tr
+	c, err := minio.New(host, opts)
+	if err != nil {
+		return nil, fmt.Errorf("s3: %s: %w", s.where, err)
+	}
+	s.c = c
+	// A one-key listing rather than HEAD: its reply has a body, so a bad
+	// key is told apart from a missing bucket.
+	exists := true
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for oi := range c.ListObjects(lctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1}) {
+		if oi.Err != nil {
+			err := s.mapErr("open", "", oi.Err)
+			if !errors.Is(err, blob.ErrNoBucket) {
+				return nil, err
+			}
+			exists = false
+		}
+		break
+	}
+	if !exists {
+		if !create {
+			return nil, fmt.Errorf("%s: %w", s.where, blob.ErrNoBucket)
+		}
+		err := c.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: cfg.Region})
+		if err != nil {
+			code := minio.ToErrorResponse(err).Code
+			if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
+				return nil, s.mapErr("create bucket", "", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) String() string { return s.where }
+
+// Close does nothing (connections are pooled by the transport).
+func (s *Store) Close() error { return nil }
+
+// mapErr turns a minio-go error into one line matching a blob sentinel
+// where one applies.
+func (s *Store) mapErr(op, name string, err error) error {
+	what := s.where + ": " + op
+	if name != "" {
+		what += " " + name
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	resp := minio.ToErrorResponse(err)
+	var kind error
+	switch resp.Code {
+	case "NoSuchKey":
+		kind = blob.ErrNotExist
+	case "NoSuchBucket":
+		return fmt.Errorf("%s: %w", s.where, blob.ErrNoBucket)
+	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AllAccessDisabled",
+		"XAdminUserNotFound": // versitygw's answer to an unknown key
+		return fmt.Errorf("%s: %s: %w", s.where, resp.Code, blob.ErrAccessDenied)
+	case "RequestTimeTooSkewed":
+		return fmt.Errorf("%s: %w", s.where, blob.ErrClockSkew)
+	case "PreconditionFailed":
+		kind = blob.ErrExist
+	case "InvalidRange":
+		kind = blob.ErrRange
+	}
+	if kind == nil {
+		switch resp.StatusCode {
+		case http.StatusNotFound:
+			kind = blob.ErrNotExist
+		case http.StatusForbidden:
+			return fmt.Errorf("%s: %w", s.where, blob.ErrAccessDenied)
+		case http.StatusPreconditionFailed:
+			kind = blob.ErrExist
+		case http.StatusRequestedRangeNotSatisfiable:
+			kind = blob.ErrRange
+		}
+	}
+	if kind != nil {
+		return fmt.Errorf("%s: %w", what, kind)
+	}
+	var ue *url.Error
+	var oe *net.OpError
+	if errors.As(err, &oe) || errors.As(err, &ue) {
+		ep := s.cfg.Endpoint
+		if ep == "" {
+			ep = "s3.amazonaws.com"
+		}
+		detail := err.Error()
+		if oe != nil {
+			detail = oe.Err.Error()
+		}
+		return fmt.Errorf("%s: %w: %s (%s)", s.where, blob.ErrUnreachable, ep, oneLine(detail))
+	}
+	if resp.Code != "" {
+		return fmt.Errorf("%s: %s: %s", what, resp.Code, oneLine(resp.Message))
+	}
+	return fmt.Errorf("%s: %s", what, oneLine(err.Error()))
+}
+
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// Put is one create-only PutObject (If-None-Match: *), never multipart.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := blob.CheckName(name); err != nil {
+		return fmt.Errorf("%s: put: %w", s.where, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: put %s: %w", s.where, name, err)
+	}
+	opts := minio.PutObjectOptions{DisableMultipart: true, ContentType: "application/octet-stream", SendContentMd5: true}
+	opts.SetMatchETagExcept("*")
+	_, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts)
+	if err == nil {
+		return nil
+	}
+	err = s.mapErr("put", name, err)
+	if errors.Is(err, blob.ErrUnreachable) && ctx.Err() == nil {
+		// A server that refuses the condition (412) before reading the
+		// body resets the connection under a large upload; the object is
+		// then there.
+		if _, serr := s.c.StatObject(ctx, s.bucket, s.prefix+name, minio.StatObjectOptions{}); serr == nil {
+			return fmt.Errorf("%s: put %s: %w", s.where, name, blob.ErrExist)
+		}
+	}
+	return err
+}
+
+// Get is one GetObject, ranged unless the whole object is asked for.
+func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	if err := blob.CheckName(name); err != nil {
+		return nil, fmt.Errorf("%s: get: %w", s.where, err)
+	}
+	if err := blob.CheckRange(off, length); err != nil {
+		return nil, fmt.Errorf("%s: get %s: %w", s.where, name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s: get %s: %w", s.where, name, err)
+	}
+	if length == 0 || (length < 0 && off > 0) {
+		// No empty ranges in HTTP; and a range starting at the end is
+		// refused by some servers: check against the size.
+		st, err := s.c.StatObject(ctx, s.bucket, s.prefix+name, minio.StatObjectOptions{})
+		if err != nil {
+			return nil, s.mapErr("get", name, err)
+		}
+		if off > st.Size || (length == 0 && off > st.Size) {
+			return nil, fmt.Errorf("%s: get %s: offset %d of a %d-byte object: %w", s.where, name, off, st.Size, blob.ErrRange)
+		}
+		if length == 0 || off == st.Size {
+			return []byte{}, nil
+		}
+	}
+	var opts minio.GetObjectOptions
+	if length > 0 {
+		if err := opts.SetRange(off, off+length-1); err != nil {
+			return nil, fmt.Errorf("%s: get %s: %w", s.where, name, err)
+		}
+	} else if off > 0 {
+		if err := opts.SetRange(off, 0); err != nil {
+			return nil, fmt.Errorf("%s: get %s: %w", s.where, name, err)
+		}
+	}
+	obj, err := s.c.GetObject(ctx, s.bucket, s.prefix+name, opts)
+	if err != nil {
+		return nil, s.mapErr("get", name, err)
+	}
+	defer obj.Close()
+	if length > 0 {
+		// length comes from the caller (an index entry it bounded), never
+		// from the server.
+		buf := make([]byte, length)
+		n, err := io.ReadFull(obj, buf)
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: get %s: %d bytes at %d, object has %d there: %w", s.where, name, length, off, n, blob.ErrRange)
+		}
+		if err != nil {
+			return nil, s.mapErr("get", name, err)
+		}
+		return buf, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(obj, blob.MaxWholeRead+1))
+	if err != nil {
+		return nil, s.mapErr("get", name, err)
+	}
+	if int64(len(b)) > blob.MaxWholeRead {
+		return nil, fmt.Errorf("%s: get %s: more than %d bytes: %w", s.where, name, int64(blob.MaxWholeRead), blob.ErrRange)
+	}
+	return b, nil
+}
+
+// List lists the objects under prefix (ListObjectsV2, recursive).
+func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) error) error {
+	if err := blob.CheckPrefix(prefix); err != nil {
+		return fmt.Errorf("%s: list: %w", s.where, err)
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for oi := range s.c.ListObjects(lctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+		if oi.Err != nil {
+			return s.mapErr("list", prefix, oi.Err)
+		}
+		name, ok := strings.CutPrefix(oi.Key, s.prefix)
+		if !ok || blob.CheckName(name) != nil {
+			continue // not one of ours (a foreign key under the prefix)
+		}
+		if err := fn(blob.Info{Name: name, Size: oi.Size, ModTime: oi.LastModified}); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: list %s: %w", s.where, prefix, err)
+	}
+	return nil
+}
+
+// Delete removes name; S3 reports success for a missing key.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	if err := blob.CheckName(name); err != nil {
+		return fmt.Errorf("%s: delete: %w", s.where, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: delete %s: %w", s.where, name, err)
+	}
+	if err := s.c.RemoveObject(ctx, s.bucket, s.prefix+name, minio.RemoveObjectOptions{}); err != nil {
+		err = s.mapErr("delete", name, err)
+		if errors.Is(err, blob.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,130 @@
+package s3_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+	"github.com/engram-vm/engram/chunkstore/blob/blobtest"
+	"github.com/engram-vm/engram/chunkstore/blob/s3"
+	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
+)
+
+func TestMain(m *testing.M) { s3test.Main(m) }
+
+func open(t *testing.T, cfg s3.Config, create bool) (*s3.Store, error) {
+	t.Helper()
+	return s3.Open(context.Background(), cfg, create)
+}
+
+func TestConformance(t *testing.T) {
+	blobtest.Run(t, func(t *testing.T) blob.Store {
+		cfg := s3test.Config(t)
+		cfg.Prefix = "some/prefix"
+		s, err := open(t, cfg, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}, blobtest.Options{})
+}
+
+// Two stores on one bucket under different prefixes do not see each other.
+func TestPrefixIsolation(t *testing.T) {
+	ctx := context.Background()
+	cfg := s3test.Config(t)
+	cfg.Prefix = "a"
+	a, err := open(t, cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Prefix = "ab"
+	ab, err := open(t, cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Put(ctx, "x", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ab.Put(ctx, "x", []byte("2")); err != nil {
+		t.Fatalf("same name under another prefix: %v", err)
+	}
+	n := 0
+	_ = a.List(ctx, "", func(in blob.Info) error { n++; return nil })
+	if n != 1 {
+		t.Fatalf("prefix a lists %d objects, want 1", n)
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	for u, want := range map[string][2]string{
+		"s3://bucket":          {"bucket", ""},
+		"s3://bucket/":         {"bucket", ""},
+		"s3://bucket/a/b":      {"bucket", "a/b"},
+		"s3://my.bucket-1/p/":  {"my.bucket-1", "p"},
+		"s3://engram-fleet/x1": {"engram-fleet", "x1"},
+	} {
+		b, p, err := s3.ParseURL(u)
+		if err != nil || b != want[0] || p != want[1] {
+			t.Errorf("ParseURL(%q) = %q, %q, %v; want %q, %q", u, b, p, err, want[0], want[1])
+		}
+	}
+	for _, u := range []string{"s3:/bucket", "bucket", "s3://", "s3://B", "s3://ab", "s3://bu_cket", "s3://bucket/../x", "s3://bucket/a//b"} {
+		if _, _, err := s3.ParseURL(u); err == nil {
+			t.Errorf("ParseURL(%q) accepted", u)
+		}
+	}
+}
+
+// Each bad configuration is one line matching its sentinel.
+func TestBadInput(t *testing.T) {
+	oneLine := func(t *testing.T, err error, want error) {
+		t.Helper()
+		if !errors.Is(err, want) {
+			t.Fatalf("error %v, want %v", err, want)
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Fatalf("error is more than one line: %q", err)
+		}
+	}
+	t.Run("NoBucket", func(t *testing.T) {
+		_, err := open(t, s3test.Config(t), false)
+		oneLine(t, err, blob.ErrNoBucket)
+	})
+	t.Run("WrongSecret", func(t *testing.T) {
+		cfg := s3test.Config(t)
+		cfg.SecretKey = "wrong"
+		_, err := open(t, cfg, true)
+		oneLine(t, err, blob.ErrAccessDenied)
+	})
+	t.Run("WrongKey", func(t *testing.T) {
+		cfg := s3test.Config(t)
+		cfg.AccessKey = "nobody"
+		_, err := open(t, cfg, true)
+		oneLine(t, err, blob.ErrAccessDenied)
+	})
+	t.Run("Refused", func(t *testing.T) {
+		// A port nothing listens on: bind one, then close it.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		cfg := s3test.Config(t)
+		cfg.Endpoint = "http://" + addr
+		cfg.MaxRetries = 1
+		_, err = open(t, cfg, true)
+		oneLine(t, err, blob.ErrUnreachable)
+	})
+	t.Run("BadEndpoint", func(t *testing.T) {
+		cfg := s3test.Config(t)
+		cfg.Endpoint = "ftp://x"
+		if _, err := open(t, cfg, true); err == nil {
+			t.Fatal("ftp endpoint accepted")
+		}
+	})
+}

@@ -1,0 +1,575 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+)
+
+// Garbage collection of a bucket store, in two phases with a time margin
+// (kopia's model; docs/DESIGN.md). A gc run, holding the lease object:
+//
+//  1. sweeps every pending list whose mark is older than the margin (as
+//     of the refresh the caller's live set came from): a pack it names
+//     that still holds no live indexed chunk is deleted (segment first,
+//     then pack); the list is replaced by a done marker;
+//  2. marks: the packs holding no live indexed chunk, and pack objects
+//     without a segment, go into a new pending list. Nothing is deleted.
+//
+// Writers see pending lists on refresh and do not deduplicate against a
+// chunk whose indexed copy is condemned (they store it again). A writer
+// whose view predates a list and that would commit after the list's
+// margin has passed refuses to commit (ErrStaleView), as does one whose
+// view is older than DefaultGCMargin.
+const (
+	blobGCPrefix    = "gc/"
+	gcPendingPrefix = "gc/condemned-"
+	gcDonePrefix    = "gc/done-"
+	gcLeaseName     = "gc/lease"
+	gcListVersion   = 1
+	maxGCList       = 256 << 20
+	// DefaultGCMargin is how long a condemned pack waits before gc may
+	// delete it, and how old a writer's view may be when it commits.
+	DefaultGCMargin = 24 * time.Hour
+	// DefaultGCLeaseTimeout is when a gc lease left by a killed gc is
+	// stale.
+	DefaultGCLeaseTimeout = time.Hour
+)
+
+// ErrStaleView means a writer's view of a bucket store is older than gc's
+// margin allows for a commit; open the store again and redo the work.
+var ErrStaleView = errors.New("this process's view of the store is older than gc's margin; nothing was committed, run again")
+
+// ErrGCRunning means another gc holds the store's lease.
+var ErrGCRunning = errors.New("another gc is running on this store")
+
+// gcList is a pending (condemned) list or a done marker.
+type gcList struct {
+	V       int      `json:"v"`
+	Time    int64    `json:"time_ns"`   // when the packs were marked
+	Margin  int64    `json:"margin_ns"` // how long they wait
+	Packs   []string `json:"packs,omitempty"`
+	Orphans []string `json:"orphans,omitempty"` // pack objects without a segment
+}
+
+func parseGCName(name string) (pending bool, t int64, ok bool) {
+	var rest string
+	switch {
+	case strings.HasPrefix(name, gcPendingPrefix):
+		pending, rest = true, name[len(gcPendingPrefix):]
+	case strings.HasPrefix(name, gcDonePrefix):
+		rest = name[len(gcDonePrefix):]
+	default:
+		return false, 0, false
+	}
+	if len(rest) != 33 || rest[16] != '-' {
+		return false, 0, false
+	}
+	v, err := strconv.ParseUint(rest[:16], 16, 63)
+	return pending, int64(v), err == nil
+}
+
+func decodeGCList(b []byte) (*gcList, error) {
+	var l gcList
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, err
+	}
+	if l.V != gcListVersion {
+		if l.V > gcListVersion {
+			return nil, fmt.Errorf("gc list version %d: %w", l.V, ErrFormatVersion)
+		}
+		return nil, fmt.Errorf("bad gc list version %d", l.V)
+	}
+	if l.Margin < 0 || l.Time <= 0 {
+		return nil, errors.New("gc list with a bad time or margin")
+	}
+	return &l, nil
+}
+
+// gcLists lists gc/ and returns the lists by name, reading only those the
+// cache does not hold yet.
+func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
+	var names []string
+	err := s.bs.List(ctx, blobGCPrefix, func(in blob.Info) error {
+		if _, _, ok := parseGCName(in.Name); ok {
+			names = append(names, in.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	cached := map[string][]byte{}
+	err = s.db.view(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobGC).ForEach(func(k, v []byte) error { cached[string(k)] = bytes.Clone(v); return nil })
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*gcList{}
+	fresh := map[string][]byte{}
+	for _, n := range names {
+		b, ok := cached[n]
+		if !ok {
+			if b, err = blob.ReadAll(ctx, s.bs, n, maxGCList); errors.Is(err, blob.ErrNotExist) {
+				continue // swept meanwhile
+			} else if err != nil {
+				return nil, err
+			}
+			fresh[n] = b
+		}
+		l, err := decodeGCList(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", s.bs, n, err)
+		}
+		out[n] = l
+	}
+	err = s.db.update(ctx, func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketBlobGC)
+		for n := range cached {
+			if out[n] == nil {
+				if err := bk.Delete([]byte(n)); err != nil {
+					return err
+				}
+			}
+		}
+		for n, b := range fresh {
+			if err := bk.Put([]byte(n), b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// condemnedSet is every pack hash named by a pending list.
+func condemnedSet(lists map[string]*gcList) map[ID]bool {
+	out := map[ID]bool{}
+	for n, l := range lists {
+		if !strings.HasPrefix(n, gcPendingPrefix) {
+			continue
+		}
+		for _, p := range l.Packs {
+			if h, err := ParseID(p); err == nil {
+				out[h] = true
+			}
+		}
+	}
+	return out
+}
+
+// refreshPacks merges the segments named in segs (index/ names) that the
+// cache lacks. When a pack it indexed is gone (gc swept it) or the set of
+// condemned packs changed, it rebuilds the chunk index from its copies of
+// the segments, so every cache agrees on which copy of a chunk is indexed.
+func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
+	lists, err := s.gcLists(ctx)
+	if err != nil {
+		return err
+	}
+	cond := condemnedSet(lists)
+	dmg, dmgChanged, err := s.damageLists(ctx)
+	if err != nil {
+		return err
+	}
+	listed := map[ID]bool{}
+	for _, name := range segs {
+		if h, err := ParseID(strings.TrimPrefix(name, blobIndexPrefix)); err == nil {
+			listed[h] = true
+		}
+	}
+	var missing []ID // listed, no local copy
+	rebuild := dmgChanged
+	err = s.db.view(ctx, func(tx *bolt.Tx) error {
+		known := tx.Bucket(bucketBlobHash)
+		segsB := tx.Bucket(bucketBlobSegs)
+		for h := range listed {
+			if segsB.Get(h[:]) == nil {
+				missing = append(missing, h)
+			}
+		}
+		err := known.ForEach(func(k, v []byte) error {
+			h := ID(k)
+			if !listed[h] {
+				rebuild = true // swept
+			}
+			if cond[h] != (tx.Bucket(bucketBlobCond).Get(v) != nil) {
+				rebuild = true // condemned or reprieved
+			}
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	sort.Slice(missing, func(i, j int) bool { return bytes.Compare(missing[i][:], missing[j][:]) < 0 })
+	fetched := map[ID][]byte{}
+	for _, h := range missing {
+		b, err := blob.ReadAll(ctx, s.bs, indexObject(h), maxSegment)
+		if errors.Is(err, blob.ErrNotExist) {
+			continue // swept since the listing
+		}
+		if err != nil {
+			return err
+		}
+		fetched[h] = b
+	}
+	if !rebuild && len(fetched) == 0 {
+		return nil
+	}
+	err = s.db.update(ctx, func(tx *bolt.Tx) error {
+		segsB := tx.Bucket(bucketBlobSegs)
+		todo := map[ID][]byte{}
+		for h, b := range fetched {
+			todo[h] = b
+		}
+		if rebuild {
+			for _, b := range [][]byte{bucketChunks, bucketPacks, bucketBlobPacks, bucketBlobHash, bucketBlobCond} {
+				if err := tx.DeleteBucket(b); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+					return err
+				}
+				if _, err := tx.CreateBucket(b); err != nil {
+					return err
+				}
+			}
+			var gone [][]byte
+			err := segsB.ForEach(func(k, v []byte) error {
+				h := ID(k)
+				if !listed[h] {
+					gone = append(gone, bytes.Clone(k))
+				} else if _, ok := todo[h]; !ok {
+					todo[h] = bytes.Clone(v)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, k := range gone {
+				if err := segsB.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		hs := make([]ID, 0, len(todo))
+		for h := range todo {
+			hs = append(hs, h)
+		}
+		sort.Slice(hs, func(i, j int) bool { return bytes.Compare(hs[i][:], hs[j][:]) < 0 })
+		for _, h := range hs {
+			b := todo[h]
+			ents, err := decodeSegment(b)
+			if err != nil {
+				return fmt.Errorf("%s: %s: %w: %w", s.bs, indexObject(h), ErrIndexDamaged, err)
+			}
+			size := int64(packHeaderSize)
+			for _, x := range ents {
+				size = max(size, x.e.FrameOff+int64(x.e.FrameLen))
+			}
+			size += int64(len(b)) + packFooterSize
+			if _, err := mergeSegment(tx, h, size, ents, b, cond[h], dmg[h]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil && rebuild {
+		s.cache.reset() // pack numbers were handed out anew
+	}
+	return err
+}
+
+// checkCommit is the writer's side of gc: called before a commit point is
+// written, it refuses when a gc may have deleted what this view relied on.
+func (s *BlobStore) checkCommit(ctx context.Context) error {
+	view := s.viewTime.Load()
+	now := s.now()
+	if now-view > int64(DefaultGCMargin) {
+		return fmt.Errorf("%s: view from %s: %w", s.bs, time.Unix(0, view).UTC().Format(time.RFC3339), ErrStaleView)
+	}
+	lists, err := s.gcLists(ctx)
+	if err != nil {
+		return err
+	}
+	for n, l := range lists {
+		if l.Time > view && now >= l.Time+l.Margin {
+			return fmt.Errorf("%s: gc marked packs (%s) after this view and its margin of %s has passed: %w", s.bs, n, time.Duration(l.Margin), ErrStaleView)
+		}
+	}
+	return nil
+}
+
+type gcLease struct {
+	Host string `json:"host"`
+	PID  int    `json:"pid"`
+	Time int64  `json:"time_ns"`
+}
+
+func (s *BlobStore) takeLease(ctx context.Context, timeout time.Duration) error {
+	host, _ := os.Hostname()
+	body, _ := json.Marshal(gcLease{Host: host, PID: os.Getpid(), Time: s.now()})
+	for try := 0; ; try++ {
+		err := s.bs.Put(ctx, gcLeaseName, body)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, blob.ErrExist) || try > 0 {
+			return err
+		}
+		b, gerr := blob.ReadAll(ctx, s.bs, gcLeaseName, 64<<10)
+		var l gcLease
+		if gerr != nil || json.Unmarshal(b, &l) != nil {
+			return fmt.Errorf("%s: %w (unreadable %s; remove it if no gc runs)", s.bs, ErrGCRunning, gcLeaseName)
+		}
+		if age := time.Duration(s.now() - l.Time); age < timeout {
+			return fmt.Errorf("%s: %w (pid %d on %s, for %s)", s.bs, ErrGCRunning, l.PID, l.Host, age.Round(time.Second))
+		}
+		if err := s.bs.Delete(ctx, gcLeaseName); err != nil { // stale: its gc was killed
+			return err
+		}
+	}
+}
+
+// GC collects the garbage of a bucket store in two phases (see the top of
+// blobgc.go). live must come from this store's current view (the catalog
+// as of its last refresh); GC does not refresh before it is done, so no
+// record newer than live counts. opts.Margin is the time a condemned pack
+// waits (0: DefaultGCMargin); opts.Threshold is ignored (packs are not
+// rewritten yet, only deleted when nothing in them is live).
+func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) (GCStats, error) {
+	var st GCStats
+	if err := s.check(true); err != nil {
+		return st, err
+	}
+	margin := opts.Margin
+	if margin == 0 {
+		margin = DefaultGCMargin
+	}
+	leaseTimeout := opts.LeaseTimeout
+	if leaseTimeout == 0 {
+		leaseTimeout = DefaultGCLeaseTimeout
+	}
+	view := s.viewTime.Load()
+	if !opts.DryRun {
+		if err := s.takeLease(ctx, leaseTimeout); err != nil {
+			return st, err
+		}
+		defer func() { _ = s.bs.Delete(context.WithoutCancel(ctx), gcLeaseName) }()
+	}
+	lists, err := s.gcLists(ctx)
+	if err != nil {
+		return st, err
+	}
+	// Which packs hold a live indexed chunk, from the cache (this view).
+	type packInfo struct {
+		num  uint32
+		size int64
+		live bool
+	}
+	packs := map[ID]*packInfo{}
+	err = s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, precs, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		byNum := map[uint32]*packInfo{}
+		err = tx.Bucket(bucketBlobPacks).ForEach(func(k, v []byte) error {
+			if len(k) == 4 && len(v) == 32 {
+				num := binary.BigEndian.Uint32(k)
+				rec, _, _ := getPackRec(precs, num)
+				pi := &packInfo{num: num, size: rec.Size}
+				packs[ID(v)] = pi
+				byNum[num] = pi
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return chunks.ForEach(func(k, v []byte) error {
+			st.Chunks++
+			e, err := decodeEntry(ID(k), v)
+			if err != nil {
+				return err
+			}
+			if live(ID(k)) {
+				if pi := byNum[e.Pack]; pi != nil {
+					pi.live = true
+				}
+			} else {
+				st.DeadChunks++
+				st.DeadBytes += int64(e.Share)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return st, err
+	}
+	// Pack objects without a segment (a writer killed between the two).
+	var orphans []ID
+	err = s.bs.List(ctx, blobPacksPrefix, func(in blob.Info) error {
+		i := strings.LastIndexByte(in.Name, '/')
+		h, err := ParseID(in.Name[i+1:])
+		if err == nil && packs[h] == nil {
+			orphans = append(orphans, h)
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	pending := map[ID]bool{} // condemned by a list not yet due, or swept now
+	names := make([]string, 0, len(lists))
+	for n := range lists {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	// A record committed since this view (by a writer that passed its
+	// commit check before a mark) is not in live: sweep nothing this run.
+	changed, err := s.catalogChangedSinceView(ctx)
+	if err != nil {
+		return st, err
+	}
+	// Phase 2 of earlier runs: sweep.
+	for _, n := range names {
+		l := lists[n]
+		if !strings.HasPrefix(n, gcPendingPrefix) {
+			continue
+		}
+		if l.Time+l.Margin > view || changed {
+			for _, p := range append(slices.Clone(l.Packs), l.Orphans...) {
+				if h, err := ParseID(p); err == nil {
+					pending[h] = true
+				}
+			}
+			continue
+		}
+		for _, p := range l.Packs {
+			h, err := ParseID(p)
+			if err != nil {
+				continue
+			}
+			pi := packs[h]
+			if pi == nil || pi.live {
+				continue // gone already, or live again: reprieved
+			}
+			st.PacksDeleted++
+			st.BytesFreed += pi.size
+			pending[h] = true
+			if opts.DryRun {
+				continue
+			}
+			// Segment first: a pack nothing indexes is an orphan, a segment
+			// without its pack would be damage.
+			if err := s.bs.Delete(ctx, indexObject(h)); err != nil {
+				return st, err
+			}
+			if err := s.bs.Delete(ctx, packObject(h)); err != nil {
+				return st, err
+			}
+		}
+		for _, p := range l.Orphans {
+			h, err := ParseID(p)
+			if err != nil || packs[h] != nil {
+				continue // its segment arrived: judged as a pack next time
+			}
+			st.PacksDeleted++
+			pending[h] = true
+			if opts.DryRun {
+				continue
+			}
+			if err := s.bs.Delete(ctx, packObject(h)); err != nil {
+				return st, err
+			}
+		}
+		if opts.DryRun {
+			continue
+		}
+		done, _ := json.Marshal(gcList{V: gcListVersion, Time: l.Time, Margin: l.Margin})
+		if err := s.bs.Put(ctx, gcDonePrefix+n[len(gcPendingPrefix):], done); err != nil && !errors.Is(err, blob.ErrExist) {
+			return st, err
+		}
+		if err := s.bs.Delete(ctx, n); err != nil {
+			return st, err
+		}
+	}
+	// Done markers outlive their sweep by DefaultGCMargin, so a writer
+	// whose view predates the mark still sees it (checkCommit).
+	now := s.now()
+	for _, n := range names {
+		l := lists[n]
+		if strings.HasPrefix(n, gcDonePrefix) && now > l.Time+l.Margin+int64(DefaultGCMargin) && !opts.DryRun {
+			if err := s.bs.Delete(ctx, n); err != nil {
+				return st, err
+			}
+		}
+	}
+	// Phase 1: mark.
+	mark := gcList{V: gcListVersion, Time: now, Margin: int64(margin)}
+	for h, pi := range packs {
+		if !pi.live && !pending[h] {
+			mark.Packs = append(mark.Packs, h.String())
+		}
+	}
+	for _, h := range orphans {
+		if !pending[h] {
+			mark.Orphans = append(mark.Orphans, h.String())
+		}
+	}
+	sort.Strings(mark.Packs)
+	sort.Strings(mark.Orphans)
+	if (len(mark.Packs) > 0 || len(mark.Orphans) > 0) && !opts.DryRun {
+		body, err := json.Marshal(mark)
+		if err != nil {
+			return st, err
+		}
+		name := fmt.Sprintf("%s%016x-%s", gcPendingPrefix, now, Sum(body).String()[:16])
+		if err := s.bs.Put(ctx, name, body); err != nil && !errors.Is(err, blob.ErrExist) {
+			return st, err
+		}
+	}
+	if opts.DryRun {
+		return st, nil
+	}
+	return st, s.Refresh(ctx)
+}
+
+// catalogChangedSinceView reports whether meta/ holds a journal entry the
+// cache has not applied.
+func (s *BlobStore) catalogChangedSinceView(ctx context.Context) (bool, error) {
+	applied := map[string]bool{}
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobMeta).ForEach(func(k, _ []byte) error { applied[string(k)] = true; return nil })
+	})
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	err = s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
+		if _, ok := parseJournalName(in.Name); ok && !applied[in.Name] {
+			changed = true
+			return errStopList
+		}
+		return nil
+	})
+	if errors.Is(err, errStopList) {
+		err = nil
+	}
+	return changed, err
+}

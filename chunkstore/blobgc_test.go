@@ -1,0 +1,304 @@
+package chunkstore
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+	"github.com/engram-vm/engram/chunkstore/blob/faulty"
+	"github.com/engram-vm/engram/chunkstore/blob/mem"
+)
+
+// fakeClock is the time every host in a test sees; tests move it.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(time.Microsecond) // strictly increasing, like a real clock
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// gcHost opens a host on bs whose clock is clk (refreshing with it).
+func gcHost(t *testing.T, bs blob.Store, clk *fakeClock) *BlobStore {
+	t.Helper()
+	s := newBlobHost(t, bs)
+	s.clock = clk.now
+	if err := s.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// liveSet is the live function of a test: the chunks "recorded" so far.
+type liveSet map[ID]bool
+
+func (l liveSet) fn(id ID) bool { return l[id] }
+
+func (l liveSet) add(cs []Chunk) {
+	for _, c := range cs {
+		l[c.ID] = true
+	}
+}
+
+func objects(t *testing.T, bs blob.Store, prefix string) []string {
+	t.Helper()
+	var out []string
+	if err := bs.List(context.Background(), prefix, func(in blob.Info) error { out = append(out, in.Name); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+const testMargin = time.Hour
+
+// A dead pack is condemned by one gc and deleted by the next one after
+// the margin; live chunks are untouched; nothing is deleted before.
+func TestBlobGCTwoPhases(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	s := gcHost(t, bs, clk)
+	keep, drop := mkChunks(1, 5, 20000), mkChunks(100, 5, 20000)
+	if _, err := s.PutMany(ctx, keep); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutMany(ctx, drop); err != nil {
+		t.Fatal(err)
+	}
+	live := liveSet{}
+	live.add(keep)
+	opts := GCOptions{Margin: testMargin}
+	st, err := s.GC(ctx, live.fn, opts)
+	if err != nil || st.PacksDeleted != 0 {
+		t.Fatalf("first gc = %+v, %v; want nothing deleted", st, err)
+	}
+	if n := len(objects(t, bs, blobPacksPrefix)); n != 2 {
+		t.Fatalf("first gc deleted a pack: %d left", n)
+	}
+	if n := len(objects(t, bs, gcPendingPrefix)); n != 1 {
+		t.Fatalf("%d pending lists, want 1", n)
+	}
+	// Within the margin: still nothing deleted.
+	clk.advance(testMargin / 2)
+	if err := s.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.GC(ctx, live.fn, opts); err != nil || st.PacksDeleted != 0 {
+		t.Fatalf("gc within the margin = %+v, %v", st, err)
+	}
+	clk.advance(testMargin)
+	if err := s.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err = s.GC(ctx, live.fn, opts)
+	if err != nil || st.PacksDeleted != 1 {
+		t.Fatalf("gc after the margin = %+v, %v; want 1 pack deleted", st, err)
+	}
+	if n := len(objects(t, bs, blobPacksPrefix)); n != 1 {
+		t.Fatalf("%d packs left, want 1", n)
+	}
+	if n := len(objects(t, bs, gcPendingPrefix)); n != 0 {
+		t.Fatalf("%d pending lists left", n)
+	}
+	for _, h := range []*BlobStore{s, gcHost(t, bs, clk)} {
+		for _, c := range keep {
+			if _, err := h.Get(ctx, c.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ok, _ := h.Has(ctx, drop[0].ID); ok {
+			t.Fatal("a swept chunk is still indexed")
+		}
+	}
+	if _, err := bs.Get(ctx, gcLeaseName, 0, -1); !errors.Is(err, blob.ErrNotExist) {
+		t.Fatalf("lease left behind: %v", err)
+	}
+}
+
+// A writer that opens after the mark does not deduplicate against a
+// condemned chunk: it stores it again, so the sweep cannot take it away.
+func TestBlobGCWriterAfterMark(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	g := gcHost(t, bs, clk)
+	cs := mkChunks(1, 5, 20000)
+	if _, err := g.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	live := liveSet{}
+	if _, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil { // condemns the pack
+		t.Fatal(err)
+	}
+	w := gcHost(t, bs, clk)
+	if n, err := w.PutMany(ctx, cs); err != nil || n != 0 {
+		// Already indexed (in the condemned pack): not "added", but stored.
+		t.Fatalf("PutMany = %d, %v", n, err)
+	}
+	if n := len(objects(t, bs, blobPacksPrefix)); n != 2 {
+		t.Fatalf("the writer did not store the condemned chunks again: %d packs", n)
+	}
+	if err := w.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("r"), []byte("k"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	live.add(cs)
+	clk.advance(2 * testMargin)
+	if err := g.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin})
+	if err != nil || st.PacksDeleted != 1 {
+		t.Fatalf("sweep = %+v, %v; want the condemned copy deleted", st, err)
+	}
+	for _, h := range []*BlobStore{w, gcHost(t, bs, clk)} {
+		for _, c := range cs {
+			if _, err := h.Get(ctx, c.ID); err != nil {
+				t.Fatalf("after the sweep: %v", err)
+			}
+		}
+	}
+}
+
+// A writer whose view predates the mark may commit within the margin (the
+// sweep then sees its record) and must not after it.
+func TestBlobGCWriterBeforeMark(t *testing.T) {
+	ctx := context.Background()
+	for _, late := range []bool{false, true} {
+		clk := &fakeClock{t: time.Unix(1e9, 0)}
+		bs := mem.New()
+		initBlob(t, bs, InitOptions{})
+		w := gcHost(t, bs, clk)
+		cs := mkChunks(1, 5, 20000)
+		if _, err := w.PutMany(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+		g := gcHost(t, bs, clk)
+		live := liveSet{}
+		if _, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil { // w's pack: not live yet
+			t.Fatal(err)
+		}
+		if late {
+			clk.advance(2 * testMargin)
+		}
+		err := w.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("r"), []byte("k"), []byte("v")) })
+		if late {
+			if !errors.Is(err, ErrStaleView) {
+				t.Fatalf("a commit after the margin: %v, want ErrStaleView", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("a commit within the margin: %v", err)
+		}
+		live.add(cs)
+		clk.advance(2 * testMargin)
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil || st.PacksDeleted != 0 {
+			t.Fatalf("sweep = %+v, %v; want the reprieved pack kept", st, err)
+		}
+		for _, c := range cs {
+			if _, err := gcHost(t, bs, clk).Get(ctx, c.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// One gc at a time; a lease left by a killed gc goes stale.
+func TestBlobGCLease(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	s := gcHost(t, bs, clk)
+	body := []byte(`{"host":"elsewhere","pid":1,"time_ns":` + itoa(clk.now().UnixNano()) + `}`)
+	if err := bs.Put(ctx, gcLeaseName, body); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin, LeaseTimeout: time.Hour})
+	if !errors.Is(err, ErrGCRunning) || !strings.Contains(err.Error(), "elsewhere") {
+		t.Fatalf("gc beside another: %v", err)
+	}
+	clk.advance(2 * time.Hour)
+	if _, err := s.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin, LeaseTimeout: time.Hour}); err != nil {
+		t.Fatalf("gc after a stale lease: %v", err)
+	}
+}
+
+// A pack whose segment never arrived (writer killed between the two) is
+// swept after the margin.
+func TestBlobGCOrphanPack(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	fs := faulty.New(inner)
+	s := gcHost(t, fs, clk)
+	fs.Add(faulty.Fault{Op: faulty.Put, Prefix: blobIndexPrefix, Times: 1})
+	if _, err := s.PutMany(ctx, mkChunks(1, 3, 10000)); !errors.Is(err, faulty.ErrInjected) {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := s.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+		clk.advance(2 * testMargin)
+		if err := s.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(objects(t, inner, blobPacksPrefix)); n != 0 {
+		t.Fatalf("orphan pack not swept: %d packs", n)
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// A record committed after gc's view (so not in its live set) postpones
+// the sweep: nothing is deleted that the record may need.
+func TestBlobGCCommitAfterView(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	w := gcHost(t, bs, clk)
+	cs := mkChunks(1, 5, 20000)
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	g := gcHost(t, bs, clk)
+	if _, err := g.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(testMargin / 2)
+	if err := w.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("r"), []byte("k"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	// g's view is older than the record but its clock is past the margin.
+	g.viewTime.Store(clk.now().Add(testMargin).UnixNano())
+	if st, err := g.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil || st.PacksDeleted != 0 {
+		t.Fatalf("gc with a view older than a record = %+v, %v; want the sweep postponed", st, err)
+	}
+	if n := len(objects(t, bs, blobPacksPrefix)); n != 1 {
+		t.Fatalf("%d packs, want 1", n)
+	}
+}

@@ -1,0 +1,107 @@
+package storeurl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/blob/s3"
+)
+
+// Store is what any store opened by location offers.
+type Store interface {
+	chunkstore.Store
+	chunkstore.Maintainer
+	chunkstore.Lister
+}
+
+var (
+	_ Store = (*chunkstore.FileStore)(nil)
+	_ Store = (*chunkstore.BlobStore)(nil)
+)
+
+// Options control Open.
+type Options struct {
+	ReadOnly    bool
+	LockTimeout time.Duration // directory store: the writer lock; bucket: the cache
+	Command     string        // directory store: recorded in the lock file
+	TrustIDs    bool
+	// CacheRoot holds the per-store caches of bucket stores ("": the
+	// default, chunkstore.DefaultCacheRoot).
+	CacheRoot string
+}
+
+// IsBucket reports whether loc names a bucket store.
+func IsBucket(loc string) bool { return strings.HasPrefix(loc, "s3://") }
+
+func openBucket(ctx context.Context, loc string, createBucket bool) (*s3.Store, error) {
+	bucket, prefix, err := s3.ParseURL(loc)
+	if err != nil {
+		return nil, err
+	}
+	return s3.Open(ctx, s3.ConfigFromEnv(bucket, prefix), createBucket)
+}
+
+// Open opens the store at loc.
+func Open(ctx context.Context, loc string, opts Options) (Store, error) {
+	if !IsBucket(loc) {
+		return chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, LockTimeout: opts.LockTimeout, Command: opts.Command, TrustIDs: opts.TrustIDs})
+	}
+	bs, err := openBucket(ctx, loc, false)
+	if err != nil {
+		return nil, err
+	}
+	st, err := chunkstore.OpenBlob(ctx, bs, chunkstore.BlobOpenOptions{ReadOnly: opts.ReadOnly, CacheRoot: opts.CacheRoot, TrustIDs: opts.TrustIDs, LockTimeout: opts.LockTimeout})
+	if err != nil {
+		bs.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// Init creates a store at loc. A bucket is created when it does not exist
+// (as restic init does); a bucket prefix that holds anything is refused.
+func Init(ctx context.Context, loc string, opts chunkstore.InitOptions) error {
+	if !IsBucket(loc) {
+		return chunkstore.Init(loc, opts)
+	}
+	bs, err := openBucket(ctx, loc, true)
+	if err != nil {
+		return err
+	}
+	defer bs.Close()
+	return chunkstore.InitBlob(ctx, bs, opts)
+}
+
+// InitIfEmpty creates a store with default parameters in an existing,
+// empty bucket prefix; it reports whether it did. A missing bucket is an
+// error (only Init creates buckets), as is a prefix holding other objects.
+func InitIfEmpty(ctx context.Context, loc string) (bool, error) {
+	bs, err := openBucket(ctx, loc, false)
+	if err != nil {
+		return false, err
+	}
+	defer bs.Close()
+	err = chunkstore.InitBlob(ctx, bs, chunkstore.InitOptions{})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, chunkstore.ErrStoreExists):
+		return false, nil
+	}
+	return false, err
+}
+
+// Describe names a store for messages.
+func Describe(st Store) string {
+	switch s := st.(type) {
+	case *chunkstore.FileStore:
+		return s.Dir()
+	case fmt.Stringer:
+		return s.String()
+	}
+	return "store"
+}
