@@ -88,6 +88,7 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 			rec := newRecord(l, res.Stats)
 			rec.Fingerprint = hex.EncodeToString(fp[:])
 			rec.Reused = lr.Reused
+			rec.Signature = res.Sketch // nil when reused: the engram keeps its own
 			if parent != nil {
 				rec.Parent = parentID.String()
 			}

@@ -1,0 +1,176 @@
+package engram
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/sketch"
+)
+
+// bucketSketches holds each engram's signature (sketch encoding), beside
+// the engram and never inside its root: the engram ID stays a function of
+// guest content only, and a new signature version means recomputing the
+// signatures, never changing an ID.
+var bucketSketches = []byte("engram.sketches") // engram ID -> sketch encoding
+
+// ErrNoSignature means an engram has no signature (a store made before
+// signatures, or one of an older version): `engram sketch --rebuild`
+// computes it from the manifest.
+var ErrNoSignature = errors.New("no signature")
+
+// SketchBuilder feeds chunk refs to a sketch builder; ingest hands it every
+// ref of the manifest, new and reused.
+type SketchBuilder struct{ b *sketch.Builder }
+
+// NewSketchBuilder starts an empty signature.
+func NewSketchBuilder() *SketchBuilder { return &SketchBuilder{sketch.NewBuilder()} }
+
+// Add adds one chunk ref (zero-length refs are ignored).
+func (s *SketchBuilder) Add(r ChunkRef) { s.b.Add(r.ID, r.Length) }
+
+// Encode returns the signature of the refs added so far.
+func (s *SketchBuilder) Encode() []byte { return s.b.Sketch().Encode() }
+
+// BuildSketch computes the signature of root from its manifest.
+func BuildSketch(ctx context.Context, r chunkstore.Reader, root Root) (*sketch.Sketch, error) {
+	b := sketch.NewBuilder()
+	err := ForEachChunk(ctx, r, root, func(c ChunkRef) error {
+		b.Add(c.ID, c.Length)
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return b.Sketch(), nil
+}
+
+// PutSketch stores enc as the signature of engram id, which must be in
+// the catalog.
+func PutSketch(ctx context.Context, w chunkstore.Writer, id ID, enc []byte) error {
+	if _, err := sketch.Decode(enc); err != nil {
+		return fmt.Errorf("engram %s: %w", id.Short(), err)
+	}
+	return w.Update(ctx, func(tx chunkstore.MetaTx) error {
+		if tx.Get(bucketEngrams, id[:]) == nil {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return tx.Put(bucketSketches, id[:], enc)
+	})
+}
+
+// LoadSketch returns the signature of engram id: ErrNoSignature when it
+// has none or one of a version this build does not read.
+func LoadSketch(ctx context.Context, r chunkstore.Reader, id ID) (*sketch.Sketch, error) {
+	var s *sketch.Sketch
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		var err error
+		s, err = decodeSketch(id, tx.Get(bucketSketches, id[:]))
+		return err
+	})
+	return s, err
+}
+
+func decodeSketch(id ID, b []byte) (*sketch.Sketch, error) {
+	if b == nil {
+		return nil, fmt.Errorf("engram %s: %w (run engram sketch --rebuild)", id.Short(), ErrNoSignature)
+	}
+	s, err := sketch.Decode(b)
+	if errors.Is(err, sketch.ErrVersion) {
+		return nil, fmt.Errorf("engram %s: %w: %v (run engram sketch --rebuild)", id.Short(), ErrNoSignature, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engram %s: signature: %w", id.Short(), err)
+	}
+	return s, nil
+}
+
+// LoadSketches returns the signature of every engram in the catalog that
+// has a readable one, and the IDs of those that have none (or an unknown
+// version). A damaged signature is an error naming the engram.
+func LoadSketches(ctx context.Context, r chunkstore.Reader) (map[ID]*sketch.Sketch, []ID, error) {
+	out := map[ID]*sketch.Sketch{}
+	var missing []ID
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		return tx.ForEach(bucketEngrams, nil, func(k, _ []byte) error {
+			var id ID
+			if len(k) != len(id) {
+				return fmt.Errorf("%w: catalog key of %d bytes", ErrBadManifest, len(k))
+			}
+			copy(id[:], k)
+			s, err := decodeSketch(id, tx.Get(bucketSketches, k))
+			switch {
+			case errors.Is(err, ErrNoSignature):
+				missing = append(missing, id)
+			case err != nil:
+				return err
+			default:
+				out[id] = s
+			}
+			return nil
+		})
+	})
+	return out, missing, err
+}
+
+// ReadWriter is a store that is read and written: what RebuildSketches needs.
+type ReadWriter interface {
+	chunkstore.Reader
+	chunkstore.Writer
+}
+
+// RebuildReport says what RebuildSketches did.
+type RebuildReport struct {
+	Engrams int      `json:"engrams"`
+	Built   []string `json:"built,omitempty"`  // engram IDs whose signature was (re)computed
+	Failed  []string `json:"failed,omitempty"` // engrams whose manifest could not be read, and why
+}
+
+// RebuildSketches computes the signature of every engram that lacks a
+// readable one (all of them with force) from its manifest and stores it.
+// An engram whose pages are missing is reported, not fatal.
+func RebuildSketches(ctx context.Context, w ReadWriter, force bool) (RebuildReport, error) {
+	var rep RebuildReport
+	have, missing, err := LoadSketches(ctx, w)
+	if err != nil && !force {
+		return rep, err
+	}
+	todo := missing
+	if force || err != nil {
+		todo = nil
+		err = w.View(ctx, func(tx chunkstore.MetaTx) error {
+			return tx.ForEach(bucketEngrams, nil, func(k, _ []byte) error {
+				var id ID
+				copy(id[:], k)
+				todo = append(todo, id)
+				return nil
+			})
+		})
+		if err != nil {
+			return rep, err
+		}
+	}
+	rep.Engrams = len(have) + len(missing)
+	if force {
+		rep.Engrams = len(todo)
+	}
+	for _, id := range todo {
+		root, err := LoadRoot(ctx, w, id)
+		if err == nil {
+			var s *sketch.Sketch
+			if s, err = BuildSketch(ctx, w, root); err == nil {
+				err = PutSketch(ctx, w, id, s.Encode())
+			}
+		}
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		if err != nil {
+			rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %v", id, err))
+			continue
+		}
+		rep.Built = append(rep.Built, id.String())
+	}
+	return rep, nil
+}
