@@ -67,6 +67,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			statsCommand,
 			diffCommand,
 			inspectCommand,
+			sketchCommand,
+			similarCommand,
+			lineageCommand,
+			treeCommand,
 		},
 	}
 }
