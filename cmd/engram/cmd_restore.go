@@ -24,7 +24,7 @@ var restoreCommand = &cli.Command{
 		&cli.StringFlag{Name: "cluster-size", Usage: "qcow2 cluster size, e.g. 64k or 2M (default: the source's)"},
 		&cli.BoolFlag{Name: "compress", Aliases: []string{"c"}, Usage: "write compressed (zstd) qcow2 clusters"},
 		&cli.BoolFlag{Name: "force", Usage: "overwrite an existing output file"},
-		&cli.StringFlag{Name: "backing", Aliases: []string{"b"}, Usage: "write a qcow2 overlay on this image holding only the clusters that differ from it"},
+		&cli.StringFlag{Name: "backing", Aliases: []string{"b"}, Usage: "write a qcow2 overlay on this image holding only the clusters that differ from it; auto: the best engram whose source is on disk unchanged"},
 		&cli.BoolFlag{Name: "chain", Usage: "rebuild the engram's whole backing chain as separate files in the directory -o (base + thin overlays)"},
 		&cli.BoolFlag{Name: "thin", Usage: "restore a set of engrams into the directory -o, each a thin overlay on the member it shares most with at the same offsets (or standalone)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "with --thin: print the plan only"},
@@ -86,13 +86,21 @@ var restoreCommand = &cli.Command{
 			if out == "-" || format != "qcow2" {
 				return usagef("--backing needs qcow2 output to a file")
 			}
-			im, err := qcow2.Open(b, qcow2.Options{})
-			if err != nil {
-				return err
+			if b == "auto" {
+				// "" when no engram on disk saves enough: restore standalone.
+				if b, err = autoBacking(c, st, id); err != nil {
+					return err
+				}
 			}
-			defer im.Close()
-			if opts.Backing, err = backingFor(c, st, im, out); err != nil {
-				return err
+			if b != "" {
+				im, err := qcow2.Open(b, qcow2.Options{})
+				if err != nil {
+					return err
+				}
+				defer im.Close()
+				if opts.Backing, err = backingFor(c, st, im, out); err != nil {
+					return err
+				}
 			}
 		}
 		if out == "-" {

@@ -53,7 +53,7 @@ func familyImages(t *testing.T, dir string) (names []string, files map[string]st
 		own := randFile(name+".own", 2<<20)
 		small := randFile(name+".small", 128<<10)
 		cmds := []string{
-			fmt.Sprintf("write -s %s %dM 2M", own, 49+3*i),                  // new data where the parent has none
+			fmt.Sprintf("write -s %s %dM 2M", own, 49+3*i),                 // new data where the parent has none
 			fmt.Sprintf("write -s %s %dk 128k", small, 1024+i*4096+i*4096), // over inherited data
 			fmt.Sprintf("write -z %dk 64k", 6144+i*4096),                   // zeros over inherited data
 		}
@@ -112,6 +112,29 @@ func TestLineageAndThinRestore(t *testing.T) {
 	if rows := lineageOf(t, chainStore, "cc"); rows[0].Method != "overlay-record" || rows[0].Parent == nil || rows[0].Parent.Name != "c0" {
 		t.Errorf("chain-ingested cc: %+v, want parent c0 from the overlay record", rows[0])
 	}
+
+	// restore --backing auto: the best engram whose source is on disk
+	// unchanged; cc's is c0's file (its own data is all it holds).
+	autoDir := filepath.Join(dir, "auto")
+	os.Mkdir(autoDir, 0o755)
+	for _, n := range []string{"c1", "cc"} {
+		out := filepath.Join(autoDir, n+".qcow2")
+		ok(t, chainStore, "restore", n, "-o", out, "--backing", "auto")
+		qemutest.Compare(t, files[n], out)
+		qemutest.Check(t, out)
+		var hdr struct {
+			Backing string `json:"backing-filename"`
+		}
+		if err := json.Unmarshal([]byte(qemutest.Img(t, "info", "--output=json", out)), &hdr); err != nil {
+			t.Fatal(err)
+		}
+		if want := "../" + parent[n] + ".qcow2"; hdr.Backing != want {
+			t.Errorf("--backing auto for %s: backing %q, want %q", n, hdr.Backing, want)
+		}
+	}
+	// The template: whatever backs it (a clone holds it almost whole), identical.
+	ok(t, chainStore, "restore", "template", "-o", filepath.Join(autoDir, "template.qcow2"), "--backing", "auto")
+	qemutest.Compare(t, files["template"], filepath.Join(autoDir, "template.qcow2"))
 
 	// Flattened and ingested flat: content decides.
 	flatDir := filepath.Join(dir, "flat")

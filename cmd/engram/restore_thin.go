@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
 	fleetview "github.com/engram-vm/engram/fleet"
 	"github.com/engram-vm/engram/restore"
@@ -117,4 +118,30 @@ func printThinPlan(c *cli.Context, dir string, rows []thinRow, plan *fleetview.T
 	}
 	fmt.Fprintf(tw, "total\t%d files\t\t%s\t%s\t(%.1f%% less than all flat)\n", len(rows), bytesStr(plan.Total), bytesStr(plan.FlatTotal), saved)
 	tw.Flush()
+}
+
+// autoBacking chooses the backing file for `restore --backing auto`: the
+// source of another engram, still on disk unchanged, that leaves the
+// fewest bytes to the overlay. It returns "" (restore standalone) when
+// none saves enough, and says so.
+func autoBacking(c *cli.Context, st *chunkstore.FileStore, id engram.ID) (string, error) {
+	f, err := fleetview.Load(c.Context, st)
+	if err != nil {
+		return "", err
+	}
+	ch, err := f.ChooseBacking(c.Context, id, fleetview.ThinOptions{})
+	if err != nil {
+		return "", err
+	}
+	if ch == nil {
+		if !c.Bool(quietFlag.Name) {
+			fmt.Fprintf(c.App.ErrWriter, "engram: --backing auto: no engram whose source is on disk unchanged saves 10%%; restoring %s standalone\n", id.Short())
+		}
+		return "", nil
+	}
+	if !c.Bool(quietFlag.Name) {
+		fmt.Fprintf(c.App.ErrWriter, "engram: --backing auto: %s (engram %s): overlay holds %s of %s\n",
+			ch.Path, ch.Member.Label(), bytesStr(ch.Bytes), bytesStr(ch.FlatBytes))
+	}
+	return ch.Path, nil
 }
