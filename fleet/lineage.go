@@ -106,13 +106,44 @@ func eligible(child *Member, r *Relation) bool {
 	return ownChild >= AsymmetryRatio*max(ownParent, 0)
 }
 
+// maybeEligible is eligible on the estimate with three standard errors
+// (and 1% of the child) of slack, so the exact check sees every candidate
+// that may pass it.
+func maybeEligible(child *Member, r *Relation) bool {
+	slack := 3*r.Est.SharedSE + 0.01*weightOf(child)
+	s := float64(r.Shared) + slack
+	ownChild, ownParent := weightOf(child)-float64(r.Shared)+slack, weightOf(r.B)-s
+	return ownChild > 0 && ownChild >= AsymmetryRatio*max(ownParent, 0)
+}
+
 func (f *Fleet) byContent(ctx context.Context, m *Member, cands []Relation, opts LineageOptions) (Decision, error) {
+	d, err := f.decide(ctx, m, cands, opts)
+	if err != nil || d.RunnerUp != nil {
+		return d, err
+	}
+	// No runner-up among the candidates that may be parents: report the
+	// engram sharing the most with it (estimated) instead.
+	var best *Relation
+	for i := range cands {
+		c := &cands[i]
+		if c.B != d.Parent && (best == nil || c.Shared > best.Shared) {
+			best = c
+		}
+	}
+	if best != nil {
+		rr := *best
+		d.RunnerUp = &rr
+	}
+	return d, nil
+}
+
+func (f *Fleet) decide(ctx context.Context, m *Member, cands []Relation, opts LineageOptions) (Decision, error) {
 	d := Decision{Child: m, Method: NoParent}
 	// Shortlist: candidates the signature says are mostly held by m,
 	// with some slack for the error, most shared bytes first.
-	short := cands[:0]
+	var short []Relation
 	for _, c := range cands {
-		if c.Est.BInA+3*c.Est.BInASE+0.02 >= MinContained {
+		if c.Est.BInA+3*c.Est.BInASE+0.02 >= MinContained && maybeEligible(m, &c) {
 			short = append(short, c)
 		}
 	}
@@ -124,6 +155,11 @@ func (f *Fleet) byContent(ctx context.Context, m *Member, cands []Relation, opts
 	})
 	if len(short) > lineageTopK {
 		short = short[:lineageTopK]
+	}
+	for i := range short {
+		if short[i].Est.Bins < sketch.Bins {
+			short[i] = fromEstimate(short[i].B, sketch.Compare(m.Sketch, short[i].B.Sketch))
+		}
 	}
 	if !opts.Estimate {
 		for i := range short {

@@ -73,17 +73,21 @@ func reaches(nodes map[*Member]*Node, p, m *Member) bool {
 
 // indexBins is how many leading bins the candidate index covers, and
 // minHits how many of them must match for a candidate: random matches
-// average indexBins/255 = 1, so 12 is noise-free while any pair with a
-// Jaccard above ~5% passes.
+// average indexBins/255 = 0.5 (8 or more: p ≈ 1e-7), while any pair with
+// a Jaccard above ~6% passes.
 const (
-	indexBins = 256
-	minHits   = 12
+	indexBins = 128
+	minHits   = 8
 )
+
+// prefixBins is what the first pass over candidates compares.
+const prefixBins = 1024
 
 // binIndex maps (bin, fingerprint) to the members holding it.
 type binIndex struct {
 	f     *Fleet
 	lists [indexBins][256][]int32
+	hits  []uint16 // per member, reset after each query
 }
 
 func newBinIndex(f *Fleet) *binIndex {
@@ -120,20 +124,28 @@ func (ix *binIndex) candidates(m *Member) []Relation {
 		}
 		return out
 	}
-	hits := map[int32]int{}
+	if len(ix.hits) != len(ix.f.Members) {
+		ix.hits = make([]uint16, len(ix.f.Members))
+	}
+	var touched []int32
 	for b := 0; b < indexBins; b++ {
 		if fp := m.Sketch.Fp[b]; fp != 0 {
 			for _, i := range ix.lists[b][fp] {
-				hits[i]++
+				if ix.hits[i] == 0 {
+					touched = append(touched, i)
+				}
+				ix.hits[i]++
 			}
 		}
 	}
 	var out []Relation
-	for i, n := range hits {
+	for _, i := range touched {
 		b := ix.f.Members[i]
-		if n >= minHits && b != m {
-			out = append(out, fromEstimate(b, sketch.Compare(m.Sketch, b.Sketch)))
+		if ix.hits[i] >= minHits && b != m {
+			// A first-pass estimate; the shortlist is compared in full.
+			out = append(out, fromEstimate(b, sketch.ComparePrefix(m.Sketch, b.Sketch, prefixBins)))
 		}
+		ix.hits[i] = 0
 	}
 	return out
 }
