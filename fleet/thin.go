@@ -75,21 +75,29 @@ func (f *Fleet) dataBytes(ctx context.Context, root engram.Root) (int64, error) 
 // overlayBytes is how many guest data bytes of child an overlay on parent
 // must hold: child's data inside the ranges where the manifests differ.
 func (f *Fleet) overlayBytes(ctx context.Context, parent, child engram.Root) (int64, error) {
+	n, _, err := f.overlayCost(ctx, parent, child)
+	return n, err
+}
+
+// overlayCost is overlayBytes and the total length of the differing
+// ranges (where child has no data they become zero clusters: metadata).
+func (f *Fleet) overlayCost(ctx context.Context, parent, child engram.Root) (data, span int64, err error) {
 	var spans []engram.Span
-	err := engram.Diff(ctx, f.r, parent, f.r, child, func(s, e int64) error {
+	err = engram.Diff(ctx, f.r, parent, f.r, child, func(s, e int64) error {
 		spans = append(spans, engram.Span{Start: s, End: e})
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var n int64
 	cur := engram.NewCursor(ctx, f.r, child)
 	for _, s := range spans {
+		span += s.End - s.Start
 		for {
 			ref, ok, err := cur.SkipTo(s.Start)
 			if err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 			if !ok || ref.Offset >= s.End {
 				break
@@ -101,7 +109,7 @@ func (f *Fleet) overlayBytes(ctx context.Context, parent, child engram.Root) (in
 			cur.Pop()
 		}
 	}
-	return n, nil
+	return n, span, nil
 }
 
 // PlanThin decides, for the engrams ids, which member each is written as
@@ -174,6 +182,7 @@ func (f *Fleet) PlanThin(ctx context.Context, ids []engram.ID, opts ThinOptions)
 			cands = append(cands, cand{p, s})
 		}
 		sort.SliceStable(cands, func(i, j int) bool { return cands[i].shared > cands[j].shared })
+		var bestSpan int64
 		if len(cands) > opts.Shortlist {
 			cands = cands[:opts.Shortlist]
 		}
@@ -181,12 +190,15 @@ func (f *Fleet) PlanThin(ctx context.Context, ids []engram.ID, opts ThinOptions)
 			if c.shared <= 0 && m.Sketch != nil {
 				continue
 			}
-			n, err := f.overlayBytes(ctx, c.it.root, it.root)
+			n, sp, err := f.overlayCost(ctx, c.it.root, it.root)
 			if err != nil {
 				return nil, fmt.Errorf("engram %s over %s: %w", m.Label(), c.it.e.Member.Label(), err)
 			}
-			if n < it.e.Bytes {
-				it.e.Bytes, it.e.Backing, it.e.Depth = n, c.it.e, c.it.e.Depth+1
+			// Fewest data bytes; on a tie the shallower chain, then the
+			// fewest differing ranges (zero clusters).
+			d := c.it.e.Depth + 1
+			if n < it.e.Bytes || it.e.Backing != nil && n == it.e.Bytes && (d < it.e.Depth || d == it.e.Depth && sp < bestSpan) {
+				it.e.Bytes, it.e.Backing, it.e.Depth, bestSpan = n, c.it.e, d, sp
 			}
 		}
 		if b := it.e.Backing; b != nil && float64(it.e.FlatBytes-it.e.Bytes) < opts.MinSaving*float64(it.e.FlatBytes) {

@@ -203,6 +203,27 @@ func TestLineageAndThinRestore(t *testing.T) {
 	}
 	ok(t, flatStore, "similar", "c0")
 
+	// Signatures: one per engram, 4032 bytes; --rebuild --force redoes them.
+	var sks []struct {
+		Bytes int `json:"encoded_bytes"`
+	}
+	if err := json.Unmarshal([]byte(ok(t, flatStore, "--json", "sketch")), &sks); err != nil || len(sks) != len(names) {
+		t.Fatalf("sketch --json: %v, %d rows", err, len(sks))
+	}
+	for _, s := range sks {
+		if s.Bytes != 4032 {
+			t.Errorf("signature of %d bytes, want 4032", s.Bytes)
+		}
+	}
+	if out := ok(t, flatStore, "sketch", "--rebuild", "--force"); !strings.Contains(out, "5 computed") {
+		t.Errorf("sketch --rebuild --force: %s", out)
+	}
+	fails(t, flatStore, 3, []string{"similar", "nosuch"}, "nosuch")
+	fails(t, flatStore, 2, []string{"similar", "--top", "0", "c0"}, "--top")
+	fails(t, flatStore, 2, []string{"restore", "--thin", "c0"}, "-o DIR")
+	fails(t, flatStore, 2, []string{"restore", "--dry-run", "c0", "-o", "x.qcow2"}, "--thin")
+	fails(t, flatStore, 2, []string{"sketch", "--force"}, "--rebuild")
+
 	// restore --thin: the plan first, then the files.
 	out := filepath.Join(dir, "thin")
 	plan := ok(t, flatStore, "restore", "--thin", "--dry-run", "-o", out, "template", "c0", "c1", "c2", "cc")
@@ -237,6 +258,17 @@ func TestLineageAndThinRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 		total += fi.Size()
+	}
+	// index.db lost: repair brings the catalog back from its chunks and
+	// the signatures from the manifests.
+	if err := os.Remove(filepath.Join(flatStore, "index.db")); err != nil {
+		t.Fatal(err)
+	}
+	if out := ok(t, flatStore, "repair"); !strings.Contains(out, "signatures: 5 rebuilt") {
+		t.Errorf("repair after losing index.db:\n%s", out)
+	}
+	if rows := lineageOf(t, flatStore, "cc"); rows[0].Parent == nil || rows[0].Parent.Name != "c0" {
+		t.Errorf("after repair, cc: %+v", rows[0])
 	}
 	t.Logf("thin restore: %d bytes on disk, original template + overlays %d", total, origTotal)
 	if float64(total) > 1.1*float64(origTotal) {
