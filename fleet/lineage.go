@@ -192,15 +192,22 @@ func (f *Fleet) decide(ctx context.Context, m *Member, cands []Relation, opts Li
 		d.RunnerUp = &other[0]
 	}
 	d.Parent, d.Method = win.B, ByContent
-	// A near-tie among eligible candidates is a real question unless the
-	// runner-up is an ancestor of the winner (held by it almost whole).
+	// A near-tie is a real question unless the runner-up is an ancestor
+	// of the winner (held by it almost whole). Runners-up count when they
+	// are eligible, or nearly so (asymmetric the same way, below the
+	// ratio): a decision on the edge of the rule is not a clear one.
 	margin := TieFraction * weightOf(m)
 	if opts.Estimate {
 		margin = max(margin, 3*win.Est.SharedSE)
 	}
-	for _, r := range ok[1:] {
+	rivals := append(append([]Relation{}, ok[1:]...), other...)
+	sort.SliceStable(rivals, func(i, j int) bool { return rivals[i].Shared > rivals[j].Shared })
+	for _, r := range rivals {
 		if float64(win.Shared-r.Shared) > margin {
 			break
+		}
+		if !eligible(m, &r) && !nearlyEligible(m, &r) {
+			continue
 		}
 		anc, err := f.heldBy(ctx, r.B, win.B, opts)
 		if err != nil {
@@ -213,6 +220,19 @@ func (f *Fleet) decide(ctx context.Context, m *Member, cands []Relation, opts Li
 		}
 	}
 	return d, nil
+}
+
+// NearRatio: a candidate whose own-bytes ratio reaches this (but not
+// AsymmetryRatio) is a rival that can make a close decision ambiguous.
+const NearRatio = 1.2
+
+func nearlyEligible(child *Member, r *Relation) bool {
+	if r.BInA < MinContained {
+		return false
+	}
+	s := float64(r.Shared)
+	ownChild, ownParent := weightOf(child)-s, weightOf(r.B)-s
+	return ownChild > 0 && ownChild >= NearRatio*max(ownParent, 0)
 }
 
 // heldBy reports whether a is held almost whole (≥ 95%) by b.
