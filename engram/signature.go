@@ -1,6 +1,7 @@
 package engram
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -73,17 +74,22 @@ func LoadSketch(ctx context.Context, r chunkstore.Reader, id ID) (*sketch.Sketch
 }
 
 func decodeSketch(id ID, b []byte) (*sketch.Sketch, error) {
+	s := new(sketch.Sketch)
+	return s, decodeSketchInto(s, id, b)
+}
+
+func decodeSketchInto(s *sketch.Sketch, id ID, b []byte) error {
 	if b == nil {
-		return nil, fmt.Errorf("engram %s: %w (run engram sketch --rebuild)", id.Short(), ErrNoSignature)
+		return fmt.Errorf("engram %s: %w (run engram sketch --rebuild)", id.Short(), ErrNoSignature)
 	}
-	s, err := sketch.Decode(b)
+	err := sketch.DecodeInto(s, b)
 	if errors.Is(err, sketch.ErrVersion) {
-		return nil, fmt.Errorf("engram %s: %w: %v (run engram sketch --rebuild)", id.Short(), ErrNoSignature, err)
+		return fmt.Errorf("engram %s: %w: %v (run engram sketch --rebuild)", id.Short(), ErrNoSignature, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("engram %s: signature: %w", id.Short(), err)
+		return fmt.Errorf("engram %s: signature: %w", id.Short(), err)
 	}
-	return s, nil
+	return nil
 }
 
 // LoadSketches returns the signature of every engram in the catalog that
@@ -93,13 +99,30 @@ func LoadSketches(ctx context.Context, r chunkstore.Reader) (map[ID]*sketch.Sket
 	out := map[ID]*sketch.Sketch{}
 	var missing []ID
 	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		sigs := map[ID][]byte{}
+		var pool []sketch.Sketch // signatures are decoded into slabs
+		err := tx.ForEach(bucketSketches, nil, func(k, v []byte) error {
+			var id ID
+			if len(k) == len(id) {
+				copy(id[:], k)
+				sigs[id] = v
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		return tx.ForEach(bucketEngrams, nil, func(k, _ []byte) error {
 			var id ID
 			if len(k) != len(id) {
 				return fmt.Errorf("%w: catalog key of %d bytes", ErrBadManifest, len(k))
 			}
 			copy(id[:], k)
-			s, err := decodeSketch(id, tx.Get(bucketSketches, k))
+			if len(pool) == 0 {
+				pool = make([]sketch.Sketch, min(max(len(sigs), 1), 1024))
+			}
+			s := &pool[0]
+			err := decodeSketchInto(s, id, sigs[id])
 			switch {
 			case errors.Is(err, ErrNoSignature):
 				missing = append(missing, id)
@@ -107,6 +130,7 @@ func LoadSketches(ctx context.Context, r chunkstore.Reader) (map[ID]*sketch.Sket
 				return err
 			default:
 				out[id] = s
+				pool = pool[1:]
 			}
 			return nil
 		})
@@ -173,4 +197,34 @@ func RebuildSketches(ctx context.Context, w ReadWriter, force bool) (RebuildRepo
 		rep.Built = append(rep.Built, id.String())
 	}
 	return rep, nil
+}
+
+// NamesOf returns the newest name of each of ids that has one, reading
+// only the records that belong to them: cheaper than List for a few
+// engrams of a big catalog.
+func NamesOf(ctx context.Context, r chunkstore.Reader, ids []ID) (map[ID]string, error) {
+	want := make(map[string]ID, len(ids))
+	for _, id := range ids {
+		want[id.String()] = id
+	}
+	out := map[ID]string{}
+	marker := []byte(`"engram":"`)
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		return tx.ForEach(bucketRecords, nil, func(k, v []byte) error {
+			if i := bytes.Index(v, marker); i >= 0 && len(v) >= i+len(marker)+64 {
+				if _, ok := want[string(v[i+len(marker):i+len(marker)+64])]; !ok {
+					return nil
+				}
+			}
+			rec, err := decodeRecord(v)
+			if err != nil {
+				return fmt.Errorf("record %s: %w", k, err)
+			}
+			if id, ok := want[rec.Engram]; ok && rec.Name != "" {
+				out[id] = rec.Name
+			}
+			return nil
+		})
+	})
+	return out, err
 }

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -60,6 +61,52 @@ func Load(ctx context.Context, r chunkstore.Reader) (*Fleet, error) {
 		f.byID[e.ID] = m
 	}
 	return f, nil
+}
+
+// LoadSignatures reads only the signatures of r (no records): enough for
+// Similar, whose results FillNames then names. Lineage and Tree need Load.
+func LoadSignatures(ctx context.Context, r chunkstore.Reader) (*Fleet, error) {
+	sigs, missing, err := engram.LoadSketches(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	f := &Fleet{r: r, byID: map[engram.ID]*Member{}, sets: map[engram.ID]chunkSet{}, Unsigned: missing}
+	for id, s := range sigs {
+		m := &Member{ID: id, Sketch: s}
+		f.Members = append(f.Members, m)
+		f.byID[id] = m
+	}
+	for _, id := range missing {
+		m := &Member{ID: id}
+		f.Members = append(f.Members, m)
+		f.byID[id] = m
+	}
+	// Map order is random: keep rankings (ties by index) stable.
+	sort.Slice(f.Members, func(i, j int) bool { return bytes.Compare(f.Members[i].ID[:], f.Members[j].ID[:]) < 0 })
+	return f, nil
+}
+
+// FillNames sets the names of the members in rels that have none yet.
+func (f *Fleet) FillNames(ctx context.Context, rels []Relation) error {
+	var ids []engram.ID
+	for _, r := range rels {
+		if r.B.Name == "" {
+			ids = append(ids, r.B.ID)
+		}
+	}
+	if len(ids) == 0 || f.r == nil {
+		return nil
+	}
+	names, err := engram.NamesOf(ctx, f.r, ids)
+	if err != nil {
+		return err
+	}
+	for _, r := range rels {
+		if n, ok := names[r.B.ID]; ok {
+			r.B.Name = n
+		}
+	}
+	return nil
 }
 
 // FromSketches builds a fleet of synthetic members (no store behind them):

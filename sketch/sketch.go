@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 )
 
 const (
@@ -47,13 +48,11 @@ func (s *Sketch) Bytes() uint64 { return s.Weight * Unit }
 
 // Filled is the number of non-empty bins.
 func (s *Sketch) Filled() int {
-	n := 0
-	for _, f := range s.Fp {
-		if f != 0 {
-			n++
-		}
+	empty := 0
+	for i := 0; i < Bins; i += 8 {
+		empty += bits.OnesCount64(zeroBytes(binary.LittleEndian.Uint64(s.Fp[i:])))
 	}
-	return n
+	return Bins - empty
 }
 
 // Encode returns the version 1 encoding (EncodedLen bytes):
@@ -88,36 +87,46 @@ func badf(format string, args ...any) error {
 // Decode parses and checks an encoded signature. An unknown version gives
 // ErrVersion (so the caller can tell "recompute" from "damaged").
 func Decode(b []byte) (*Sketch, error) {
+	s := new(Sketch)
+	if err := DecodeInto(s, b); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// DecodeInto is Decode into s, which it overwrites (for decoding many
+// signatures into one allocation). On error s holds garbage.
+func DecodeInto(s *Sketch, b []byte) error {
 	if len(b) < 6 || string(b[:4]) != magic {
-		return nil, badf("bad magic or short (%d bytes)", len(b))
+		return badf("bad magic or short (%d bytes)", len(b))
 	}
 	if v := binary.LittleEndian.Uint16(b[4:]); v != Version {
-		return nil, fmt.Errorf("%w %d (this engram reads %d)", ErrVersion, v, Version)
+		return fmt.Errorf("%w %d (this engram reads %d)", ErrVersion, v, Version)
 	}
 	if len(b) != EncodedLen {
-		return nil, badf("%d bytes, version 1 has %d", len(b), EncodedLen)
+		return badf("%d bytes, version 1 has %d", len(b), EncodedLen)
 	}
 	if n := binary.LittleEndian.Uint16(b[6:]); n != Bins {
-		return nil, badf("%d bins, version 1 has %d", n, Bins)
+		return badf("%d bins, version 1 has %d", n, Bins)
 	}
 	if b[8] != 8 || b[9] != UnitShift {
-		return nil, badf("fingerprint bits %d, unit shift %d; version 1 has 8 and %d", b[8], b[9], UnitShift)
+		return badf("fingerprint bits %d, unit shift %d; version 1 has 8 and %d", b[8], b[9], UnitShift)
 	}
 	if binary.LittleEndian.Uint16(b[10:]) != 0 || binary.LittleEndian.Uint32(b[12:]) != 0 {
-		return nil, badf("reserved header fields are not zero")
+		return badf("reserved header fields are not zero")
 	}
-	s := &Sketch{Weight: binary.LittleEndian.Uint64(b[16:]), Chunks: binary.LittleEndian.Uint64(b[24:])}
+	s.Weight, s.Chunks = binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[24:])
 	copy(s.Fp[:], b[HeaderLen:])
 	filled := uint64(s.Filled())
 	switch {
 	case s.Chunks > s.Weight:
-		return nil, badf("%d chunks but weight %d (each chunk weighs at least 1)", s.Chunks, s.Weight)
+		return badf("%d chunks but weight %d (each chunk weighs at least 1)", s.Chunks, s.Weight)
 	case s.Chunks > 0 && s.Weight/s.Chunks > maxUnitsPerChunk:
-		return nil, badf("weight %d too large for %d chunks", s.Weight, s.Chunks)
+		return badf("weight %d too large for %d chunks", s.Weight, s.Chunks)
 	case filled > s.Weight:
-		return nil, badf("%d filled bins but weight %d", filled, s.Weight)
+		return badf("%d filled bins but weight %d", filled, s.Weight)
 	case s.Weight > 0 && filled == 0:
-		return nil, badf("weight %d but every bin is empty", s.Weight)
+		return badf("weight %d but every bin is empty", s.Weight)
 	}
-	return s, nil
+	return nil
 }

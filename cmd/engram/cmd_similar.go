@@ -38,12 +38,16 @@ var similarCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		f, err := fleetview.Load(c.Context, st)
+		// Signatures only: records are read for the names of the results.
+		f, err := fleetview.LoadSignatures(c.Context, st)
 		if err != nil {
 			return err
 		}
 		rels, err := f.Similar(c.Context, id, fleetview.SimilarOptions{Top: c.Int("top"), Exact: c.Bool("exact")})
 		if err != nil {
+			return err
+		}
+		if err := f.FillNames(c.Context, rels); err != nil {
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {
