@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -9,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/internal/qemutest"
 )
 
@@ -65,6 +68,34 @@ func familyImages(t *testing.T, dir string) (names []string, files map[string]st
 	return names, files, parent
 }
 
+// dropSignatures deletes every signature of the store at dir, as a store
+// made before signatures would be.
+func dropSignatures(t *testing.T, dir string) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := chunkstore.Open(ctx, dir, chunkstore.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bucket := []byte("engram.sketches")
+	err = st.Update(ctx, func(tx chunkstore.MetaTx) error {
+		var keys [][]byte
+		if err := tx.ForEach(bucket, nil, func(k, _ []byte) error { keys = append(keys, bytes.Clone(k)); return nil }); err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := tx.Delete(bucket, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 type lineageJSON struct {
 	ID     string `json:"id"`
 	Name   string `json:"name"`
@@ -112,6 +143,32 @@ func TestLineageAndThinRestore(t *testing.T) {
 	if rows := lineageOf(t, chainStore, "cc"); rows[0].Method != "overlay-record" || rows[0].Parent == nil || rows[0].Parent.Name != "c0" {
 		t.Errorf("chain-ingested cc: %+v, want parent c0 from the overlay record", rows[0])
 	}
+
+	// A store made before signatures: similar says what to run; a reused
+	// ingest builds the missing signature; sketch --rebuild the rest.
+	dropSignatures(t, chainStore)
+	fails(t, chainStore, 1, []string{"similar", "c0"}, "no signature", "sketch --rebuild")
+	ok(t, chainStore, "-q", "ingest", files["template"])
+	var sigRows []struct {
+		ID      string `json:"id"`
+		Missing string `json:"missing"`
+	}
+	if err := json.Unmarshal([]byte(ok(t, chainStore, "--json", "sketch")), &sigRows); err != nil {
+		t.Fatal(err)
+	}
+	missing := 0
+	for _, s := range sigRows {
+		if s.Missing != "" {
+			missing++
+		}
+	}
+	if len(sigRows) != len(names) || missing != len(names)-1 {
+		t.Errorf("after dropping signatures and re-ingesting the template: %d of %d missing, want %d", missing, len(sigRows), len(names)-1)
+	}
+	if out := ok(t, chainStore, "sketch", "--rebuild"); !strings.Contains(out, "4 computed") {
+		t.Errorf("sketch --rebuild: %s", out)
+	}
+	ok(t, chainStore, "similar", "c0")
 
 	// restore --backing auto: the best engram whose source is on disk
 	// unchanged; cc's is c0's file (its own data is all it holds).
