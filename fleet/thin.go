@@ -220,6 +220,14 @@ func (f *Fleet) WriteThin(ctx context.Context, plan *ThinPlan, dir string, opts 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("output directory %s: %w", dir, err)
 	}
+	if !opts.Force {
+		// Refuse before writing anything, not after half the set.
+		for _, e := range plan.Entries {
+			if _, err := os.Lstat(filepath.Join(dir, e.File)); err == nil {
+				return nil, fmt.Errorf("%s: %w", filepath.Join(dir, e.File), restore.ErrExists)
+			}
+		}
+	}
 	done := map[*ThinEntry]*restore.Backing{}
 	var written []string
 	defer func() {

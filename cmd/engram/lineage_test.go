@@ -291,6 +291,8 @@ func TestLineageAndThinRestore(t *testing.T) {
 		t.Errorf("plan:\n%s", plan)
 	}
 	ok(t, flatStore, "restore", "--thin", "-o", out, "template", "c0", "c1", "c2", "cc")
+	// Again without --force: refused before anything is written.
+	fails(t, flatStore, 6, []string{"restore", "--thin", "-o", out, "template", "c0"}, "template.qcow2")
 	var total int64
 	for _, n := range names {
 		f := filepath.Join(out, n+".qcow2")
