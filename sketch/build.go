@@ -3,17 +3,19 @@ package sketch
 import "encoding/binary"
 
 // Builder accumulates the distinct chunks of a set. Add in any order, with
-// any duplicates: the result depends only on the set. It keeps the ID of
-// every distinct chunk (about 50 bytes each) to weigh each chunk once.
+// any duplicates: the result depends only on the set. To weigh each chunk
+// once it keeps the first 128 bits of every distinct chunk ID (17–35 bytes
+// a chunk as the map fills: ~5 MB for 10 GiB of 64 KiB chunks, ~0.5 GB for
+// 1 TiB); IDs are content hashes, so chunks that agree there are the same.
 // A Builder is not safe for concurrent use.
 type Builder struct {
-	seen   map[[32]byte]struct{}
+	seen   map[[2]uint64]struct{}
 	weight uint64
 	min    [Bins]uint64 // smallest hash per bin + 1; 0 = empty
 }
 
 // NewBuilder returns an empty builder.
-func NewBuilder() *Builder { return &Builder{seen: map[[32]byte]struct{}{}} }
+func NewBuilder() *Builder { return &Builder{seen: map[[2]uint64]struct{}{}} }
 
 // mix64 is the splitmix64 finalizer: a bijection that scatters every input
 // bit over the output.
@@ -47,10 +49,11 @@ func (b *Builder) Add(id [32]byte, length uint32) {
 	if length == 0 {
 		return
 	}
-	if _, ok := b.seen[id]; ok {
+	key := [2]uint64{binary.LittleEndian.Uint64(id[0:]), binary.LittleEndian.Uint64(id[8:])}
+	if _, ok := b.seen[key]; ok {
 		return
 	}
-	b.seen[id] = struct{}{}
+	b.seen[key] = struct{}{}
 	units := (uint64(length) + Unit - 1) >> UnitShift
 	b.weight += units
 	for j := uint64(0); j < units; j++ {
