@@ -228,3 +228,32 @@ func NamesOf(ctx context.Context, r chunkstore.Reader, ids []ID) (map[ID]string,
 	})
 	return out, err
 }
+
+// ScanSketches calls fn with the encoded signature of every engram that has
+// one, in ID order, inside one read transaction: enc is valid only during
+// the call and is not checked (decode what you keep). It also returns how
+// many engrams of the catalog have no signature entry.
+func ScanSketches(ctx context.Context, r chunkstore.Reader, fn func(id ID, enc []byte) error) (unsigned int, err error) {
+	err = r.View(ctx, func(tx chunkstore.MetaTx) error {
+		n := 0
+		err := tx.ForEach(bucketSketches, nil, func(k, v []byte) error {
+			var id ID
+			if len(k) != len(id) {
+				return fmt.Errorf("%w: signature key of %d bytes", ErrBadManifest, len(k))
+			}
+			copy(id[:], k)
+			n++
+			return fn(id, v)
+		})
+		if err != nil {
+			return err
+		}
+		engrams := 0
+		if err := tx.ForEach(bucketEngrams, nil, func(_, _ []byte) error { engrams++; return nil }); err != nil {
+			return err
+		}
+		unsigned = max(engrams-n, 0)
+		return nil
+	})
+	return unsigned, err
+}

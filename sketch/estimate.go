@@ -42,11 +42,17 @@ func zeroBytes(x uint64) uint64 {
 // counts compares the first n bins (n a multiple of 8, at most Bins):
 // used = bins non-empty in at least one, both = non-empty in both, match =
 // non-empty and equal.
-func counts(a, b *Sketch, n int) (used, both, match int) {
+func counts(a, b *Sketch, n int) (used, both, match int) { return countBins(a.Fp[:n], b.Fp[:n]) }
+
+// countBins is counts over two bin slices of the same length (a multiple
+// of 8).
+func countBins(a, b []byte) (used, both, match int) {
+	n := len(a)
+	b = b[:n]
 	empty := 0
-	for i := 0; i < n; i += 8 {
-		x := binary.LittleEndian.Uint64(a.Fp[i:])
-		y := binary.LittleEndian.Uint64(b.Fp[i:])
+	for i := 0; i+8 <= n; i += 8 {
+		x := binary.LittleEndian.Uint64(a[i:])
+		y := binary.LittleEndian.Uint64(b[i:])
 		za, zb := zeroBytes(x), zeroBytes(y)
 		eq := zeroBytes(x ^ y)
 		empty += bits.OnesCount64(za & zb)
@@ -65,6 +71,20 @@ func ComparePrefix(a, b *Sketch, n int) Estimate {
 	n = min(max(n, 8), Bins) / 8 * 8
 	used, both, match := counts(a, b, n)
 	return estimate(a.Weight, b.Weight, used, both, match)
+}
+
+// PrefixEstimate is ComparePrefix of q against an encoded signature
+// without decoding it: for a first pass over many signatures read in
+// place. ok is false when enc is not a version 1 encoding by its length,
+// magic and version; everything else is checked only by Decode, so a
+// candidate that survives the first pass must be decoded before use.
+func PrefixEstimate(q *Sketch, enc []byte, n int) (e Estimate, ok bool) {
+	if len(enc) != EncodedLen || string(enc[:4]) != magic || binary.LittleEndian.Uint16(enc[4:]) != Version {
+		return e, false
+	}
+	n = min(max(n, 8), Bins) / 8 * 8
+	used, both, match := countBins(q.Fp[:n], enc[HeaderLen:HeaderLen+n])
+	return estimate(q.Weight, binary.LittleEndian.Uint64(enc[16:]), used, both, match), true
 }
 
 func estimate(wa, wb uint64, used, both, match int) Estimate {

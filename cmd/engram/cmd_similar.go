@@ -38,16 +38,10 @@ var similarCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		// Signatures only: records are read for the names of the results.
-		f, err := fleetview.LoadSignatures(c.Context, st)
+		// Signatures are scanned where the catalog keeps them; records are
+		// read only for the names of the results.
+		rels, unsigned, err := fleetview.SimilarInStore(c.Context, st, id, fleetview.SimilarOptions{Top: c.Int("top"), Exact: c.Bool("exact")})
 		if err != nil {
-			return err
-		}
-		rels, err := f.Similar(c.Context, id, fleetview.SimilarOptions{Top: c.Int("top"), Exact: c.Bool("exact")})
-		if err != nil {
-			return err
-		}
-		if err := f.FillNames(c.Context, rels); err != nil {
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {
@@ -56,7 +50,7 @@ var similarCommand = &cli.Command{
 				rows[i] = similarRow{ID: r.B.ID.String(), Name: r.B.Name, Exact: r.Exact, Shared: r.Shared, Jaccard: r.Jaccard,
 					AInB: r.AInB, BInA: r.BInA, Estimate: r.Est}
 			}
-			return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "similar": rows, "unsigned": len(f.Unsigned)})
+			return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "similar": rows, "unsigned": unsigned})
 		}
 		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tNAME\tSHARED\tJACCARD\tTHIS IN IT\tIT IN THIS")
@@ -72,7 +66,7 @@ var similarCommand = &cli.Command{
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		if n := len(f.Unsigned); n > 0 && !c.Bool(quietFlag.Name) {
+		if n := unsigned; n > 0 && !c.Bool(quietFlag.Name) {
 			fmt.Fprintf(c.App.ErrWriter, "engram: %d engrams have no signature and were not compared; run engram sketch --rebuild\n", n)
 		}
 		return nil
