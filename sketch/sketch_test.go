@@ -301,3 +301,23 @@ func TestDecodeMutations(t *testing.T) {
 		_ = ComparePrefix(s, &Sketch{}, 1024)
 	}
 }
+
+func TestPrefixEstimate(t *testing.T) {
+	r := rand.New(rand.NewPCG(81, 82))
+	common := randChunks(r, 3000)
+	a, b := build(common, randChunks(r, 500)), build(common, randChunks(r, 900))
+	enc := b.Encode()
+	for _, n := range []int{8, 1024, Bins} {
+		got, ok := PrefixEstimate(a, enc, n)
+		if want := ComparePrefix(a, b, n); !ok || got != want {
+			t.Errorf("%d bins: %+v, want %+v", n, got, want)
+		}
+	}
+	enc[4] = 2
+	if _, ok := PrefixEstimate(a, enc, 1024); ok {
+		t.Error("another version passed")
+	}
+	if _, ok := PrefixEstimate(a, enc[:100], 1024); ok {
+		t.Error("a short encoding passed")
+	}
+}
