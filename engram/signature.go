@@ -87,7 +87,7 @@ func decodeSketchInto(s *sketch.Sketch, id ID, b []byte) error {
 		return fmt.Errorf("engram %s: %w: %v (run engram sketch --rebuild)", id.Short(), ErrNoSignature, err)
 	}
 	if err != nil {
-		return fmt.Errorf("engram %s: signature: %w", id.Short(), err)
+		return fmt.Errorf("engram %s: signature: %w (run engram sketch --rebuild --force)", id.Short(), err)
 	}
 	return nil
 }
