@@ -3,6 +3,7 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sort"
 
@@ -34,6 +35,7 @@ type Fleet struct {
 	Members []*Member // in catalog order (oldest newest-record first)
 	byID    map[engram.ID]*Member
 	sets    map[engram.ID]chunkSet // exact chunk sets loaded so far
+	cached  int                    // Σ len(units) over sets
 	// Unsigned lists engrams without a readable signature; they take no
 	// part in content comparisons.
 	Unsigned []engram.ID
@@ -138,9 +140,17 @@ type Relation struct {
 // chunkSet is the distinct chunks of a manifest with their weight in
 // 4 KiB units.
 type chunkSet struct {
-	units  map[chunkstore.ID]uint32
+	units  map[[2]uint64]uint32 // first 128 bits of the chunk ID -> units
 	weight uint64
 }
+
+func setKey(id chunkstore.ID) [2]uint64 {
+	return [2]uint64{binary.LittleEndian.Uint64(id[0:]), binary.LittleEndian.Uint64(id[8:])}
+}
+
+// maxCachedRefs bounds the chunk sets kept between comparisons (about
+// 20-35 bytes each).
+const maxCachedRefs = 4 << 20
 
 func (f *Fleet) set(ctx context.Context, id engram.ID) (chunkSet, error) {
 	if s, ok := f.sets[id]; ok {
@@ -153,11 +163,12 @@ func (f *Fleet) set(ctx context.Context, id engram.ID) (chunkSet, error) {
 	if err != nil {
 		return chunkSet{}, err
 	}
-	s := chunkSet{units: map[chunkstore.ID]uint32{}}
+	s := chunkSet{units: map[[2]uint64]uint32{}}
 	err = engram.ForEachChunk(ctx, f.r, root, func(c engram.ChunkRef) error {
-		if _, ok := s.units[c.ID]; !ok {
+		k := setKey(c.ID)
+		if _, ok := s.units[k]; !ok {
 			u := (c.Length + sketch.Unit - 1) / sketch.Unit
-			s.units[c.ID] = u
+			s.units[k] = u
 			s.weight += uint64(u)
 		}
 		return nil
@@ -165,9 +176,15 @@ func (f *Fleet) set(ctx context.Context, id engram.ID) (chunkSet, error) {
 	if err != nil {
 		return chunkSet{}, fmt.Errorf("engram %s: %w", id.Short(), err)
 	}
-	// Keep a bounded number of sets: the callers revisit few engrams.
-	if len(f.sets) >= 64 {
-		clear(f.sets)
+	// Keep a bounded number of refs: drop sets (map order: arbitrary ones)
+	// until the new one fits.
+	f.cached += len(s.units)
+	for k, old := range f.sets {
+		if f.cached <= maxCachedRefs {
+			break
+		}
+		f.cached -= len(old.units)
+		delete(f.sets, k)
 	}
 	f.sets[id] = s
 	return s, nil
