@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/sketch"
 )
 
 // Buckets the catalog keeps in the store's metadata.
@@ -84,6 +85,10 @@ type Record struct {
 	// set when it was ingested (which ones: Chain[i].CorruptMarked).
 	// Absent in records written before it existed, which had none.
 	CorruptMarked bool `json:"corrupt_marked,omitempty"`
+	// Signature, when set, is the engram's signature (a sketch encoding)
+	// that Commit stores beside the engram; it is not part of the record.
+	// Nil keeps the signature the engram already has.
+	Signature []byte `json:"-"`
 }
 
 // EngramID parses Record.Engram.
@@ -106,6 +111,11 @@ func Commit(ctx context.Context, w chunkstore.Writer, id ID, root []byte, rec *R
 		rec.Created = time.Now().UTC()
 	}
 	rec.Key = newRecordKey(rec.Created)
+	if rec.Signature != nil {
+		if _, err := sketch.Decode(rec.Signature); err != nil {
+			return fmt.Errorf("engram %s: %w", id.Short(), err)
+		}
+	}
 	enc, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -126,6 +136,11 @@ func Commit(ctx context.Context, w chunkstore.Writer, id ID, root []byte, rec *R
 		}
 		if fp, err := hex.DecodeString(rec.Fingerprint); err == nil && len(fp) == 32 {
 			if err := tx.Put(bucketLayers, fp, id[:]); err != nil {
+				return err
+			}
+		}
+		if rec.Signature != nil {
+			if err := tx.Put(bucketSketches, id[:], rec.Signature); err != nil {
 				return err
 			}
 		}
@@ -362,6 +377,9 @@ func Remove(ctx context.Context, w chunkstore.Writer, id ID) error {
 			}
 		}
 		if err := forgetFingerprints(tx, id); err != nil {
+			return err
+		}
+		if err := tx.Delete(bucketSketches, id[:]); err != nil {
 			return err
 		}
 		return tx.Delete(bucketEngrams, id[:])

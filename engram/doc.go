@@ -15,6 +15,10 @@
 // What differs between ingests (source file, format, chain, time, name,
 // labels) is a Record that points at the ID.
 //
+// Each engram also has a signature (package sketch) beside it in the
+// catalog, never in the root: a new signature version means recomputing
+// signatures (RebuildSketches), never a new engram ID.
+//
 // Invariants:
 //   - chunk refs in a manifest are sorted by offset and do not overlap;
 //   - every page and data chunk a root names is Put before the root is

@@ -115,6 +115,16 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 			rec := newRecord(l, res.Stats)
 			rec.Fingerprint = hex.EncodeToString(fp[:])
 			rec.Reused = lr.Reused
+			rec.Signature = res.Sketch // nil when reused: the engram keeps its own
+			if lr.Reused {
+				// A store made before signatures: build the missing one from
+				// the manifest (pages only, no data is read).
+				if _, err := engram.LoadSketch(ctx, st, res.ID); errors.Is(err, engram.ErrNoSignature) {
+					if sk, err := engram.BuildSketch(ctx, st, res.Root); err == nil {
+						rec.Signature = sk.Encode()
+					}
+				}
+			}
 			if parent != nil {
 				rec.Parent = parentID.String()
 			}

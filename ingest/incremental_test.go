@@ -94,6 +94,14 @@ func TestIncrementalMatchesFlat(t *testing.T) {
 			diffManifests(t, st, inc, flat, layer)
 			t.Fatalf("iter %d (base %d, size %d): incremental ID %s, flat %s", iter, baseSize, size, inc.ID.Short(), flat.ID.Short())
 		}
+		// The signature covers every ref, reused ones too: the same as flat.
+		want, err := engram.BuildSketch(ctx, st, flat.Root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(inc.Sketch, flat.Sketch) || !bytes.Equal(flat.Sketch, want.Encode()) {
+			t.Fatalf("iter %d: incremental, flat and manifest signatures differ", iter)
+		}
 		var ownBytes int64
 		for range own {
 			ownBytes += cl

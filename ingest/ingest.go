@@ -55,6 +55,9 @@ type Result struct {
 	Root  engram.Root
 	Enc   []byte // root encoding, for engram.Commit
 	Stats engram.IngestStats
+	// Sketch is the engram's signature, built from every ref of the
+	// manifest (new and reused chunks alike).
+	Sketch []byte
 }
 
 // chunkJob is one chunk of the manifest in guest order: new data to hash
@@ -298,6 +301,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 		}
 		// Pages are small and not from the pool; PutBuf ignores them.
 		b := engram.NewBuilder(size, add)
+		sk := engram.NewSketchBuilder()
 		pending := map[int64]chunkJob{}
 		var next int64
 		for c := range hashed {
@@ -310,9 +314,11 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				delete(pending, next)
 				next++
 				<-tokens
-				if err := b.Add(engram.ChunkRef{Offset: c.off, Length: c.n, ID: c.id}); err != nil {
+				ref := engram.ChunkRef{Offset: c.off, Length: c.n, ID: c.id}
+				if err := b.Add(ref); err != nil {
 					return err
 				}
+				sk.Add(ref)
 				switch {
 				case c.reuse:
 				case opts.HashOnly:
@@ -332,6 +338,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 			return err
 		}
 		res.ID, res.Root, res.Enc = id, root, enc
+		res.Sketch = sk.Encode()
 		res.Stats.Chunks = b.Chunks()
 		res.Stats.StoredBytes = b.DataBytes()
 		return flush()

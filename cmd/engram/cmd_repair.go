@@ -19,6 +19,9 @@ type repairResult struct {
 	Catalog  *engram.RecoverReport   `json:"catalog,omitempty"`
 	Engrams  int                     `json:"engrams"`
 	Lost     []string                `json:"lost,omitempty"` // engrams that cannot be restored, and why
+	// Signatures lists the engrams whose signature was rebuilt from the
+	// manifest (missing, e.g. after the catalog was recovered).
+	Signatures []string `json:"signatures_rebuilt,omitempty"`
 }
 
 var repairCommand = &cli.Command{
@@ -98,6 +101,13 @@ var repairCommand = &cli.Command{
 				}
 			}
 		}
+		// Signatures live in index.db: rebuild the missing ones from the
+		// manifests (an engram that lost pages is listed as lost already).
+		sr, err := engram.RebuildSketches(c.Context, st, false)
+		if err != nil {
+			return fmt.Errorf("repair %s: signatures: %w", dir, err)
+		}
+		res.Signatures = sr.Built
 		if c.Bool(jsonFlag.Name) {
 			if err := printJSON(c.App.Writer, res); err != nil {
 				return err
@@ -145,6 +155,9 @@ func printRepair(c *cli.Context, dir string, res *repairResult) {
 	}
 	for _, l := range res.Lost {
 		fmt.Fprintln(w, "lost engram:", l)
+	}
+	if n := len(res.Signatures); n > 0 && !c.Bool(quietFlag.Name) {
+		fmt.Fprintf(w, "signatures: %d rebuilt from manifests\n", n)
 	}
 	if len(res.Lost) == 0 && !c.Bool(quietFlag.Name) {
 		fmt.Fprintf(w, "ok: %d engrams complete\n", res.Engrams)

@@ -17,17 +17,25 @@ import (
 var restoreCommand = &cli.Command{
 	Name:      "restore",
 	Usage:     "write an engram back out as a sparse qcow2 or raw image",
-	ArgsUsage: "ID|NAME",
+	ArgsUsage: "ID|NAME (--thin: ID|NAME...)",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output file (- streams raw to stdout)"},
 		&cli.StringFlag{Name: "output-format", Aliases: []string{"O"}, Value: "qcow2", Usage: "qcow2 or raw"},
 		&cli.StringFlag{Name: "cluster-size", Usage: "qcow2 cluster size, e.g. 64k or 2M (default: the source's)"},
 		&cli.BoolFlag{Name: "compress", Aliases: []string{"c"}, Usage: "write compressed (zstd) qcow2 clusters"},
 		&cli.BoolFlag{Name: "force", Usage: "overwrite an existing output file"},
-		&cli.StringFlag{Name: "backing", Aliases: []string{"b"}, Usage: "write a qcow2 overlay on this image holding only the clusters that differ from it"},
+		&cli.StringFlag{Name: "backing", Aliases: []string{"b"}, Usage: "write a qcow2 overlay on this image holding only the clusters that differ from it; auto: the best engram whose source is on disk unchanged"},
 		&cli.BoolFlag{Name: "chain", Usage: "rebuild the engram's whole backing chain as separate files in the directory -o (base + thin overlays)"},
+		&cli.BoolFlag{Name: "thin", Usage: "restore a set of engrams into the directory -o, each a thin overlay on the member it shares most with at the same offsets (or standalone)"},
+		&cli.BoolFlag{Name: "dry-run", Usage: "with --thin: print the plan only"},
 	},
 	Action: func(c *cli.Context) error {
+		if c.Bool("thin") {
+			return restoreThin(c)
+		}
+		if c.Bool("dry-run") {
+			return usagef("--dry-run goes with --thin")
+		}
 		if c.NArg() != 1 {
 			return usagef("restore needs exactly one ID or NAME")
 		}
@@ -78,13 +86,21 @@ var restoreCommand = &cli.Command{
 			if out == "-" || format != "qcow2" {
 				return usagef("--backing needs qcow2 output to a file")
 			}
-			im, err := qcow2.Open(b, qcow2.Options{})
-			if err != nil {
-				return err
+			if b == "auto" {
+				// "" when no engram on disk saves enough: restore standalone.
+				if b, err = autoBacking(c, st, id); err != nil {
+					return err
+				}
 			}
-			defer im.Close()
-			if opts.Backing, err = backingFor(c, st, im, out); err != nil {
-				return err
+			if b != "" {
+				im, err := qcow2.Open(b, qcow2.Options{})
+				if err != nil {
+					return err
+				}
+				defer im.Close()
+				if opts.Backing, err = backingFor(c, st, im, out); err != nil {
+					return err
+				}
 			}
 		}
 		if out == "-" {

@@ -98,6 +98,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			diffCommand,
 			inspectCommand,
 			versionCommand,
+			sketchCommand,
+			similarCommand,
+			lineageCommand,
+			treeCommand,
 		},
 	}
 }
