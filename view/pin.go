@@ -100,33 +100,50 @@ func safeName(s string) string {
 	return s
 }
 
-// Pin pins the engrams ids of the store st (opened from storeDir) for
-// this process until release is called. Set.Open pins by itself when
-// Options.Pins is set; Pin is for a caller that reads engrams otherwise.
-func Pin(ctx context.Context, storeDir string, st chunkstore.Reader, ids []engram.ID) (release func() error, err error) {
+// Pin pins engrams ids of the store at storeDir for this process until
+// release is called; it reads their roots from a read-only open of the
+// store. A Set made with Options.Pins pins what it opens by itself, which
+// also covers engrams opened later (mount); Pin is for a caller that
+// knows its engrams up front.
+func Pin(storeDir string, ids []engram.ID) (release func() error, err error) {
+	ctx := context.Background()
+	st, err := chunkstore.Open(ctx, storeDir, chunkstore.OpenOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
 	p, err := NewPins(storeDir, strings.Join(os.Args, " "))
 	if err != nil {
 		return nil, err
 	}
 	for _, id := range ids {
-		root, err := engram.LoadRoot(ctx, st, id)
-		if err != nil {
+		if err := p.pin(ctx, st, id); err != nil {
 			p.Close()
-			return nil, err
-		}
-		if err := p.add(id, engram.EncodeRoot(root)); err != nil {
-			p.Close()
-			return nil, err
-		}
-		if ok, err := engram.Has(ctx, st, id); err != nil || !ok {
-			p.Close()
-			if err == nil {
-				err = fmt.Errorf("%w: %s (removed while pinning)", engram.ErrNotFound, id)
-			}
 			return nil, err
 		}
 	}
 	return p.Close, nil
+}
+
+// pin pins engram id of st, then checks it is still in the catalog: an rm
+// (and gc) between reading the root and writing the pin would leave the
+// reader with chunks gc no longer keeps.
+func (p *Pins) pin(ctx context.Context, st chunkstore.Reader, id engram.ID) error {
+	root, err := engram.LoadRoot(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if err := p.add(id, engram.EncodeRoot(root)); err != nil {
+		return fmt.Errorf("engram %s: %w", id.Short(), err)
+	}
+	ok, err := engram.Has(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s (removed while pinning)", engram.ErrNotFound, id)
+	}
+	return nil
 }
 
 // Path returns the pin file's path (it exists once something is pinned).

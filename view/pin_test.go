@@ -3,6 +3,7 @@ package view
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -122,5 +123,31 @@ func TestStalePinIgnored(t *testing.T) {
 	_, err = ListPins(st.Dir())
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte(pins2.Path())) {
 		t.Fatalf("ListPins on a bad live pin: %v", err)
+	}
+}
+
+// TestPinFunc: Pin protects engrams named up front until release.
+func TestPinFunc(t *testing.T) {
+	ctx := context.Background()
+	st := chunkstore.NewTestStore(t)
+	img := makeImage(t, st, engram.PageSpan, 17)
+	release, err := Pin(st.Dir(), []engram.ID{img.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := engram.Remove(ctx, st, img.id); err != nil {
+		t.Fatal(err)
+	}
+	if gs := gcLikeCLI(t, st); gs.DeadChunks > 1 {
+		t.Fatalf("gc removed %d chunks of a pinned engram", gs.DeadChunks)
+	}
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	if gs := gcLikeCLI(t, st); gs.DeadChunks < int64(len(img.refs)) {
+		t.Fatalf("gc after release freed %d chunks", gs.DeadChunks)
+	}
+	if _, err := Pin(st.Dir(), []engram.ID{img.id}); !errors.Is(err, engram.ErrNotFound) {
+		t.Fatalf("pinning a removed engram: %v", err)
 	}
 }

@@ -127,18 +127,8 @@ func (s *Set) OpenEntry(ctx context.Context, e *engram.Entry) (*Disk, error) {
 		return nil, err
 	}
 	if s.pins != nil {
-		if err := s.pins.add(e.ID, engram.EncodeRoot(root)); err != nil {
-			return nil, fmt.Errorf("engram %s: %w", e.ID.Short(), err)
-		}
-		// An rm (and gc) between LoadRoot and the pin would leave us
-		// reading chunks gc no longer keeps: look again now that the
-		// pin is in place.
-		ok, err := engram.Has(ctx, s.store, e.ID)
-		if err != nil {
+		if err := s.pins.pin(ctx, s.store, e.ID); err != nil {
 			return nil, err
-		}
-		if !ok {
-			return nil, fmt.Errorf("%w: %s (removed while opening)", engram.ErrNotFound, e.ID)
 		}
 	}
 	d := &Disk{set: s, id: e.ID, root: root, dataBytes: -1}
