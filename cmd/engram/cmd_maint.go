@@ -9,6 +9,7 @@ import (
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/view"
 )
 
 var gcCommand = &cli.Command{
@@ -28,6 +29,10 @@ var gcCommand = &cli.Command{
 		live := map[chunkstore.ID]struct{}{}
 		if err := engram.LiveChunks(c.Context, st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
 			return fmt.Errorf("gc: cannot list what engrams need, nothing removed: %w", err)
+		}
+		// Engrams a running mount or serve reads stay, even after rm.
+		if err := view.PinnedChunks(c.Context, st.Dir(), st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
+			return fmt.Errorf("gc: cannot list what pinned engrams need, nothing removed: %w", err)
 		}
 		opts := chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold")}
 		if p := progressFor(c, "gc"); p != nil {
