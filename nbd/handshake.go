@@ -250,7 +250,13 @@ func (c *conn) infoGo(opt uint32, data []byte) (*Export, Device, error) {
 	binary.BigEndian.PutUint32(b[10:], MaxPayload)
 	c.optReplyNoFlush(opt, repInfo, b[:14])
 	if wantName {
-		c.optReplyNoFlush(opt, repInfo, append([]byte{0, infoName}, exp.Name...))
+		// The name asked for when it is a full one (so a listing by ID
+		// shows the ID), the canonical name for a prefix or "".
+		canon := exp.Name
+		if name == exp.ID && name != "" {
+			canon = name
+		}
+		c.optReplyNoFlush(opt, repInfo, append([]byte{0, infoName}, canon...))
 	}
 	if wantDesc && exp.Description != "" {
 		c.optReplyNoFlush(opt, repInfo, append([]byte{0, infoDescription}, clip(exp.Description)...))
