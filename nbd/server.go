@@ -55,6 +55,9 @@ type Server struct {
 	// MaxInFlight bounds the requests served at once per connection
 	// (default 16).
 	MaxInFlight int
+	// MaxConns bounds the connections served at once (default 256); one
+	// more is closed at once and logged.
+	MaxConns int
 	// MaxBufferBytes bounds the read buffers of all connections together
 	// (default 256 MiB); each connection may hold at most 64 MiB of it.
 	MaxBufferBytes int64
@@ -81,6 +84,9 @@ func (s *Server) init() {
 		}
 		if s.MaxInFlight <= 0 {
 			s.MaxInFlight = 16
+		}
+		if s.MaxConns <= 0 {
+			s.MaxConns = 256
 		}
 		if s.MaxBufferBytes < MaxPayload {
 			s.MaxBufferBytes = 256 << 20
@@ -151,6 +157,12 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	if len(s.conns) >= s.MaxConns {
+		s.mu.Unlock()
+		s.logf("nbd: %s: refused, already serving %d connections", c.peer, s.MaxConns)
 		nc.Close()
 		return
 	}

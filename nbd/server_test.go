@@ -744,3 +744,24 @@ func TestLogEscapesNames(t *testing.T) {
 		t.Fatalf("log not escaped: %q", l)
 	}
 }
+
+func TestMaxConns(t *testing.T) {
+	d := &memDev{data: testImage()}
+	logs := &logBuf{}
+	srv := &Server{MaxConns: 1, Logf: logs.logf, Exports: []Export{{Name: "disk", Size: int64(len(d.data)), Open: func() (Device, error) { return d, nil }}}}
+	a1, a2 := net.Pipe()
+	b1, b2 := net.Pipe()
+	done := make(chan struct{})
+	go func() { srv.ServeConn(context.Background(), a2); close(done) }()
+	c := greet(t, a1, clientFixedNewstyle)  // the first is being served
+	srv.ServeConn(context.Background(), b2) // the second is refused at once
+	if _, err := b1.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("second connection: %v", err)
+	}
+	c.opt(optAbort, nil)
+	c.reply()
+	<-done
+	if !strings.Contains(logs.String(), "refused") {
+		t.Fatalf("log %q", logs)
+	}
+}
