@@ -216,7 +216,9 @@ func (s *Server) lookup(name string) (*Export, bool) {
 			if found != nil && found.ID != e.ID {
 				return nil, false // ambiguous
 			}
-			found = e
+			if found == nil {
+				found = e // the first name of that ID
+			}
 		}
 	}
 	return found, found != nil

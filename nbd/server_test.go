@@ -765,3 +765,34 @@ func TestMaxConns(t *testing.T) {
 		t.Fatalf("log %q", logs)
 	}
 }
+
+func TestHandshakeTimeout(t *testing.T) {
+	d := &memDev{data: testImage()}
+	logs := &logBuf{}
+	srv := &Server{HandshakeTimeout: 1, Logf: logs.logf, Exports: []Export{{Name: "disk", Size: int64(len(d.data)), Open: func() (Device, error) { return d, nil }}}}
+	a, b := net.Pipe()
+	defer a.Close()
+	go srv.ServeConn(context.Background(), b)
+	// A client that never finishes the handshake is dropped, whenever
+	// the deadline strikes (even before the greeting is read).
+	io.ReadAll(a)
+}
+
+func TestLookup(t *testing.T) {
+	srv := &Server{Exports: []Export{{Name: "web", ID: "abcd01"}, {Name: "web-alias", ID: "abcd01"}, {Name: "db", ID: "abce02"}, {Name: "abcd", ID: "ffff03"}}}
+	for _, tc := range []struct{ name, want string }{
+		{"web", "web"}, {"abcd01", "web"}, {"abcd0", "web"}, // a prefix of one ID named twice
+		{"abc", ""},      // ambiguous
+		{"abcd", "abcd"}, // a name wins over a prefix
+		{"abce", "db"}, {"", ""}, {"zz", ""},
+	} {
+		e, ok := srv.lookup(tc.name)
+		got := ""
+		if ok {
+			got = e.Name
+		}
+		if got != tc.want {
+			t.Errorf("lookup(%q) = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
