@@ -221,6 +221,11 @@ func TestServeRealClients(t *testing.T) {
 			uri := "nbd+unix:///vm?socket=" + sock
 
 			qemutest.Compare(t, src, uri, "-F", "raw")
+			tcp := startServe(t, store, "--listen", "127.0.0.1:0", "vm")
+			qemutest.Compare(t, src, tcp.addr+"/vm", "-F", "raw")
+			if code, log := tcp.stop(t, os.Interrupt); code != 0 {
+				t.Fatalf("serve --listen: exit %d: %s", code, log)
+			}
 			qemutest.Compare(t, src, "nbd+unix:///"+id[:12]+"?socket="+sock, "-F", "raw") // a unique ID prefix
 
 			want := manifestData(t, store, "vm")
