@@ -59,7 +59,8 @@ type Server struct {
 	// more is closed at once and logged.
 	MaxConns int
 	// MaxBufferBytes bounds the read buffers of all connections together
-	// (default 256 MiB); each connection may hold at most 64 MiB of it.
+	// (default 64 MiB, at least MaxPayload); one connection may hold at
+	// most half of it, but never less than one MaxPayload request.
 	MaxBufferBytes int64
 
 	initOnce sync.Once
@@ -71,8 +72,6 @@ type Server struct {
 	closed bool
 	wg     sync.WaitGroup
 }
-
-const perConnBytes = 64 << 20
 
 func (s *Server) init() {
 	s.initOnce.Do(func() {
@@ -88,9 +87,10 @@ func (s *Server) init() {
 		if s.MaxConns <= 0 {
 			s.MaxConns = 256
 		}
-		if s.MaxBufferBytes < MaxPayload {
-			s.MaxBufferBytes = 256 << 20
+		if s.MaxBufferBytes <= 0 {
+			s.MaxBufferBytes = 64 << 20
 		}
+		s.MaxBufferBytes = max(s.MaxBufferBytes, MaxPayload)
 		s.budget = semaphore.NewWeighted(s.MaxBufferBytes)
 		s.conns = map[*conn]struct{}{}
 	})

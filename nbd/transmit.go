@@ -47,7 +47,9 @@ func (c *conn) transmit(ctx context.Context, exp *Export, dev Device) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	slots := make(chan struct{}, c.srv.MaxInFlight)
-	mine := semaphore.NewWeighted(perConnBytes)
+	// A connection's own share, so one greedy client cannot hold the
+	// whole budget.
+	mine := semaphore.NewWeighted(max(c.srv.MaxBufferBytes/2, MaxPayload))
 	size := uint64(exp.Size)
 	for {
 		var h [28]byte

@@ -52,6 +52,9 @@ var serveCommand = &cli.Command{
 		}
 		srv := &nbd.Server{
 			Exports: exports,
+			// Request buffers are part of the overhead beside the
+			// caches (viewOverhead): one 32 MiB read, or many small.
+			MaxBufferBytes: nbd.MaxPayload,
 			Logf: func(format string, args ...any) {
 				fmt.Fprintf(w, "engram: %s\n", oneLine(fmt.Sprintf(format, args...)))
 			},
