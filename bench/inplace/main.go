@@ -13,7 +13,7 @@
 //     made with `engram init --block-size 256k`;
 //   - peak RSS of the server (VmHWM).
 //
-// Usage: go run ./bench/inplace [-image IMG] [-engram bin/engram] [-reads 400]
+// Usage: go run ./bench/inplace [-image IMG] [-engram bin/engram] [-reads 400] [-runs 3]
 // Without -image it builds a synthetic 1 GiB image with 384 MiB of mixed
 // data. The OS page cache is warm for the store's pack files in every
 // case, so "cold" means cold in engram's caches, not on disk.
@@ -44,6 +44,7 @@ var (
 	engramBin = flag.String("engram", "bin/engram", "engram binary")
 	image     = flag.String("image", "", "image to measure (qcow2 or raw); default: a synthetic one")
 	nreads    = flag.Int("reads", 400, "random 4 KiB reads per case")
+	runs      = flag.Int("runs", 3, "runs of every case; the run with the median of each row's figure is shown")
 	workDir   = flag.String("work", "", "scratch directory (default: a temporary one, removed)")
 )
 
@@ -96,10 +97,15 @@ func main() {
 		if bs != "" {
 			label = "store --block-size " + bs
 		}
-		if bs == "" {
-			rows = append(rows, sequential(store, dir, dataBytes)...)
+		var all [][]row
+		for range max(1, *runs) {
+			var rs []row
+			if bs == "" {
+				rs = append(rs, sequential(store, dir, dataBytes)...)
+			}
+			all = append(all, append(rs, random(store, dir, data, label)...))
 		}
-		rows = append(rows, random(store, dir, data, label)...)
+		rows = append(rows, medians(all)...)
 	}
 	fmt.Printf("%-52s %12s %10s %10s %10s\n", "test", "value", "MB/s", "CPU (s)", "RSS (MiB)")
 	for _, r := range rows {
@@ -119,8 +125,23 @@ func main() {
 
 type row struct {
 	name, value string
+	key         float64 // the figure the median is taken of (time)
 	mbs, cpu    float64
 	rss         int64
+}
+
+// medians picks, for each row, the run whose key is the median.
+func medians(all [][]row) []row {
+	out := make([]row, len(all[0]))
+	for i := range out {
+		var col []row
+		for _, rs := range all {
+			col = append(col, rs[i])
+		}
+		sort.Slice(col, func(a, b int) bool { return col[a].key < col[b].key })
+		out[i] = col[len(col)/2]
+	}
+	return out
 }
 
 func run(args ...string) string {
@@ -251,17 +272,17 @@ func sequential(store, dir string, dataBytes int64) []row {
 	var rows []row
 	d, cpu := timed(fmt.Sprintf("%s --store %s restore img -o - >/dev/null", *engramBin, store))
 	restoreMBs := mbs(dataBytes, d)
-	rows = append(rows, row{name: "sequential: restore -o - >/dev/null", value: fmt.Sprintf("%.2f s", d.Seconds()), mbs: restoreMBs, cpu: cpu})
+	rows = append(rows, row{name: "sequential: restore -o - >/dev/null", value: fmt.Sprintf("%.2f s", d.Seconds()), key: d.Seconds(), mbs: restoreMBs, cpu: cpu})
 
 	sock := filepath.Join(dir, "nbd.sock")
 	s := startEngram("--store", store, "serve", "--socket", sock, "img")
 	c := dialRetry(sock)
 	first := time.Since(s.start)
 	c.close()
-	rows = append(rows, row{name: "serve: start to first byte", value: fmt.Sprintf("%.0f ms", first.Seconds()*1000)})
+	rows = append(rows, row{name: "serve: start to first byte", value: fmt.Sprintf("%.0f ms", first.Seconds()*1000), key: first.Seconds()})
 	c0 := s.cpu()
 	d, ccpu := timed(fmt.Sprintf("nbdcopy 'nbd+unix:///img?socket=%s' null:", sock))
-	rows = append(rows, row{name: "sequential: serve + nbdcopy null:", value: fmt.Sprintf("%.2f s (%.2fx)", d.Seconds(), mbs(dataBytes, d)/restoreMBs), mbs: mbs(dataBytes, d), cpu: s.cpu() - c0 + ccpu, rss: s.rss()})
+	rows = append(rows, row{name: "sequential: serve + nbdcopy null:", value: fmt.Sprintf("%.2f s (%.2fx)", d.Seconds(), mbs(dataBytes, d)/restoreMBs), key: d.Seconds(), mbs: mbs(dataBytes, d), cpu: s.cpu() - c0 + ccpu, rss: s.rss()})
 	s.stop()
 
 	if _, err := os.Stat("/dev/fuse"); err == nil {
@@ -283,10 +304,10 @@ func sequential(store, dir string, dataBytes int64) []row {
 		f.Read(make([]byte, 1))
 		first := time.Since(m.start)
 		f.Close()
-		rows = append(rows, row{name: "mount: start to first byte", value: fmt.Sprintf("%.0f ms", first.Seconds()*1000)})
+		rows = append(rows, row{name: "mount: start to first byte", value: fmt.Sprintf("%.0f ms", first.Seconds()*1000), key: first.Seconds()})
 		c0 := m.cpu()
 		d, ccpu := timed(fmt.Sprintf("dd if=%s of=/dev/null bs=1M", file))
-		rows = append(rows, row{name: "sequential: mount + dd bs=1M", value: fmt.Sprintf("%.2f s (%.2fx)", d.Seconds(), mbs(dataBytes, d)/restoreMBs), mbs: mbs(dataBytes, d), cpu: m.cpu() - c0 + ccpu, rss: m.rss()})
+		rows = append(rows, row{name: "sequential: mount + dd bs=1M", value: fmt.Sprintf("%.2f s (%.2fx)", d.Seconds(), mbs(dataBytes, d)/restoreMBs), key: d.Seconds(), mbs: mbs(dataBytes, d), cpu: m.cpu() - c0 + ccpu, rss: m.rss()})
 		m.stop()
 	}
 	return rows
@@ -329,8 +350,8 @@ func random(store, dir string, data [][2]int64, label string) []row {
 	warm50, warm99 := measure()
 	us := func(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1e3) }
 	return []row{
-		{name: "random 4K QD1 cold p50 / p99, " + label, value: us(cold50) + " / " + us(cold99)},
-		{name: "random 4K QD1 warm p50 / p99, " + label, value: us(warm50) + " / " + us(warm99), rss: s.rss()},
+		{name: "random 4K QD1 cold p50 / p99, " + label, value: us(cold50) + " / " + us(cold99), key: cold50.Seconds()},
+		{name: "random 4K QD1 warm p50 / p99, " + label, value: us(warm50) + " / " + us(warm99), key: warm50.Seconds(), rss: s.rss()},
 	}
 }
 
