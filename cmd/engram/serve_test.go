@@ -458,3 +458,35 @@ func TestServeBoot(t *testing.T) {
 		t.Fatalf("VM exit %d (%v), want %d (the boot sector found its marker): %s", code, err, 0x10<<1|1, out)
 	}
 }
+
+// TestServeScratchView checks the README recipe for a writable scratch
+// view: nbdkit's cow filter over the export takes writes, the export and
+// the store stay unchanged.
+func TestServeScratchView(t *testing.T) {
+	qemutest.Require(t)
+	requireTools(t, "nbdkit")
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := findVariant(t, "v3").make(t, dir)
+	ok(t, store, "ingest", "--name", "vm", src)
+	sock := filepath.Join(dir, "nbd.sock")
+	startServe(t, store, "--socket", sock)
+	scratch := filepath.Join(dir, "scratch.sock")
+	// Without -f nbdkit returns once it listens, and writes its pid.
+	pidFile := filepath.Join(dir, "nbdkit.pid")
+	qemutest.Run(t, "nbdkit", "-P", pidFile, "-U", scratch, "--filter=cow", "nbd", "socket="+sock, "export=vm")
+	t.Cleanup(func() {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			t.Errorf("nbdkit pid: %v", err)
+			return
+		}
+		var pid int
+		if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+		}
+	})
+	cow := "nbd+unix:///?socket=" + scratch
+	qemutest.IO(t, cow, "raw", "write -P 0xee 0 64k", "read -P 0xee 0 64k", "read -P 0x22 3200k 64k")
+	qemutest.Compare(t, src, "nbd+unix:///vm?socket="+sock, "-F", "raw")
+}
