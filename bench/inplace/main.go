@@ -107,19 +107,21 @@ func main() {
 		}
 		rows = append(rows, medians(all)...)
 	}
-	fmt.Printf("%-52s %12s %10s %10s %10s\n", "test", "value", "MB/s", "CPU (s)", "RSS (MiB)")
+	// CPU is the server's and the client's together; per GB of guest data.
+	fmt.Printf("%-60s %18s %8s %8s %10s %9s\n", "test", "value", "MB/s", "CPU (s)", "CPU s/GB", "RSS (MiB)")
 	for _, r := range rows {
-		mbs, cpu, rss := "", "", ""
+		mbs, cpu, cpuGB, rss := "", "", "", ""
 		if r.mbs > 0 {
 			mbs = fmt.Sprintf("%.0f", r.mbs)
 		}
 		if r.cpu > 0 {
 			cpu = fmt.Sprintf("%.2f", r.cpu)
+			cpuGB = fmt.Sprintf("%.2f", r.cpu/(float64(dataBytes)/1e9))
 		}
 		if r.rss > 0 {
 			rss = fmt.Sprintf("%d", r.rss>>20)
 		}
-		fmt.Printf("%-52s %12s %10s %10s %10s\n", r.name, r.value, mbs, cpu, rss)
+		fmt.Printf("%-60s %18s %8s %8s %10s %9s\n", r.name, r.value, mbs, cpu, cpuGB, rss)
 	}
 }
 
