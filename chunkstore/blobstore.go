@@ -127,6 +127,8 @@ type BlobOpenOptions struct {
 	// LockTimeout bounds waits for the cache's index.db held by another
 	// process on this host (0: DefaultLockTimeout).
 	LockTimeout time.Duration
+	// BlockCacheBytes: see OpenOptions.BlockCacheBytes.
+	BlockCacheBytes int64
 }
 
 // DefaultCacheRoot is $ENGRAM_CACHE_DIR, else $XDG_CACHE_HOME/engram,
@@ -268,7 +270,7 @@ func OpenBlob(ctx context.Context, bs blob.Store, opts BlobOpenOptions) (*BlobSt
 		timeout = DefaultLockTimeout
 	}
 	s := &BlobStore{bs: bs, cfg: cfg, codec: c, readOnly: opts.ReadOnly, trustIDs: opts.TrustIDs, cacheDir: dir,
-		db: newDBPool(idx, false, timeout), cache: newBlockCache(blockCacheSize)}
+		db: newDBPool(idx, false, timeout), cache: newBlockCache(opts.BlockCacheBytes)}
 	if err := s.checkCache(ctx); err != nil {
 		s.db.close()
 		return nil, err

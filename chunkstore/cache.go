@@ -8,9 +8,12 @@ import (
 // blockCache keeps the last few decompressed multi-chunk blocks, so a
 // restore that asks for consecutive chunks decompresses each block once.
 // Blocks in it passed the frame checksum; Get still hashes what it returns.
+// It is bounded in bytes (OpenOptions.BlockCacheBytes), so a long-running
+// reader's memory does not depend on the store's block size.
 type blockCache struct {
 	mu      sync.Mutex
-	max     int
+	max     int64 // bytes of decompressed blocks kept
+	used    int64
 	lru     *list.List // of *cachedBlock, most recent first
 	items   map[blockKey]*list.Element
 	loading map[blockKey]*blockLoad
@@ -36,10 +39,15 @@ type cachedBlock struct {
 	chunks []frameChunk
 }
 
-const blockCacheSize = 16
+// DefaultBlockCacheBytes is the block cache of a store opened without
+// OpenOptions.BlockCacheBytes: 16 blocks of the default size.
+const DefaultBlockCacheBytes = 16 * DefaultBlockSize
 
-func newBlockCache(n int) *blockCache {
-	return &blockCache{max: n, lru: list.New(), items: map[blockKey]*list.Element{}, loading: map[blockKey]*blockLoad{}}
+func newBlockCache(maxBytes int64) *blockCache {
+	if maxBytes == 0 {
+		maxBytes = DefaultBlockCacheBytes
+	}
+	return &blockCache{max: maxBytes, lru: list.New(), items: map[blockKey]*list.Element{}, loading: map[blockKey]*blockLoad{}}
 }
 
 func (c *blockCache) get(k blockKey) *cachedBlock {
@@ -86,12 +94,21 @@ func (c *blockCache) addLocked(b *cachedBlock) {
 		c.lru.MoveToFront(e)
 		return
 	}
-	c.items[b.key] = c.lru.PushFront(b)
-	for c.lru.Len() > c.max {
-		e := c.lru.Back()
-		c.lru.Remove(e)
-		delete(c.items, e.Value.(*cachedBlock).key)
+	if int64(len(b.block)) > c.max {
+		return
 	}
+	c.items[b.key] = c.lru.PushFront(b)
+	c.used += int64(len(b.block))
+	for c.used > c.max {
+		c.removeLocked(c.lru.Back())
+	}
+}
+
+func (c *blockCache) removeLocked(e *list.Element) {
+	c.lru.Remove(e)
+	cb := e.Value.(*cachedBlock)
+	delete(c.items, cb.key)
+	c.used -= int64(len(cb.block))
 }
 
 // dropPack forgets the blocks of a pack GC removed.
@@ -100,8 +117,7 @@ func (c *blockCache) dropPack(num uint32) {
 	defer c.mu.Unlock()
 	for k, e := range c.items {
 		if k.pack == num {
-			c.lru.Remove(e)
-			delete(c.items, k)
+			c.removeLocked(e)
 		}
 	}
 }
@@ -111,4 +127,5 @@ func (c *blockCache) reset() {
 	defer c.mu.Unlock()
 	c.lru.Init()
 	clear(c.items)
+	c.used = 0
 }

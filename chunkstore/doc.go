@@ -120,7 +120,8 @@
 // Compressing runs of consecutive new chunks together beats per-chunk
 // zstd; a random (cold) Get then reads and decompresses a whole block,
 // while a sequential restore decompresses each block once thanks to a
-// 16-block cache. Uncompressed blocks are read one chunk at a time. On
+// block cache (16 MiB unless OpenOptions.BlockCacheBytes says otherwise;
+// mount and serve size it from --cache-size). Uncompressed blocks are read one chunk at a time. On
 // 24 MiB of Go toolchain files in 64 KiB chunks (BenchmarkBlockSize,
 // 2 cores), stored/raw and cold Get:
 //

@@ -32,6 +32,11 @@ type OpenOptions struct {
 	// has just computed their IDs itself (ingest). Get still verifies
 	// every chunk it returns, so a wrong ID cannot go unnoticed.
 	TrustIDs bool
+	// BlockCacheBytes bounds the decompressed blocks kept so that
+	// consecutive Gets of one block decompress it once: 0 means
+	// DefaultBlockCacheBytes, a negative value keeps none. A long-running
+	// reader (mount, serve) sizes it from its memory budget.
+	BlockCacheBytes int64
 }
 
 // FileStore is a chunk store in a directory: pack files plus index.db.
@@ -98,7 +103,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*FileStore, error)
 	s := &FileStore{
 		dir: dir, cfg: cfg, codec: c, readOnly: opts.ReadOnly, trustIDs: opts.TrustIDs,
 		packs:   newPackReaders(filepath.Join(dir, packsDir)),
-		cache:   newBlockCache(blockCacheSize),
+		cache:   newBlockCache(opts.BlockCacheBytes),
 		pending: map[ID]*pendingPut{},
 	}
 	if !opts.ReadOnly {

@@ -30,7 +30,7 @@ func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport,
 	}
 	s := &FileStore{dir: dir, cfg: cfg, codec: c,
 		packs:   newPackReaders(filepath.Join(dir, packsDir)),
-		cache:   newBlockCache(blockCacheSize),
+		cache:   newBlockCache(0),
 		pending: map[ID]*pendingPut{},
 	}
 	if s.lock, err = acquireLock(ctx, dir, timeout, opts.Command); err != nil {

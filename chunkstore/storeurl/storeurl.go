@@ -32,6 +32,9 @@ type Options struct {
 	// CacheRoot holds the per-store caches of bucket stores ("": the
 	// default, chunkstore.DefaultCacheRoot).
 	CacheRoot string
+	// BlockCacheBytes bounds the decompressed blocks kept
+	// (chunkstore.OpenOptions.BlockCacheBytes).
+	BlockCacheBytes int64
 }
 
 // IsBucket reports whether loc names a bucket store.
@@ -48,13 +51,13 @@ func openBucket(ctx context.Context, loc string, createBucket bool) (*s3.Store, 
 // Open opens the store at loc.
 func Open(ctx context.Context, loc string, opts Options) (Store, error) {
 	if !IsBucket(loc) {
-		return chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, LockTimeout: opts.LockTimeout, Command: opts.Command, TrustIDs: opts.TrustIDs})
+		return chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, LockTimeout: opts.LockTimeout, Command: opts.Command, TrustIDs: opts.TrustIDs, BlockCacheBytes: opts.BlockCacheBytes})
 	}
 	bs, err := openBucket(ctx, loc, false)
 	if err != nil {
 		return nil, err
 	}
-	st, err := chunkstore.OpenBlob(ctx, bs, chunkstore.BlobOpenOptions{ReadOnly: opts.ReadOnly, CacheRoot: opts.CacheRoot, TrustIDs: opts.TrustIDs, LockTimeout: opts.LockTimeout})
+	st, err := chunkstore.OpenBlob(ctx, bs, chunkstore.BlobOpenOptions{ReadOnly: opts.ReadOnly, CacheRoot: opts.CacheRoot, TrustIDs: opts.TrustIDs, LockTimeout: opts.LockTimeout, BlockCacheBytes: opts.BlockCacheBytes})
 	if err != nil {
 		bs.Close()
 		return nil, err

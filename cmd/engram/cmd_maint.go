@@ -9,6 +9,7 @@ import (
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/view"
 )
 
 var gcCommand = &cli.Command{
@@ -32,6 +33,10 @@ var gcCommand = &cli.Command{
 		}
 		if c.Duration("margin") <= 0 {
 			return usagef("--margin %s: want a positive duration", c.Duration("margin"))
+		}
+		// Engrams a running mount or serve reads stay, even after rm.
+		if err := view.PinnedChunks(c.Context, pinDir(st), st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
+			return fmt.Errorf("gc: cannot list what pinned engrams need, nothing removed: %w", err)
 		}
 		opts := chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold"), Margin: c.Duration("margin")}
 		if p := progressFor(c, "gc"); p != nil {

@@ -90,6 +90,19 @@ func openStore(c *cli.Context, write, create bool) (storeurl.Store, error) {
 	})
 }
 
+// pinDir is where the pin files of in-place readers live: the store
+// directory, or for a bucket store this host's cache directory (pins are
+// per host there; gc on another host is held off by its margin instead).
+func pinDir(st storeurl.Store) string {
+	switch s := st.(type) {
+	case *chunkstore.FileStore:
+		return s.Dir()
+	case *chunkstore.BlobStore:
+		return s.CacheDir()
+	}
+	return ""
+}
+
 func isEmptyOrMissing(dir string) bool {
 	ents, err := os.ReadDir(dir)
 	return errors.Is(err, fs.ErrNotExist) || (err == nil && len(ents) == 0)

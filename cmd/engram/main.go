@@ -102,6 +102,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			similarCommand,
 			lineageCommand,
 			treeCommand,
+			mountCommand,
+			serveCommand,
 		},
 	}
 }

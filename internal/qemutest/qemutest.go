@@ -149,3 +149,22 @@ func ToRaw(t testing.TB, src, dst string) {
 	t.Helper()
 	Img(t, "convert", "-O", "raw", src, dst)
 }
+
+// RequireFUSE fails (under CI=true) or skips the test when FUSE mounts
+// cannot work here: no /dev/fuse, no fusermount3, or not allowed to mount.
+func RequireFUSE(t testing.TB) {
+	t.Helper()
+	var why string
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		why = "/dev/fuse is missing"
+	} else if _, err := exec.LookPath("fusermount3"); err != nil {
+		why = "fusermount3 not found on PATH"
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s; `make test` installs fuse3", why)
+	}
+	t.Skipf("%s (install fuse3)", why)
+}

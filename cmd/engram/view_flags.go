@@ -1,0 +1,71 @@
+package main
+
+import (
+	"os"
+	"runtime/debug"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/engram-vm/engram/chunkstore/storeurl"
+	"github.com/engram-vm/engram/view"
+)
+
+// viewCacheFlag is the memory budget of the in-place readers (mount, serve).
+var viewCacheFlag = &cli.StringFlag{
+	Name:  "cache-size",
+	Value: "256M",
+	Usage: "memory for decoded chunks, blocks and manifest pages (peak RSS stays within it + 64 MiB)",
+}
+
+// viewOverhead is what the process needs beside the caches: runtime,
+// request buffers, chunks in flight. The Go heap limit is set to the
+// budget plus this, so garbage never lets the heap grow past it.
+const viewOverhead = 40 << 20
+
+// openedView is a store opened for in-place reading, with its pins.
+type openedView struct {
+	dir   string
+	store storeurl.Store
+	pins  *view.Pins
+	set   *view.Set
+}
+
+// openView opens the store read-only under the --cache-size budget, sets
+// the heap limit to match, and prepares this process's pin file.
+func openView(c *cli.Context, what string) (*openedView, error) {
+	size, err := parseSize(c.String(viewCacheFlag.Name))
+	if err != nil || size < view.MinCacheSize || size > 1<<40 {
+		return nil, usagef("--cache-size %q: want a size from %dM to 1T, e.g. 256M or 2G", c.String(viewCacheFlag.Name), view.MinCacheSize>>20)
+	}
+	loc, err := storeDir(c)
+	if err != nil {
+		return nil, err
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(size + viewOverhead)
+	}
+	st, err := storeurl.Open(c.Context, loc, storeurl.Options{
+		ReadOnly:        true,
+		LockTimeout:     c.Duration(lockFlag.Name),
+		CacheRoot:       c.String(cacheDirFlag.Name),
+		BlockCacheBytes: view.BlockCacheBytes(size),
+	})
+	if err != nil {
+		return nil, err
+	}
+	dir := pinDir(st)
+	pins, err := view.NewPins(dir, "engram "+what)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &openedView{
+		dir: dir, store: st, pins: pins,
+		set: view.NewSet(st, view.Options{CacheSize: size, Pins: pins}),
+	}, nil
+}
+
+func (v *openedView) close() {
+	v.pins.Close()
+	v.store.Close()
+}

@@ -1,0 +1,206 @@
+package view
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/engram"
+)
+
+// DefaultCacheSize is the memory budget of a Set made with CacheSize 0.
+const DefaultCacheSize = 256 << 20
+
+// MinCacheSize is the smallest budget a Set accepts; smaller ones are
+// raised to it (read-ahead and parallel fetches need some room).
+const MinCacheSize = 16 << 20
+
+// Options configure a Set.
+type Options struct {
+	// CacheSize is the memory budget in bytes for decoded chunks, decoded
+	// manifest pages and the chunk store's decompressed blocks (the part
+	// BlockCacheBytes names, which the opener of the store passes as
+	// chunkstore.OpenOptions.BlockCacheBytes). 0 means DefaultCacheSize.
+	CacheSize int64
+	// Pins, if not nil, records every engram Open returns in this
+	// process's pin file, so gc keeps its chunks while it is in use.
+	Pins *Pins
+	// Fetchers bounds the chunk loads from the store running at once for
+	// requests (read-ahead gets half as many more); 0 means
+	// 2*GOMAXPROCS, at least 4.
+	Fetchers int
+}
+
+func (o Options) budget() int64 {
+	switch {
+	case o.CacheSize == 0:
+		return DefaultCacheSize
+	case o.CacheSize < MinCacheSize:
+		return MinCacheSize
+	}
+	return o.CacheSize
+}
+
+// BlockCacheBytes is the part of a budget of cacheSize bytes (0: the
+// default) that belongs to the chunk store's block cache: open the store
+// with chunkstore.OpenOptions{BlockCacheBytes: view.BlockCacheBytes(n)}
+// and give NewSet Options{CacheSize: n}; the Set keeps the rest.
+//
+// Why a quarter: a block is decompressed once for all its chunks only if
+// it stays cached while the reads of its neighbours arrive (read-ahead
+// asks for them together); decoded chunks are what warm reads hit.
+func BlockCacheBytes(cacheSize int64) int64 {
+	return Options{CacheSize: cacheSize}.budget() / 4
+}
+
+// A Set opens engrams of one store under one memory budget: one chunk
+// cache and one page cache shared by every open Disk. Safe for concurrent
+// use.
+type Set struct {
+	store  chunkstore.Reader
+	pins   *Pins
+	chunks *lru[chunkstore.ID, []byte]
+	pages  *lru[pageKey, []engram.ChunkRef]
+
+	fetch    chan struct{} // semaphore: request loads from the store
+	prefetch chan struct{} // semaphore: read-ahead loads
+	maxAhead int64         // read-ahead window of one Reader
+
+	mu    sync.Mutex
+	disks map[engram.ID]*Disk
+}
+
+type pageKey struct {
+	id   chunkstore.ID
+	size int64 // the image size the page was checked against
+}
+
+// NewSet returns a Set reading from store.
+func NewSet(store chunkstore.Reader, opts Options) *Set {
+	total := opts.budget()
+	pages := total / 16
+	chunks := total - BlockCacheBytes(opts.CacheSize) - pages
+	n := opts.Fetchers
+	if n <= 0 {
+		n = max(4, 2*runtime.GOMAXPROCS(0))
+	}
+	return &Set{
+		store:    store,
+		pins:     opts.Pins,
+		chunks:   newLRU[chunkstore.ID, []byte](chunks),
+		pages:    newLRU[pageKey, []engram.ChunkRef](pages),
+		fetch:    make(chan struct{}, n),
+		prefetch: make(chan struct{}, max(1, n/2)),
+		// A window of an eighth of the chunk cache lets several
+		// sequential readers run ahead without evicting each other's
+		// chunks before they are read.
+		maxAhead: min(32<<20, chunks/8),
+		disks:    map[engram.ID]*Disk{},
+	}
+}
+
+// Open returns engram id as a Disk. Only the root is read; pages are
+// decoded when a read needs them. Opening an engram twice returns the same
+// Disk.
+func (s *Set) Open(ctx context.Context, id engram.ID) (*Disk, error) {
+	if d := s.cached(id); d != nil {
+		return d, nil
+	}
+	e, err := engram.Get(ctx, s.store, id)
+	if err != nil {
+		return nil, err
+	}
+	return s.OpenEntry(ctx, e)
+}
+
+// OpenEntry is Open for a caller that has the catalog entry already (from
+// engram.List), which saves reading the catalog again.
+func (s *Set) OpenEntry(ctx context.Context, e *engram.Entry) (*Disk, error) {
+	if d := s.cached(e.ID); d != nil {
+		return d, nil
+	}
+	root, err := engram.LoadRoot(ctx, s.store, e.ID)
+	if err != nil {
+		return nil, err
+	}
+	if s.pins != nil {
+		if err := s.pins.pin(ctx, s.store, e.ID); err != nil {
+			return nil, err
+		}
+	}
+	d := &Disk{set: s, id: e.ID, root: root, dataBytes: -1}
+	for _, r := range e.Records {
+		d.dataBytes = max(d.dataBytes, r.Stats.StoredBytes)
+	}
+	if d.dataBytes <= 0 {
+		d.dataBytes = -1 // unknown (a reused record): counted on first use
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.disks[e.ID]; old != nil {
+		return old, nil
+	}
+	s.disks[e.ID] = d
+	return d, nil
+}
+
+func (s *Set) cached(id engram.ID) *Disk {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.disks[id]
+}
+
+// CacheStats says how the Set's caches are used.
+type CacheStats struct {
+	ChunkBytes, ChunkHits, ChunkMisses int64
+	PageBytes, PageHits, PageMisses    int64
+}
+
+// Stats returns the current cache usage.
+func (s *Set) Stats() CacheStats {
+	var st CacheStats
+	st.ChunkBytes, st.ChunkHits, st.ChunkMisses = s.chunks.usage()
+	st.PageBytes, st.PageHits, st.PageMisses = s.pages.usage()
+	return st
+}
+
+// chunk returns the bytes of ref, from the cache or the store.
+func (s *Set) chunk(d *Disk, ref engram.ChunkRef, sem chan struct{}) ([]byte, error) {
+	b, err := s.chunks.get(ref.ID, func() ([]byte, int64, error) {
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		b, err := s.store.Get(context.Background(), ref.ID)
+		if err != nil {
+			return nil, 0, err
+		}
+		return b, int64(cap(b)) + 64, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engram %s: chunk %s at guest %#x: %w", d.id.Short(), ref.ID.Short(), ref.Offset, err)
+	}
+	if len(b) != int(ref.Length) {
+		return nil, fmt.Errorf("engram %s: chunk %s at guest %#x: %d bytes, manifest says %d: %w",
+			d.id.Short(), ref.ID.Short(), ref.Offset, len(b), ref.Length, engram.ErrBadManifest)
+	}
+	return b, nil
+}
+
+// page returns the decoded refs of page p of d.
+func (s *Set) page(d *Disk, p engram.PageRef) ([]engram.ChunkRef, error) {
+	refs, err := s.pages.get(pageKey{p.ID, d.root.Size}, func() ([]engram.ChunkRef, int64, error) {
+		s.fetch <- struct{}{}
+		defer func() { <-s.fetch }()
+		refs, err := engram.LoadPage(context.Background(), s.store, d.root, p)
+		return refs, int64(len(refs))*48 + 64, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engram %s: %w", d.id.Short(), err)
+	}
+	return refs, nil
+}
+
+// errStop ends a walk early; it never escapes the package.
+var errStop = errors.New("stop")
