@@ -68,6 +68,13 @@ func (c *lru[K, V]) get(k K, load func() (V, int64, error)) (V, error) {
 	return l.val, l.err
 }
 
+// state reports whether k is cached, and whether it is being loaded.
+func (c *lru[K, V]) state(k K) (cached, loading bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.items[k] != nil, c.loading[k] != nil
+}
+
 // has reports whether k is cached or being loaded.
 func (c *lru[K, V]) has(k K) bool {
 	c.mu.Lock()

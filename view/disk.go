@@ -7,8 +7,6 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/engram-vm/engram/engram"
 )
 
@@ -47,7 +45,7 @@ func (d *Disk) DataBytes() int64 {
 
 // NewReader returns a reader with its own sequential-read detection; use
 // one per open file or connection.
-func (d *Disk) NewReader() *Reader { return &Reader{d: d} }
+func (d *Disk) NewReader() *Reader { return &Reader{d: d, closing: make(chan struct{})} }
 
 // walk calls fn, in guest order, for every chunk ref that overlaps
 // [off, end). fn may return errStop to end the walk without an error.
@@ -101,24 +99,54 @@ func (d *Disk) read(p []byte, off int64) error {
 	if pos < end {
 		clear(p[pos-off:])
 	}
-	copyRef := func(r engram.ChunkRef) error {
-		b, err := d.set.chunk(d, r, d.set.fetch)
-		if err != nil {
-			return err
+	count := func(r engram.ChunkRef) {
+		switch cached, loading := d.set.chunks.state(r.ID); {
+		case cached:
+			d.set.readCached.Add(1)
+		case loading:
+			d.set.readWaited.Add(1)
+		default:
+			d.set.readLoaded.Add(1)
 		}
+	}
+	put := func(r engram.ChunkRef, b []byte) {
 		lo, hi := max(r.Offset, off), min(r.End(), end)
 		copy(p[lo-off:hi-off], b[lo-r.Offset:hi-r.Offset])
+	}
+	if len(refs) == 0 {
 		return nil
 	}
-	if len(refs) == 1 {
-		return copyRef(refs[0])
+	// All but the first chunk go to the workers; this goroutine loads
+	// the first itself, then waits for the rest.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for _, r := range refs[1:] {
+		count(r)
+		wg.Add(1)
+		d.set.demand <- job{d: d, ref: r, done: func(b []byte, err error) {
+			if err == nil {
+				put(r, b)
+			} else {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+			wg.Done()
+		}}
 	}
-	var g errgroup.Group
-	g.SetLimit(cap(d.set.fetch))
-	for _, r := range refs {
-		g.Go(func() error { return copyRef(r) })
+	count(refs[0])
+	b, err := d.set.chunk(d, refs[0])
+	if err == nil {
+		put(refs[0], b)
 	}
-	return g.Wait()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	return firstErr
 }
 
 // extents calls fn for consecutive runs covering [off, end), merging

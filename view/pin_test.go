@@ -40,7 +40,7 @@ func TestPinSurvivesRmAndGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewSet(st, Options{Pins: pins}).Open(ctx, img.id)
+	d, err := newSet(t, st, Options{Pins: pins}).Open(ctx, img.id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestPinSurvivesRmAndGC(t *testing.T) {
 		t.Fatalf("gc removed %d chunks of a pinned engram", gs.DeadChunks)
 	}
 	// A fresh Set so nothing comes from the cache.
-	d2 := &Disk{set: NewSet(st, Options{}), id: d.id, root: d.root, dataBytes: -1}
+	d2 := &Disk{set: newSet(t, st, Options{}), id: d.id, root: d.root, dataBytes: -1}
 	p := make([]byte, d2.Size())
 	if _, err := d2.NewReader().ReadAt(p, 0); err != nil {
 		t.Fatal(err)
@@ -84,7 +84,7 @@ func TestStalePinIgnored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewSet(st, Options{Pins: pins}).Open(ctx, img.id); err != nil {
+	if _, err := newSet(t, st, Options{Pins: pins}).Open(ctx, img.id); err != nil {
 		t.Fatal(err)
 	}
 	// A copy of the live pin under another name, unlocked: a dead process.
@@ -113,7 +113,7 @@ func TestStalePinIgnored(t *testing.T) {
 	// A live pin file with garbage in it.
 	pins2, _ := NewPins(st.Dir(), "test")
 	img2 := makeImage(t, st, engram.PageSpan, 16)
-	if _, err := NewSet(st, Options{Pins: pins2}).Open(ctx, img2.id); err != nil {
+	if _, err := newSet(t, st, Options{Pins: pins2}).Open(ctx, img2.id); err != nil {
 		t.Fatal(err)
 	}
 	defer pins2.Close()

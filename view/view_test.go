@@ -138,7 +138,9 @@ const testSize = 3*engram.PageSpan + 5*4096 + 512
 
 func openTest(t *testing.T, st chunkstore.Store, img *testImage, opts Options) *Disk {
 	t.Helper()
-	d, err := NewSet(st, opts).Open(context.Background(), img.id)
+	set := newSet(t, st, opts)
+	t.Cleanup(func() { set.Close() })
+	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +345,7 @@ func TestSeekDataHole(t *testing.T) {
 func TestConcurrentReaders(t *testing.T) {
 	cs := &countingStore{Store: memStore()}
 	img := makeImage(t, cs, testSize, 7)
-	set := NewSet(cs, Options{CacheSize: 1 << 30})
+	set := newSet(t, cs, Options{CacheSize: 1 << 30})
 	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
@@ -394,7 +396,7 @@ func TestConcurrentReaders(t *testing.T) {
 func TestCacheBound(t *testing.T) {
 	cs := &countingStore{Store: memStore()}
 	img := makeImage(t, cs, 5*engram.PageSpan, 8)
-	set := NewSet(cs, Options{CacheSize: MinCacheSize})
+	set := newSet(t, cs, Options{CacheSize: MinCacheSize})
 	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
@@ -411,6 +413,7 @@ func TestCacheBound(t *testing.T) {
 		}
 	}
 	r.Close()
+	set.queued.Wait()
 	if st := set.Stats(); st.ChunkBytes == 0 || st.ChunkMisses == 0 {
 		t.Fatalf("cache unused: %+v", st)
 	}
@@ -421,7 +424,7 @@ func TestCacheBound(t *testing.T) {
 func TestReadAhead(t *testing.T) {
 	cs := &countingStore{Store: memStore()}
 	img := makeImage(t, cs, testSize, 10)
-	set := NewSet(cs, Options{})
+	set := newSet(t, cs, Options{})
 	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
@@ -434,7 +437,8 @@ func TestReadAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r.Close() // waits for the read-ahead under way
+	r.Close()
+	set.queued.Wait() // the read-ahead that was queued has loaded
 	ahead := 0
 	for _, ref := range img.refs {
 		if ref.Offset >= upto && set.chunks.has(ref.ID) {
@@ -445,7 +449,7 @@ func TestReadAhead(t *testing.T) {
 		t.Fatal("sequential reads did not read ahead")
 	}
 
-	set2 := NewSet(cs, Options{})
+	set2 := newSet(t, cs, Options{})
 	d2, _ := set2.Open(context.Background(), img.id)
 	r2 := d2.NewReader()
 	rng := rand.New(rand.NewPCG(11, 11))
@@ -462,6 +466,7 @@ func TestReadAhead(t *testing.T) {
 		}
 	}
 	r2.Close()
+	set2.queued.Wait()
 	for _, ref := range img.refs {
 		if set2.chunks.has(ref.ID) && !read[ref.ID] {
 			t.Fatalf("random reads loaded chunk at %#x they did not touch", ref.Offset)
@@ -511,4 +516,11 @@ func TestMissingChunk(t *testing.T) {
 	if !errors.Is(err, chunkstore.ErrNotFound) || !bytes.Contains([]byte(err.Error()), []byte(img.id.Short())) {
 		t.Fatalf("read of a lost chunk: %v", err)
 	}
+}
+
+// newSet is NewSet with Close in the test's cleanup.
+func newSet(t testing.TB, st chunkstore.Reader, opts Options) *Set {
+	s := NewSet(st, opts)
+	t.Cleanup(func() { s.Close() })
+	return s
 }

@@ -64,6 +64,7 @@ func openView(c *cli.Context, what string) (*openedView, error) {
 }
 
 func (v *openedView) close() {
+	v.set.Close()
 	v.pins.Close()
 	v.store.Close()
 }
