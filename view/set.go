@@ -76,7 +76,7 @@ type Set struct {
 	closed   sync.Once
 	workers  sync.WaitGroup
 	queued   sync.WaitGroup // read-ahead jobs not done yet (tests wait on it)
-	maxAhead int64 // read-ahead window of one Reader
+	maxAhead int64          // read-ahead window of one Reader
 
 	mu    sync.Mutex
 	disks map[engram.ID]*Disk
