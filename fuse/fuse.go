@@ -275,8 +275,14 @@ func dirAttr(out *gofuse.Attr, ino uint64) {
 	out.Ino = ino
 	out.Mode = syscall.S_IFDIR | 0o555
 	out.Nlink = 2
-	t := uint64(mounted.Unix())
-	out.Mtime, out.Ctime, out.Atime = t, t, t
+	setTimes(out, mounted)
+}
+
+func setTimes(out *gofuse.Attr, t time.Time) {
+	s, ns := uint64(t.Unix()), uint32(t.Nanosecond())
+	out.Mtime, out.Mtimensec = s, ns
+	out.Ctime, out.Ctimensec = s, ns
+	out.Atime, out.Atimensec = s, ns
 }
 
 // rootDir holds by-id/ and by-name/.
@@ -433,6 +439,7 @@ func (d *byNameDir) Lookup(ctx context.Context, name string, out *gofuse.EntryOu
 	out.Mode = syscall.S_IFLNK | 0o777
 	out.Nlink = 1
 	out.Size = uint64(len(target))
+	setTimes(&out.Attr, mounted)
 	out.SetEntryTimeout(shortTimeout)
 	out.SetAttrTimeout(shortTimeout)
 	return d.NewInode(ctx, l, fs.StableAttr{Mode: syscall.S_IFLNK}), 0
@@ -510,6 +517,7 @@ func (l *nameLink) Getattr(ctx context.Context, _ fs.FileHandle, out *gofuse.Att
 	out.Mode = syscall.S_IFLNK | 0o777
 	out.Nlink = 1
 	out.Size = uint64(len(t))
+	setTimes(&out.Attr, mounted)
 	out.SetTimeout(shortTimeout)
 	return 0
 }
@@ -534,11 +542,7 @@ func (f *engramFile) attr(out *gofuse.Attr) {
 	out.Blksize = 4096
 	out.Blocks = uint64(f.disk.DataBytes()+511) / 512
 	if !f.mtime.IsZero() {
-		t := uint64(f.mtime.Unix())
-		ns := uint32(f.mtime.Nanosecond())
-		out.Mtime, out.Mtimensec = t, ns
-		out.Ctime, out.Ctimensec = t, ns
-		out.Atime, out.Atimensec = t, ns
+		setTimes(out, f.mtime) // the newest ingest of the engram
 	}
 }
 
