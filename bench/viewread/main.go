@@ -12,7 +12,9 @@ import (
 	"os"
 	"runtime/pprof"
 	"sort"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
@@ -24,7 +26,8 @@ func main() {
 	name := flag.String("id", "", "engram ID or name")
 	bs := flag.Int("bs", 128<<10, "read size")
 	cache := flag.Int64("cache", 256<<20, "cache budget")
-	random := flag.Int("random", 0, "do N random reads of -bs at queue depth 1 instead of a sequential pass")
+	random := flag.Int("random", 0, "do N random reads of -bs at queue depth 1 (then the same again, warm) instead of a sequential pass")
+	file := flag.String("file", "", "with -random: read this file (e.g. the engram's file in a mount) with O_DIRECT instead of view/")
 	prof := flag.String("cpuprofile", "", "write a CPU profile")
 	flag.Parse()
 	if *prof != "" {
@@ -64,18 +67,48 @@ func main() {
 			}
 			return nil
 		})
-		lat := make([]time.Duration, 0, *random)
-		for range *random {
-			off := data[rand.IntN(len(data))] / 4096 * 4096
-			t := time.Now()
-			if _, err := r.ReadAt(buf, off); err != nil && err != io.EOF {
+		offs := make([]int64, *random)
+		for i := range offs {
+			offs[i] = data[rand.IntN(len(data))] / 4096 * 4096
+		}
+		read := func(off int64) error {
+			_, err := r.ReadAt(buf, off)
+			if err == io.EOF {
+				err = nil
+			}
+			return err
+		}
+		if *file != "" {
+			f, err := os.OpenFile(*file, os.O_RDONLY|syscall.O_DIRECT, 0)
+			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}
-			lat = append(lat, time.Since(t))
+			// O_DIRECT wants an aligned buffer.
+			big := make([]byte, *bs+4096)
+			a := int(uintptr(unsafe.Pointer(&big[0])) & 4095)
+			buf = big[(4096-a)%4096:][:*bs]
+			read = func(off int64) error {
+				_, err := f.ReadAt(buf, off)
+				if err == io.EOF {
+					err = nil
+				}
+				return err
+			}
 		}
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		fmt.Printf("random %d x %d B: p50 %v p90 %v p99 %v\n", *random, *bs, lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)*99/100])
+		for _, pass := range []string{"cold", "warm"} {
+			lat := make([]time.Duration, 0, len(offs))
+			for _, off := range offs {
+				t := time.Now()
+				if err := read(off); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					os.Exit(1)
+				}
+				lat = append(lat, time.Since(t))
+			}
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			fmt.Printf("%s random %d x %d B: p50 %v p90 %v p99 %v\n", pass, len(lat), *bs, lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)*99/100])
+		}
 		return
 	}
 	var first time.Duration
