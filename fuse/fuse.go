@@ -78,12 +78,18 @@ func Check() error {
 // CheckMountpoint says what is wrong with dir as a mount point: missing,
 // not a directory, the dead mount of a killed server, or mounted already.
 func CheckMountpoint(dir string) error {
+	// statfs always reaches the server of a FUSE mount (stat may be
+	// answered from cached attributes), so a dead one shows here.
+	var sfs syscall.Statfs_t
 	fi, err := os.Stat(dir)
+	if err == nil {
+		err = syscall.Statfs(dir, &sfs)
+	}
 	if errors.Is(err, syscall.ENOTCONN) {
 		return fmt.Errorf("%s: %w of a killed engram mount is still attached; run `fusermount3 -u %s` first", dir, ErrStaleMount, dir)
 	}
 	if err != nil {
-		return fmt.Errorf("mount point: %w", err)
+		return fmt.Errorf("mount point %s: %w", dir, unwrapPath(err))
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("mount point %s: not a directory", dir)
@@ -92,6 +98,15 @@ func CheckMountpoint(dir string) error {
 		return fmt.Errorf("mount point %s: already mounted (%s); unmount it first", dir, fstype)
 	}
 	return nil
+}
+
+// unwrapPath drops the *PathError around err, whose path the caller names.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // mountedAt reports whether something is mounted at dir, and its type.
@@ -315,6 +330,7 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 func (r *rootDir) Getattr(ctx context.Context, _ fs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
 	dirAttr(&out.Attr, 1)
 	out.Nlink = 4
+	out.SetTimeout(shortTimeout)
 	return 0
 }
 

@@ -74,6 +74,10 @@ func NewPins(storeDir, command string) (*Pins, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("pin: %w", err)
 	}
+	// Fail now, not at the first engram a client opens.
+	if err := syscall.Access(dir, 2 /* W_OK */); err != nil {
+		return nil, fmt.Errorf("pin: %s: %w", dir, err)
+	}
 	host, _ := os.Hostname()
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])

@@ -163,6 +163,13 @@ func TestMountCLI(t *testing.T) {
 	if p := pinFiles(t, store); len(p) != 1 {
 		t.Fatalf("pin files while mounted: %v", p)
 	}
+	// An ingest in another process while mounted: it appears on re-list.
+	late, _ := qcowWith("8M", nil, "write -P 0x5e 0 1M")(t, t.TempDir())
+	ok(t, store, "ingest", "--name", "late", late)
+	qemutest.Compare(t, late, filepath.Join(mnt, "by-name", "late.raw"), "-F", "raw")
+	if ents, err := os.ReadDir(filepath.Join(mnt, "by-name")); err != nil || len(ents) != len(imgs)+1 {
+		t.Fatalf("by-name after a late ingest: %v %v", ents, err)
+	}
 
 	// rm + gc while an engram is open and half read.
 	victim := imgs["v3"]

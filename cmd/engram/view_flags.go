@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"runtime/debug"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -53,6 +57,12 @@ func openView(c *cli.Context, what string) (*openedView, error) {
 		return nil, err
 	}
 	pins, err := view.NewPins(dir, "engram "+what)
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		// Whoever may not write the store cannot pin; whoever may can
+		// also gc, so say what that means and serve anyway.
+		fmt.Fprintf(c.App.ErrWriter, "engram: warning: %s; an engram removed while in use here may lose its chunks to gc\n", oneLine(err.Error()))
+		pins, err = nil, nil
+	}
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -65,6 +75,8 @@ func openView(c *cli.Context, what string) (*openedView, error) {
 
 func (v *openedView) close() {
 	v.set.Close()
-	v.pins.Close()
+	if v.pins != nil {
+		v.pins.Close()
+	}
 	v.store.Close()
 }
