@@ -3,6 +3,7 @@ package view
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -150,4 +151,27 @@ func TestPinFunc(t *testing.T) {
 	if _, err := Pin(st.Dir(), []engram.ID{img.id}); !errors.Is(err, engram.ErrNotFound) {
 		t.Fatalf("pinning a removed engram: %v", err)
 	}
+}
+
+// FuzzDecodePin: a pin file's content never panics the decoder, and what
+// decodes names engrams whose roots hash to their IDs.
+func FuzzDecodePin(f *testing.F) {
+	root := engram.EncodeRoot(engram.Root{Size: 3 * engram.PageSpan, Pages: []engram.PageRef{{Index: 1}}})
+	id := chunkstore.Sum(root)
+	good := `{"format":"engram-pin","version":1,"pid":1,"host":"h","engrams":[{"id":"` + id.String() + `","root":"` + base64.StdEncoding.EncodeToString(root) + `"}]}`
+	f.Add([]byte(good))
+	f.Add([]byte(`{"format":"engram-pin","version":1,"engrams":[]}`))
+	f.Add([]byte(`{"format":"engram-pin","version":2}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pins, err := decodePin(b, "fuzz.pin")
+		if err != nil {
+			return
+		}
+		for _, p := range pins {
+			if chunkstore.Sum(engram.EncodeRoot(p.Root)) != p.ID {
+				t.Fatalf("decoded pin %s with a root of another ID", p.ID.Short())
+			}
+		}
+	})
 }
