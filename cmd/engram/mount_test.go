@@ -296,3 +296,38 @@ func TestInitBlockSize(t *testing.T) {
 	fails(t, filepath.Join(dir, "s2"), 2, []string{"init", "--block-size", "0"}, "--block-size")
 	fails(t, filepath.Join(dir, "s3"), 2, []string{"init", "--block-size", "64M"}, "--block-size")
 }
+
+// TestMountBusy: SIGINT while a file is open in the mount says so and
+// keeps serving; once it is closed, the next SIGINT unmounts.
+func TestMountBusy(t *testing.T) {
+	qemutest.Require(t)
+	qemutest.RequireFUSE(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := qcowWith("16M", nil, "write -P 0x11 0 1M")(t, dir)
+	ok(t, store, "ingest", "--name", "b", src)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := startMount(t, store, mnt)
+	f, err := os.Open(filepath.Join(mnt, "by-name", "b.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	line, open := <-m.stderr
+	if !open || !strings.Contains(line, "busy") {
+		t.Fatalf("SIGINT with a file open: %q", line)
+	}
+	b := make([]byte, 4096)
+	if _, err := f.ReadAt(b, 0); err != nil || b[0] != 0x11 {
+		t.Fatalf("read after a refused unmount: %v", err)
+	}
+	f.Close()
+	if code, out := m.stop(t); code != 0 || isMountPoint(t, mnt) {
+		t.Fatalf("second SIGINT: exit %d, %s, still mounted %v", code, out, isMountPoint(t, mnt))
+	}
+}
