@@ -77,8 +77,10 @@ var mountCommand = &cli.Command{
 }
 
 // oneLine keeps a message to one printable line: control bytes (a name
-// or path can carry them) become '?'.
+// or path can carry them) become '?', line breaks "; ". Every error run
+// prints goes through it.
 func oneLine(s string) string {
+	s = strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "; ") // errors.Join's lines
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return '?'

@@ -37,7 +37,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	code := exitCode(ctx, err)
-	fmt.Fprintf(stderr, "engram: %v\n", errorText(ctx, err))
+	fmt.Fprintf(stderr, "engram: %s\n", oneLine(errorText(ctx, err)))
 	return code
 }
 

@@ -331,3 +331,14 @@ func TestMountBusy(t *testing.T) {
 		t.Fatalf("second SIGINT: exit %d, %s, still mounted %v", code, out, isMountPoint(t, mnt))
 	}
 }
+
+// TestErrorsOneLine: a path with control bytes in it comes out of an
+// error message as '?', on one line.
+func TestErrorsOneLine(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "a\nb\x1b[31mc")
+	r := runEngram(t, filepath.Join(dir, "store"), "restore", "x", "-o", "-", "--store", bad)
+	if r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || strings.ContainsAny(r.stderr[:len(r.stderr)-1], "\x1b\n") {
+		t.Fatalf("error with control bytes: %q", r.stderr)
+	}
+}
