@@ -99,30 +99,35 @@ func (d *Disk) read(p []byte, off int64) error {
 	if pos < end {
 		clear(p[pos-off:])
 	}
-	count := func(r engram.ChunkRef) {
-		switch cached, loading := d.set.chunks.state(r.ID); {
-		case cached:
+	put := func(r engram.ChunkRef, b []byte) {
+		lo, hi := max(r.Offset, off), min(r.End(), end)
+		copy(p[lo-off:hi-off], b[lo-r.Offset:hi-r.Offset])
+	}
+	// Cached chunks are copied here and now (handing them to a worker
+	// costs more than the copy); the others go to the workers, except
+	// the first, which this goroutine loads itself while they work.
+	var missing []engram.ChunkRef
+	for _, r := range refs {
+		b, cached, loading := d.set.chunks.peek(r.ID)
+		switch {
+		case cached && len(b) == int(r.Length): // else chunk() reports the mismatch
 			d.set.readCached.Add(1)
+			put(r, b)
+			continue
 		case loading:
 			d.set.readWaited.Add(1)
 		default:
 			d.set.readLoaded.Add(1)
 		}
+		missing = append(missing, r)
 	}
-	put := func(r engram.ChunkRef, b []byte) {
-		lo, hi := max(r.Offset, off), min(r.End(), end)
-		copy(p[lo-off:hi-off], b[lo-r.Offset:hi-r.Offset])
-	}
-	if len(refs) == 0 {
+	if len(missing) == 0 {
 		return nil
 	}
-	// All but the first chunk go to the workers; this goroutine loads
-	// the first itself, then waits for the rest.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
-	for _, r := range refs[1:] {
-		count(r)
+	for _, r := range missing[1:] {
 		wg.Add(1)
 		d.set.demand <- job{d: d, ref: r, done: func(b []byte, err error) {
 			if err == nil {
@@ -137,10 +142,9 @@ func (d *Disk) read(p []byte, off int64) error {
 			wg.Done()
 		}}
 	}
-	count(refs[0])
-	b, err := d.set.chunk(d, refs[0])
+	b, err := d.set.chunk(d, missing[0])
 	if err == nil {
-		put(refs[0], b)
+		put(missing[0], b)
 	}
 	wg.Wait()
 	if err != nil {

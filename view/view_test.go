@@ -525,3 +525,46 @@ func newSet(t testing.TB, st chunkstore.Reader, opts Options) *Set {
 	t.Cleanup(func() { s.Close() })
 	return s
 }
+
+// TestChunkLengthMismatch: a manifest that gives a chunk a length other
+// than its content's is an error on every read of it, never a panic,
+// whether the chunk is cached yet or not.
+func TestChunkLengthMismatch(t *testing.T) {
+	ctx := context.Background()
+	st := memStore()
+	data := bytes.Repeat([]byte{9}, 8192)
+	id := chunkstore.Sum(data)
+	if _, err := st.Put(ctx, id, data); err != nil {
+		t.Fatal(err)
+	}
+	var pages []chunkstore.Chunk
+	b := engram.NewBuilder(1<<20, func(c chunkstore.Chunk) error { pages = append(pages, c); return nil })
+	for _, r := range []engram.ChunkRef{{Offset: 0, Length: 8192, ID: id}, {Offset: 64 << 10, Length: 16384, ID: id}} {
+		if err := b.Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, enc, eid, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutMany(ctx, pages); err != nil {
+		t.Fatal(err)
+	}
+	if err := engram.Commit(ctx, st, eid, enc, &engram.Record{Source: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := newSet(t, st, Options{}).Open(ctx, eid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.NewReader()
+	if _, err := r.ReadAt(make([]byte, 8192), 0); err != nil {
+		t.Fatal(err) // the consistent ref; now the chunk is cached
+	}
+	for range 2 {
+		if _, err := r.ReadAt(make([]byte, 128<<10), 0); !errors.Is(err, engram.ErrBadManifest) {
+			t.Fatalf("read over a ref of the wrong length: %v", err)
+		}
+	}
+}
