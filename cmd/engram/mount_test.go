@@ -86,7 +86,12 @@ func (m *mounted) alive() bool {
 // printed after "mounted".
 func (m *mounted) stop(t *testing.T) (int, string) {
 	t.Helper()
-	if err := m.cmd.Process.Signal(os.Interrupt); err != nil {
+	return m.stopWith(t, os.Interrupt)
+}
+
+func (m *mounted) stopWith(t *testing.T, sig os.Signal) (int, string) {
+	t.Helper()
+	if err := m.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	var lines []string
@@ -254,8 +259,8 @@ func TestMountKilled(t *testing.T) {
 		t.Fatalf("pin of a killed server left after gc: %v", p)
 	}
 	m2 := startMount(t, store, mnt)
-	if code, out := m2.stop(t); code != 0 {
-		t.Fatalf("second mount exited %d: %s", code, out)
+	if code, out := m2.stopWith(t, syscall.SIGTERM); code != 0 || isMountPoint(t, mnt) {
+		t.Fatalf("second mount, SIGTERM: exit %d, %s, still mounted %v", code, out, isMountPoint(t, mnt))
 	}
 }
 
