@@ -583,11 +583,14 @@ type handle struct {
 }
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (gofuse.ReadResult, syscall.Errno) {
-	n, err := h.r.ReadAt(dest, off)
+	// The cached chunks themselves go to writev: no copy into dest, and
+	// no attempt to splice (which ReadResultData makes, and which fails
+	// and logs for 1 MiB replies).
+	vec, err := h.r.ReadSlices(off, len(dest))
 	if err != nil && err != io.EOF {
 		return nil, h.fs.fail(fmt.Sprintf("by-id/%s.raw: read at %#x", h.r.Disk().ID(), off), err)
 	}
-	return gofuse.ReadResultData(dest[:n]), 0
+	return gofuse.ReadResultVector(vec), 0
 }
 
 const (

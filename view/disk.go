@@ -80,7 +80,7 @@ func (d *Disk) walk(off, end int64, fn func(engram.ChunkRef) error) error {
 }
 
 // read fills p with the guest bytes at off; the range lies inside the
-// disk. The chunks it needs are fetched in parallel.
+// disk.
 func (d *Disk) read(p []byte, off int64) error {
 	end := off + int64(len(p))
 	var refs []engram.ChunkRef
@@ -99,27 +99,74 @@ func (d *Disk) read(p []byte, off int64) error {
 	if pos < end {
 		clear(p[pos-off:])
 	}
-	put := func(r engram.ChunkRef, b []byte) {
+	return d.fetch(refs, func(_ int, r engram.ChunkRef, b []byte) {
 		lo, hi := max(r.Offset, off), min(r.End(), end)
 		copy(p[lo-off:hi-off], b[lo-r.Offset:hi-r.Offset])
+	})
+}
+
+// zeros is what holes are read from by readSlices; nobody writes it.
+var zeros = make([]byte, 1<<20)
+
+// readSlices returns the guest bytes of [off, end), inside the disk, as
+// slices of cached chunks and of zeros, in order.
+func (d *Disk) readSlices(off, end int64) ([][]byte, error) {
+	var refs []engram.ChunkRef
+	err := d.walk(off, end, func(r engram.ChunkRef) error {
+		refs = append(refs, r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	// Cached chunks are copied here and now (handing them to a worker
-	// costs more than the copy); the others go to the workers, except
-	// the first, which this goroutine loads itself while they work.
-	var missing []engram.ChunkRef
-	for _, r := range refs {
+	data := make([][]byte, len(refs))
+	err = d.fetch(refs, func(i int, r engram.ChunkRef, b []byte) {
+		lo, hi := max(r.Offset, off), min(r.End(), end)
+		data[i] = b[lo-r.Offset : hi-r.Offset]
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, 0, 2*len(refs)+1)
+	hole := func(n int64) {
+		for n > 0 {
+			k := min(n, int64(len(zeros)))
+			out = append(out, zeros[:k])
+			n -= k
+		}
+	}
+	pos := off
+	for i, r := range refs {
+		if lo := max(r.Offset, off); lo > pos {
+			hole(lo - pos)
+		}
+		out = append(out, data[i])
+		pos = min(r.End(), end)
+	}
+	hole(end - pos)
+	return out, nil
+}
+
+// fetch gets the bytes of every ref and calls put(i, refs[i], bytes) for
+// each, from this or a worker goroutine (never twice for one i). Cached
+// chunks are put here and now (handing them to a worker costs more than
+// the copy); the missing ones go to the workers, except the first, which
+// this goroutine loads itself while they work.
+func (d *Disk) fetch(refs []engram.ChunkRef, put func(int, engram.ChunkRef, []byte)) error {
+	var missing []int
+	for i, r := range refs {
 		b, cached, loading := d.set.chunks.peek(r.ID)
 		switch {
 		case cached && len(b) == int(r.Length): // else chunk() reports the mismatch
 			d.set.readCached.Add(1)
-			put(r, b)
+			put(i, r, b)
 			continue
 		case loading:
 			d.set.readWaited.Add(1)
 		default:
 			d.set.readLoaded.Add(1)
 		}
-		missing = append(missing, r)
+		missing = append(missing, i)
 	}
 	if len(missing) == 0 {
 		return nil
@@ -127,11 +174,12 @@ func (d *Disk) read(p []byte, off int64) error {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
-	for _, r := range missing[1:] {
+	for _, i := range missing[1:] {
 		wg.Add(1)
+		r := refs[i]
 		d.set.demand <- job{d: d, ref: r, done: func(b []byte, err error) {
 			if err == nil {
-				put(r, b)
+				put(i, r, b)
 			} else {
 				mu.Lock()
 				if firstErr == nil {
@@ -142,9 +190,10 @@ func (d *Disk) read(p []byte, off int64) error {
 			wg.Done()
 		}}
 	}
-	b, err := d.set.chunk(d, missing[0])
+	i := missing[0]
+	b, err := d.set.chunk(d, refs[i])
 	if err == nil {
-		put(missing[0], b)
+		put(i, refs[i], b)
 	}
 	wg.Wait()
 	if err != nil {

@@ -63,6 +63,33 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// ReadSlices returns the guest bytes of [off, off+n) like ReadAt, but as
+// slices to be used in order without a copy (writev): bytes of cached
+// chunks and shared zeros for holes. Nobody may write to them. At or past
+// the end it returns what lies before the end and io.EOF.
+func (r *Reader) ReadSlices(off int64, n int) ([][]byte, error) {
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("engram %s: negative offset %d or length %d", r.d.id.Short(), off, n)
+	}
+	size := r.d.root.Size
+	if off >= size {
+		return nil, io.EOF
+	}
+	end := size
+	if int64(n) < size-off {
+		end = off + int64(n)
+	}
+	r.note(off, end-off)
+	out, err := r.d.readSlices(off, end)
+	if err != nil {
+		return nil, err
+	}
+	if end-off < int64(n) {
+		return out, io.EOF
+	}
+	return out, nil
+}
+
 // note updates the sequential detection with a read of n bytes at off and
 // starts read-ahead when the reads are sequential.
 func (r *Reader) note(off, n int64) {

@@ -201,6 +201,10 @@ func TestReadAtMatchesRestore(t *testing.T) {
 				if !bytes.Equal(p[:n], img.guest[min(off, testSize):min(off, testSize)+int64(n)]) {
 					t.Fatalf("ReadAt(%d, %#x): content differs", len(p), off)
 				}
+				vec, err := r.ReadSlices(off, len(p))
+				if got := bytes.Join(vec, nil); !bytes.Equal(got, p[:n]) || (n < len(p)) != (err == io.EOF) || (err != nil && err != io.EOF) {
+					t.Fatalf("ReadSlices(%#x, %d): %d bytes, %v; ReadAt gave %d", off, len(p), len(got), err, n)
+				}
 			}
 			if _, err := r.ReadAt(make([]byte, 1), -1); err == nil {
 				t.Fatal("negative offset read without error")
