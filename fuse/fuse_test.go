@@ -43,6 +43,7 @@ func newEnv(t *testing.T) *env {
 	}
 	t.Cleanup(func() { pins.Close() })
 	e.set = view.NewSet(e.st, view.Options{CacheSize: 64 << 20, Pins: pins})
+	t.Cleanup(func() { e.set.Close() })
 	return e
 }
 

@@ -36,6 +36,21 @@ step qemu-img compare "$d/clone.qcow2" "$d/clone-restored.qcow2"
 step qemu-img check "$d/clone-restored.qcow2"
 step "$engram" restore clone -O raw -o "$d/clone-restored.raw"
 step qemu-img compare -f qcow2 -F raw "$d/clone.qcow2" "$d/clone-restored.raw"
+if [ -e /dev/fuse ] && command -v fusermount3 >/dev/null; then
+  echo
+  echo "== the archive in place: engram mount (FUSE) in the background"
+  mkdir -p "$d/mnt"
+  "$engram" mount "$d/mnt" 2>"$d/mount.log" &
+  mpid=$!
+  trap 'kill -INT $mpid 2>/dev/null; wait $mpid 2>/dev/null || fusermount3 -u -z "$d/mnt" 2>/dev/null' EXIT
+  for _ in $(seq 100); do [ -e "$d/mnt/by-name/clone.raw" ] && break; sleep 0.1; done
+  step ls -l "$d/mnt/by-name/"
+  step qemu-img compare -f qcow2 -F raw "$d/clone.qcow2" "$d/mnt/by-name/clone.raw"
+  step du -hL --apparent-size "$d/mnt/by-name/clone.raw"
+  step du -hL "$d/mnt/by-name/clone.raw"
+  kill -INT $mpid; wait $mpid; trap - EXIT
+  echo "(unmounted)"
+fi
 step "$engram" stats
 
 echo "== the fleet view: two clones with data of their own and a clone of a clone, all flattened, in a second store"

@@ -68,6 +68,19 @@ func (c *lru[K, V]) get(k K, load func() (V, int64, error)) (V, error) {
 	return l.val, l.err
 }
 
+// peek returns k's value if it is cached (a hit, like get), and whether
+// it is being loaded.
+func (c *lru[K, V]) peek(k K) (v V, cached, loading bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.items[k]; e != nil {
+		c.order.MoveToFront(e)
+		c.hits++
+		return e.Value.(*lruEntry[K, V]).val, true, false
+	}
+	return v, false, c.loading[k] != nil
+}
+
 // has reports whether k is cached or being loaded.
 func (c *lru[K, V]) has(k K) bool {
 	c.mu.Lock()

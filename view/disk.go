@@ -7,8 +7,6 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/engram-vm/engram/engram"
 )
 
@@ -47,7 +45,7 @@ func (d *Disk) DataBytes() int64 {
 
 // NewReader returns a reader with its own sequential-read detection; use
 // one per open file or connection.
-func (d *Disk) NewReader() *Reader { return &Reader{d: d} }
+func (d *Disk) NewReader() *Reader { return &Reader{d: d, closing: make(chan struct{})} }
 
 // walk calls fn, in guest order, for every chunk ref that overlaps
 // [off, end). fn may return errStop to end the walk without an error.
@@ -82,7 +80,7 @@ func (d *Disk) walk(off, end int64, fn func(engram.ChunkRef) error) error {
 }
 
 // read fills p with the guest bytes at off; the range lies inside the
-// disk. The chunks it needs are fetched in parallel.
+// disk.
 func (d *Disk) read(p []byte, off int64) error {
 	end := off + int64(len(p))
 	var refs []engram.ChunkRef
@@ -101,24 +99,107 @@ func (d *Disk) read(p []byte, off int64) error {
 	if pos < end {
 		clear(p[pos-off:])
 	}
-	copyRef := func(r engram.ChunkRef) error {
-		b, err := d.set.chunk(d, r, d.set.fetch)
-		if err != nil {
-			return err
-		}
+	return d.fetch(refs, func(_ int, r engram.ChunkRef, b []byte) {
 		lo, hi := max(r.Offset, off), min(r.End(), end)
 		copy(p[lo-off:hi-off], b[lo-r.Offset:hi-r.Offset])
+	})
+}
+
+// zeros is what holes are read from by readSlices; nobody writes it.
+var zeros = make([]byte, 1<<20)
+
+// readSlices returns the guest bytes of [off, end), inside the disk, as
+// slices of cached chunks and of zeros, in order.
+func (d *Disk) readSlices(off, end int64) ([][]byte, error) {
+	var refs []engram.ChunkRef
+	err := d.walk(off, end, func(r engram.ChunkRef) error {
+		refs = append(refs, r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	data := make([][]byte, len(refs))
+	err = d.fetch(refs, func(i int, r engram.ChunkRef, b []byte) {
+		lo, hi := max(r.Offset, off), min(r.End(), end)
+		data[i] = b[lo-r.Offset : hi-r.Offset]
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, 0, 2*len(refs)+1)
+	hole := func(n int64) {
+		for n > 0 {
+			k := min(n, int64(len(zeros)))
+			out = append(out, zeros[:k])
+			n -= k
+		}
+	}
+	pos := off
+	for i, r := range refs {
+		if lo := max(r.Offset, off); lo > pos {
+			hole(lo - pos)
+		}
+		out = append(out, data[i])
+		pos = min(r.End(), end)
+	}
+	hole(end - pos)
+	return out, nil
+}
+
+// fetch gets the bytes of every ref and calls put(i, refs[i], bytes) for
+// each, from this or a worker goroutine (never twice for one i). Cached
+// chunks are put here and now (handing them to a worker costs more than
+// the copy); the missing ones go to the workers, except the first, which
+// this goroutine loads itself while they work.
+func (d *Disk) fetch(refs []engram.ChunkRef, put func(int, engram.ChunkRef, []byte)) error {
+	var missing []int
+	for i, r := range refs {
+		b, cached, loading := d.set.chunks.peek(r.ID)
+		switch {
+		case cached && len(b) == int(r.Length): // else chunk() reports the mismatch
+			d.set.readCached.Add(1)
+			put(i, r, b)
+			continue
+		case loading:
+			d.set.readWaited.Add(1)
+		default:
+			d.set.readLoaded.Add(1)
+		}
+		missing = append(missing, i)
+	}
+	if len(missing) == 0 {
 		return nil
 	}
-	if len(refs) == 1 {
-		return copyRef(refs[0])
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for _, i := range missing[1:] {
+		wg.Add(1)
+		r := refs[i]
+		d.set.demand <- job{d: d, ref: r, done: func(b []byte, err error) {
+			if err == nil {
+				put(i, r, b)
+			} else {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+			wg.Done()
+		}}
 	}
-	var g errgroup.Group
-	g.SetLimit(cap(d.set.fetch))
-	for _, r := range refs {
-		g.Go(func() error { return copyRef(r) })
+	i := missing[0]
+	b, err := d.set.chunk(d, refs[i])
+	if err == nil {
+		put(i, refs[i], b)
 	}
-	return g.Wait()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	return firstErr
 }
 
 // extents calls fn for consecutive runs covering [off, end), merging

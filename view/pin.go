@@ -74,6 +74,10 @@ func NewPins(storeDir, command string) (*Pins, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("pin: %w", err)
 	}
+	// Fail now, not at the first engram a client opens.
+	if err := syscall.Access(dir, 2 /* W_OK */); err != nil {
+		return nil, fmt.Errorf("pin: %s: %w", dir, err)
+	}
 	host, _ := os.Hostname()
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
@@ -293,32 +297,40 @@ func readPin(path string) (pins []Pinned, live bool, err error) {
 	if err != nil {
 		return nil, true, fmt.Errorf("pin file %s: %w", path, err)
 	}
+	pins, err = decodePin(b, path)
+	return pins, true, err
+}
+
+// decodePin decodes the content of a live pin file; every root must hash
+// to its ID and decode.
+func decodePin(b []byte, path string) ([]Pinned, error) {
 	if len(b) > maxPinFile {
-		return nil, true, fmt.Errorf("pin file %s: larger than %d bytes", path, maxPinFile)
+		return nil, fmt.Errorf("pin file %s: larger than %d bytes", path, maxPinFile)
 	}
 	var pf pinFile
 	if err := json.Unmarshal(b, &pf); err != nil {
-		return nil, true, fmt.Errorf("pin file %s: %w", path, err)
+		return nil, fmt.Errorf("pin file %s: %w", path, err)
 	}
 	if pf.Format != pinFormat || pf.Version != pinVersion {
-		return nil, true, fmt.Errorf("pin file %s: format %q version %d, want %q version %d", path, pf.Format, pf.Version, pinFormat, pinVersion)
+		return nil, fmt.Errorf("pin file %s: format %q version %d, want %q version %d", path, pf.Format, pf.Version, pinFormat, pinVersion)
 	}
+	var pins []Pinned
 	for i, e := range pf.Engrams {
 		id, err := chunkstore.ParseID(e.ID)
 		if err != nil {
-			return nil, true, fmt.Errorf("pin file %s: engram %d: %w", path, i, err)
+			return nil, fmt.Errorf("pin file %s: engram %d: %w", path, i, err)
 		}
 		enc, err := base64.StdEncoding.DecodeString(e.Root)
 		if err != nil || chunkstore.Sum(enc) != id {
-			return nil, true, fmt.Errorf("pin file %s: engram %s: root does not match its ID", path, id.Short())
+			return nil, fmt.Errorf("pin file %s: engram %s: root does not match its ID", path, id.Short())
 		}
 		root, err := engram.DecodeRoot(enc)
 		if err != nil {
-			return nil, true, fmt.Errorf("pin file %s: engram %s: %w", path, id.Short(), err)
+			return nil, fmt.Errorf("pin file %s: engram %s: %w", path, id.Short(), err)
 		}
 		pins = append(pins, Pinned{ID: id, Root: root, File: path, PID: pf.PID})
 	}
-	return pins, true, nil
+	return pins, nil
 }
 
 // PinnedChunks calls fn for every chunk (pages and data) an engram pinned

@@ -3,6 +3,7 @@ package view
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -40,7 +41,7 @@ func TestPinSurvivesRmAndGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewSet(st, Options{Pins: pins}).Open(ctx, img.id)
+	d, err := newSet(t, st, Options{Pins: pins}).Open(ctx, img.id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestPinSurvivesRmAndGC(t *testing.T) {
 		t.Fatalf("gc removed %d chunks of a pinned engram", gs.DeadChunks)
 	}
 	// A fresh Set so nothing comes from the cache.
-	d2 := &Disk{set: NewSet(st, Options{}), id: d.id, root: d.root, dataBytes: -1}
+	d2 := &Disk{set: newSet(t, st, Options{}), id: d.id, root: d.root, dataBytes: -1}
 	p := make([]byte, d2.Size())
 	if _, err := d2.NewReader().ReadAt(p, 0); err != nil {
 		t.Fatal(err)
@@ -84,7 +85,7 @@ func TestStalePinIgnored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewSet(st, Options{Pins: pins}).Open(ctx, img.id); err != nil {
+	if _, err := newSet(t, st, Options{Pins: pins}).Open(ctx, img.id); err != nil {
 		t.Fatal(err)
 	}
 	// A copy of the live pin under another name, unlocked: a dead process.
@@ -113,7 +114,7 @@ func TestStalePinIgnored(t *testing.T) {
 	// A live pin file with garbage in it.
 	pins2, _ := NewPins(st.Dir(), "test")
 	img2 := makeImage(t, st, engram.PageSpan, 16)
-	if _, err := NewSet(st, Options{Pins: pins2}).Open(ctx, img2.id); err != nil {
+	if _, err := newSet(t, st, Options{Pins: pins2}).Open(ctx, img2.id); err != nil {
 		t.Fatal(err)
 	}
 	defer pins2.Close()
@@ -150,4 +151,27 @@ func TestPinFunc(t *testing.T) {
 	if _, err := Pin(st.Dir(), []engram.ID{img.id}); !errors.Is(err, engram.ErrNotFound) {
 		t.Fatalf("pinning a removed engram: %v", err)
 	}
+}
+
+// FuzzDecodePin: a pin file's content never panics the decoder, and what
+// decodes names engrams whose roots hash to their IDs.
+func FuzzDecodePin(f *testing.F) {
+	root := engram.EncodeRoot(engram.Root{Size: 3 * engram.PageSpan, Pages: []engram.PageRef{{Index: 1}}})
+	id := chunkstore.Sum(root)
+	good := `{"format":"engram-pin","version":1,"pid":1,"host":"h","engrams":[{"id":"` + id.String() + `","root":"` + base64.StdEncoding.EncodeToString(root) + `"}]}`
+	f.Add([]byte(good))
+	f.Add([]byte(`{"format":"engram-pin","version":1,"engrams":[]}`))
+	f.Add([]byte(`{"format":"engram-pin","version":2}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pins, err := decodePin(b, "fuzz.pin")
+		if err != nil {
+			return
+		}
+		for _, p := range pins {
+			if chunkstore.Sum(engram.EncodeRoot(p.Root)) != p.ID {
+				t.Fatalf("decoded pin %s with a root of another ID", p.ID.Short())
+			}
+		}
+	})
 }

@@ -32,6 +32,7 @@ type Reader struct {
 	window  int64 // current read-ahead window
 	front   int64 // read-ahead has been issued up to here
 	wg      sync.WaitGroup
+	closing chan struct{}
 }
 
 // Disk returns the disk r reads.
@@ -60,6 +61,33 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// ReadSlices returns the guest bytes of [off, off+n) like ReadAt, but as
+// slices to be used in order without a copy (writev): bytes of cached
+// chunks and shared zeros for holes. Nobody may write to them. At or past
+// the end it returns what lies before the end and io.EOF.
+func (r *Reader) ReadSlices(off int64, n int) ([][]byte, error) {
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("engram %s: negative offset %d or length %d", r.d.id.Short(), off, n)
+	}
+	size := r.d.root.Size
+	if off >= size {
+		return nil, io.EOF
+	}
+	end := size
+	if int64(n) < size-off {
+		end = off + int64(n)
+	}
+	r.note(off, end-off)
+	out, err := r.d.readSlices(off, end)
+	if err != nil {
+		return nil, err
+	}
+	if end-off < int64(n) {
+		return out, io.EOF
+	}
+	return out, nil
 }
 
 // note updates the sequential detection with a read of n bytes at off and
@@ -102,30 +130,26 @@ func (r *Reader) note(off, n int64) {
 	go r.ahead(from, to)
 }
 
-// ahead loads the chunks of [from, to) into the Set's cache. Errors are
-// dropped: the read that needs the chunk will meet and report them.
+// ahead queues the chunks of [from, to) for the Set's workers, which load
+// them into the cache. Errors are dropped: the read that needs the chunk
+// will meet and report them.
 func (r *Reader) ahead(from, to int64) {
 	defer r.wg.Done()
 	s := r.d.set
-	var wg sync.WaitGroup
 	_ = r.d.walk(from, to, func(ref engram.ChunkRef) error {
-		r.mu.Lock()
-		closed := r.closed
-		r.mu.Unlock()
-		if closed {
-			return errStop
-		}
 		if s.chunks.has(ref.ID) {
 			return nil
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _ = s.chunk(r.d, ref, s.prefetch)
-		}()
-		return nil
+		s.queued.Add(1)
+		select {
+		case s.ahead <- job{d: r.d, ref: ref}:
+			return nil
+		case <-r.closing:
+		case <-s.quit:
+		}
+		s.queued.Done()
+		return errStop
 	})
-	wg.Wait()
 }
 
 // Extents calls fn for consecutive runs covering [off, off+length) (cut at
@@ -152,11 +176,14 @@ func (r *Reader) SeekData(off int64) (int64, error) { return r.d.seekData(off) }
 // the end.
 func (r *Reader) SeekHole(off int64) (int64, error) { return r.d.seekHole(off) }
 
-// Close stops read-ahead that has not started loading and waits for the
-// loads under way, so no goroutine outlives the Reader. It never fails.
+// Close stops queueing read-ahead; what is queued still loads into the
+// cache. It never fails.
 func (r *Reader) Close() error {
 	r.mu.Lock()
-	r.closed = true
+	if !r.closed {
+		r.closed = true
+		close(r.closing)
+	}
 	r.mu.Unlock()
 	r.wg.Wait()
 	return nil

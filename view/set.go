@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
@@ -28,9 +29,9 @@ type Options struct {
 	// Pins, if not nil, records every engram Open returns in this
 	// process's pin file, so gc keeps its chunks while it is in use.
 	Pins *Pins
-	// Fetchers bounds the chunk loads from the store running at once for
-	// requests (read-ahead gets half as many more); 0 means
-	// 2*GOMAXPROCS, at least 4.
+	// Fetchers is the number of chunk loads from the store that run at
+	// once (the workers that fetch the chunks of a request in parallel
+	// and run read-ahead); 0 means 4*GOMAXPROCS, at least 8.
 	Fetchers int
 }
 
@@ -65,12 +66,22 @@ type Set struct {
 	chunks *lru[chunkstore.ID, []byte]
 	pages  *lru[pageKey, []engram.ChunkRef]
 
-	fetch    chan struct{} // semaphore: request loads from the store
-	prefetch chan struct{} // semaphore: read-ahead loads
-	maxAhead int64         // read-ahead window of one Reader
+	// Loads from the store run on long-lived workers (a goroutine per
+	// chunk would grow a fresh stack for zstd and BLAKE3 every time);
+	// request work goes first, read-ahead fills idle workers.
+	fetch    chan struct{} // semaphore over every load from the store
+	demand   chan job      // chunks of requests
+	ahead    chan job      // read-ahead
+	quit     chan struct{}
+	closed   sync.Once
+	workers  sync.WaitGroup
+	queued   sync.WaitGroup // read-ahead jobs not done yet (tests wait on it)
+	maxAhead int64          // read-ahead window of one Reader
 
 	mu    sync.Mutex
 	disks map[engram.ID]*Disk
+
+	readCached, readWaited, readLoaded atomic.Int64
 }
 
 type pageKey struct {
@@ -85,21 +96,70 @@ func NewSet(store chunkstore.Reader, opts Options) *Set {
 	chunks := total - BlockCacheBytes(opts.CacheSize) - pages
 	n := opts.Fetchers
 	if n <= 0 {
-		n = max(4, 2*runtime.GOMAXPROCS(0))
+		n = max(8, 4*runtime.GOMAXPROCS(0))
 	}
-	return &Set{
-		store:    store,
-		pins:     opts.Pins,
-		chunks:   newLRU[chunkstore.ID, []byte](chunks),
-		pages:    newLRU[pageKey, []engram.ChunkRef](pages),
-		fetch:    make(chan struct{}, n),
-		prefetch: make(chan struct{}, max(1, n/2)),
+	s := &Set{
+		store:  store,
+		pins:   opts.Pins,
+		chunks: newLRU[chunkstore.ID, []byte](chunks),
+		pages:  newLRU[pageKey, []engram.ChunkRef](pages),
+		fetch:  make(chan struct{}, n),
+		demand: make(chan job, 4*n),
+		ahead:  make(chan job, 4*n),
+		quit:   make(chan struct{}),
 		// A window of an eighth of the chunk cache lets several
 		// sequential readers run ahead without evicting each other's
 		// chunks before they are read.
 		maxAhead: min(32<<20, chunks/8),
 		disks:    map[engram.ID]*Disk{},
 	}
+	s.workers.Add(n)
+	for range n {
+		go s.work()
+	}
+	return s
+}
+
+// job is one chunk for a worker to load; done, if not nil, gets the result.
+type job struct {
+	d    *Disk
+	ref  engram.ChunkRef
+	done func([]byte, error)
+}
+
+func (s *Set) work() {
+	defer s.workers.Done()
+	run := func(j job) {
+		b, err := s.chunk(j.d, j.ref)
+		if j.done != nil {
+			j.done(b, err)
+		}
+	}
+	for {
+		select {
+		case j := <-s.demand:
+			run(j)
+			continue
+		default:
+		}
+		select {
+		case j := <-s.demand:
+			run(j)
+		case j := <-s.ahead:
+			run(j)
+			s.queued.Done()
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// Close stops the Set's workers. Close every Reader first: a read still
+// running may never finish.
+func (s *Set) Close() error {
+	s.closed.Do(func() { close(s.quit) })
+	s.workers.Wait()
+	return nil
 }
 
 // Open returns engram id as a Disk. Only the root is read; pages are
@@ -157,6 +217,9 @@ func (s *Set) cached(id engram.ID) *Disk {
 type CacheStats struct {
 	ChunkBytes, ChunkHits, ChunkMisses int64
 	PageBytes, PageHits, PageMisses    int64
+	// Of the chunks reads needed: found cached, found being loaded (by
+	// read-ahead or another read), loaded by the read itself.
+	ReadCached, ReadWaited, ReadLoaded int64
 }
 
 // Stats returns the current cache usage.
@@ -164,14 +227,15 @@ func (s *Set) Stats() CacheStats {
 	var st CacheStats
 	st.ChunkBytes, st.ChunkHits, st.ChunkMisses = s.chunks.usage()
 	st.PageBytes, st.PageHits, st.PageMisses = s.pages.usage()
+	st.ReadCached, st.ReadWaited, st.ReadLoaded = s.readCached.Load(), s.readWaited.Load(), s.readLoaded.Load()
 	return st
 }
 
 // chunk returns the bytes of ref, from the cache or the store.
-func (s *Set) chunk(d *Disk, ref engram.ChunkRef, sem chan struct{}) ([]byte, error) {
+func (s *Set) chunk(d *Disk, ref engram.ChunkRef) ([]byte, error) {
 	b, err := s.chunks.get(ref.ID, func() ([]byte, int64, error) {
-		sem <- struct{}{}
-		defer func() { <-sem }()
+		s.fetch <- struct{}{}
+		defer func() { <-s.fetch }()
 		b, err := s.store.Get(context.Background(), ref.ID)
 		if err != nil {
 			return nil, 0, err

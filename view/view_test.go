@@ -3,6 +3,7 @@ package view
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -40,10 +41,10 @@ func makeImage(t testing.TB, st chunkstore.Store, size int64, seed uint64) *test
 			return
 		}
 		data := img.guest[off : off+n]
-		for i := range data {
-			data[i] = byte(rng.IntN(7)) // compressible, not zero
+		for i := 0; i+8 <= len(data); i += 8 {
+			binary.LittleEndian.PutUint64(data[i:], rng.Uint64()&0x0707070707070707) // compressible
 		}
-		data[0] = 1
+		data[0] = 1 // not zero
 		id := chunkstore.Sum(data)
 		chunks = append(chunks, chunkstore.Chunk{ID: id, Data: bytes.Clone(data)})
 		img.refs = append(img.refs, engram.ChunkRef{Offset: off, Length: uint32(n), ID: id})
@@ -138,7 +139,9 @@ const testSize = 3*engram.PageSpan + 5*4096 + 512
 
 func openTest(t *testing.T, st chunkstore.Store, img *testImage, opts Options) *Disk {
 	t.Helper()
-	d, err := NewSet(st, opts).Open(context.Background(), img.id)
+	set := newSet(t, st, opts)
+	t.Cleanup(func() { set.Close() })
+	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +200,10 @@ func TestReadAtMatchesRestore(t *testing.T) {
 				}
 				if !bytes.Equal(p[:n], img.guest[min(off, testSize):min(off, testSize)+int64(n)]) {
 					t.Fatalf("ReadAt(%d, %#x): content differs", len(p), off)
+				}
+				vec, err := r.ReadSlices(off, len(p))
+				if got := bytes.Join(vec, nil); !bytes.Equal(got, p[:n]) || (n < len(p)) != (err == io.EOF) || (err != nil && err != io.EOF) {
+					t.Fatalf("ReadSlices(%#x, %d): %d bytes, %v; ReadAt gave %d", off, len(p), len(got), err, n)
 				}
 			}
 			if _, err := r.ReadAt(make([]byte, 1), -1); err == nil {
@@ -343,7 +350,7 @@ func TestSeekDataHole(t *testing.T) {
 func TestConcurrentReaders(t *testing.T) {
 	cs := &countingStore{Store: memStore()}
 	img := makeImage(t, cs, testSize, 7)
-	set := NewSet(cs, Options{CacheSize: 1 << 30})
+	set := newSet(t, cs, Options{CacheSize: 1 << 30})
 	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
@@ -394,7 +401,7 @@ func TestConcurrentReaders(t *testing.T) {
 func TestCacheBound(t *testing.T) {
 	cs := &countingStore{Store: memStore()}
 	img := makeImage(t, cs, 5*engram.PageSpan, 8)
-	set := NewSet(cs, Options{CacheSize: MinCacheSize})
+	set := newSet(t, cs, Options{CacheSize: MinCacheSize})
 	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
@@ -411,6 +418,7 @@ func TestCacheBound(t *testing.T) {
 		}
 	}
 	r.Close()
+	set.queued.Wait()
 	if st := set.Stats(); st.ChunkBytes == 0 || st.ChunkMisses == 0 {
 		t.Fatalf("cache unused: %+v", st)
 	}
@@ -421,7 +429,7 @@ func TestCacheBound(t *testing.T) {
 func TestReadAhead(t *testing.T) {
 	cs := &countingStore{Store: memStore()}
 	img := makeImage(t, cs, testSize, 10)
-	set := NewSet(cs, Options{})
+	set := newSet(t, cs, Options{})
 	d, err := set.Open(context.Background(), img.id)
 	if err != nil {
 		t.Fatal(err)
@@ -434,7 +442,8 @@ func TestReadAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r.Close() // waits for the read-ahead under way
+	r.Close()
+	set.queued.Wait() // the read-ahead that was queued has loaded
 	ahead := 0
 	for _, ref := range img.refs {
 		if ref.Offset >= upto && set.chunks.has(ref.ID) {
@@ -445,7 +454,7 @@ func TestReadAhead(t *testing.T) {
 		t.Fatal("sequential reads did not read ahead")
 	}
 
-	set2 := NewSet(cs, Options{})
+	set2 := newSet(t, cs, Options{})
 	d2, _ := set2.Open(context.Background(), img.id)
 	r2 := d2.NewReader()
 	rng := rand.New(rand.NewPCG(11, 11))
@@ -462,6 +471,7 @@ func TestReadAhead(t *testing.T) {
 		}
 	}
 	r2.Close()
+	set2.queued.Wait()
 	for _, ref := range img.refs {
 		if set2.chunks.has(ref.ID) && !read[ref.ID] {
 			t.Fatalf("random reads loaded chunk at %#x they did not touch", ref.Offset)
@@ -510,5 +520,55 @@ func TestMissingChunk(t *testing.T) {
 	_, err := r.ReadAt(make([]byte, 4096), victim.Offset)
 	if !errors.Is(err, chunkstore.ErrNotFound) || !bytes.Contains([]byte(err.Error()), []byte(img.id.Short())) {
 		t.Fatalf("read of a lost chunk: %v", err)
+	}
+}
+
+// newSet is NewSet with Close in the test's cleanup.
+func newSet(t testing.TB, st chunkstore.Reader, opts Options) *Set {
+	s := NewSet(st, opts)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestChunkLengthMismatch: a manifest that gives a chunk a length other
+// than its content's is an error on every read of it, never a panic,
+// whether the chunk is cached yet or not.
+func TestChunkLengthMismatch(t *testing.T) {
+	ctx := context.Background()
+	st := memStore()
+	data := bytes.Repeat([]byte{9}, 8192)
+	id := chunkstore.Sum(data)
+	if _, err := st.Put(ctx, id, data); err != nil {
+		t.Fatal(err)
+	}
+	var pages []chunkstore.Chunk
+	b := engram.NewBuilder(1<<20, func(c chunkstore.Chunk) error { pages = append(pages, c); return nil })
+	for _, r := range []engram.ChunkRef{{Offset: 0, Length: 8192, ID: id}, {Offset: 64 << 10, Length: 16384, ID: id}} {
+		if err := b.Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, enc, eid, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutMany(ctx, pages); err != nil {
+		t.Fatal(err)
+	}
+	if err := engram.Commit(ctx, st, eid, enc, &engram.Record{Source: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := newSet(t, st, Options{}).Open(ctx, eid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.NewReader()
+	if _, err := r.ReadAt(make([]byte, 8192), 0); err != nil {
+		t.Fatal(err) // the consistent ref; now the chunk is cached
+	}
+	for range 2 {
+		if _, err := r.ReadAt(make([]byte, 128<<10), 0); !errors.Is(err, engram.ErrBadManifest) {
+			t.Fatalf("read over a ref of the wrong length: %v", err)
+		}
 	}
 }

@@ -873,6 +873,20 @@ func (b *bench) runAll(rep *Report) error {
 			},
 			size: sizeOf("out.qcow2"), check: compareOut("out.qcow2")},
 	}
+	// Sequential read of the same clone through engram mount, against
+	// streaming it out with restore (both read every guest byte).
+	if _, err := os.Stat("/dev/fuse"); err == nil {
+		mountDD := fmt.Sprintf(`m=$PWD/mnt; mkdir -p "$m"; %q --store %q -q mount "$m" & p=$!
+for i in $(seq 2000); do [ -e "$m/by-id/%s.raw" ] && break; sleep 0.01; done
+dd if="$m/by-id/%s.raw" of=/dev/null bs=1M status=none; s=$?; kill -INT $p; wait $p; exit $s`, b.cfg.engram, engramStore, id, id)
+		restores = append(restores,
+			tcase{test: seqReadName, tool: "engram",
+				cmds: func(d string) [][]string {
+					return [][]string{{"sh", "-c", fmt.Sprintf("%q --store %q -q restore %s -O raw -o - >/dev/null", b.cfg.engram, engramStore, id)}}
+				}},
+			tcase{test: seqReadName, tool: mountTool,
+				cmds: func(d string) [][]string { return [][]string{{"sh", "-c", mountDD}} }})
+	}
 	for _, tc := range restores {
 		if _, err := b.runCase(tc); err != nil {
 			return err
@@ -906,6 +920,13 @@ func (b *bench) ratios() {
 		r.WallS, r.CPUS, r.PeakRSSMiB = round(r.WallS, 3), round(r.CPUS, 2), round(r.PeakRSSMiB, 1)
 	}
 }
+
+// The sequential-read rows: restore streamed to /dev/null is the
+// reference ("engram"); the mount row reads the clone's file with dd.
+const (
+	seqReadName = "sequential read of one clone"
+	mountTool   = "engram mount + dd bs=1M"
+)
 
 func (b *bench) targets(rep *Report) {
 	N := b.cfg.clones
@@ -952,9 +973,16 @@ func (b *bench) targets(rep *Report) {
 	ri.Extra["fraction_of_blake3_2core"] = round(frac, 3)
 	add("re-ingest: at least 60% of 2-core BLAKE3 throughput", frac >= 0.6,
 		"%.0f MB/s = %.0f%% of %.0f MB/s", ri.Extra["mbps"], frac*100, ceiling)
+	if m := b.row(seqReadName, mountTool); m != nil {
+		e := b.row(seqReadName, "engram")
+		add(seqReadName+": engram mount (dd bs=1M) at least 0.9x the throughput of engram restore -o -", m.WallS*0.9 <= e.WallS,
+			"%.2fx (mount %.2fs, restore %.2fs)", e.WallS/m.WallS, m.WallS, e.WallS)
+		add(seqReadName+": engram mount CPU no higher than restore -o -", m.CPUS <= e.CPUS,
+			"mount %.2fs, restore %.2fs of CPU", m.CPUS, e.CPUS)
+	}
 	var worst *Row
 	for _, r := range b.rows {
-		if r.Tool == "engram" && r.Test != rs && (worst == nil || r.PeakRSSMiB > worst.PeakRSSMiB) {
+		if r.Tool == "engram" && r.Test != rs && r.Test != seqReadName && (worst == nil || r.PeakRSSMiB > worst.PeakRSSMiB) {
 			worst = r
 		}
 	}

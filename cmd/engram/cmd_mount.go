@@ -43,7 +43,7 @@ var mountCommand = &cli.Command{
 		defer v.close()
 		srv, err := fuse.Mount(dir, v.store, v.set, fuse.Options{
 			AllowOther: c.Bool("allow-other"),
-			FsName:     "engram:" + v.dir,
+			FsName:     "engram:" + v.loc,
 			Errorf: func(format string, args ...any) {
 				fmt.Fprintf(c.App.ErrWriter, "engram: %s\n", oneLine(fmt.Sprintf(format, args...)))
 			},
@@ -52,7 +52,7 @@ var mountCommand = &cli.Command{
 			return err
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.ErrWriter, "engram: mounted %s at %s (by-id/, by-name/); Ctrl-C unmounts\n", oneLine(v.dir), oneLine(dir))
+			fmt.Fprintf(c.App.ErrWriter, "engram: mounted %s at %s (by-id/, by-name/); Ctrl-C unmounts\n", oneLine(v.loc), oneLine(dir))
 		}
 		for {
 			select {
@@ -77,12 +77,8 @@ var mountCommand = &cli.Command{
 }
 
 // oneLine keeps a message to one printable line: control bytes (a name
-// or path can carry them) become '?'.
+// or path can carry them) are escaped as \xNN, line breaks become "; ".
+// Every error run prints goes through it.
 func oneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '?'
-		}
-		return r
-	}, s)
+	return escapeControl(strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "; ")) // errors.Join's lines
 }

@@ -82,7 +82,7 @@ func serveExports(c *cli.Context, v *openedView) ([]nbd.Export, error) {
 			return nil, err
 		}
 		if len(entries) == 0 {
-			return nil, fmt.Errorf("%w: the store %s has no engrams to serve", engram.ErrNotFound, oneLine(v.dir))
+			return nil, fmt.Errorf("%w: the store %s has no engrams to serve", engram.ErrNotFound, oneLine(v.loc))
 		}
 	} else {
 		ids, err := resolveAll(ctx, v.store, c.Args().Slice())

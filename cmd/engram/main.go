@@ -39,9 +39,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	code := exitCode(ctx, err)
-	// One line: errors.Join separates its parts with newlines.
-	msg := strings.ReplaceAll(errorText(ctx, err), "\n", "; ")
-	fmt.Fprintf(stderr, "engram: %s\n", escapeControl(msg))
+	fmt.Fprintf(stderr, "engram: %s\n", oneLine(errorText(ctx, err)))
 	return code
 }
 

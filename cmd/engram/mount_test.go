@@ -86,7 +86,12 @@ func (m *mounted) alive() bool {
 // printed after "mounted".
 func (m *mounted) stop(t *testing.T) (int, string) {
 	t.Helper()
-	if err := m.cmd.Process.Signal(os.Interrupt); err != nil {
+	return m.stopWith(t, os.Interrupt)
+}
+
+func (m *mounted) stopWith(t *testing.T, sig os.Signal) (int, string) {
+	t.Helper()
+	if err := m.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	var lines []string
@@ -162,6 +167,13 @@ func TestMountCLI(t *testing.T) {
 	}
 	if p := pinFiles(t, store); len(p) != 1 {
 		t.Fatalf("pin files while mounted: %v", p)
+	}
+	// An ingest in another process while mounted: it appears on re-list.
+	late, _ := qcowWith("8M", nil, "write -P 0x5e 0 1M")(t, t.TempDir())
+	ok(t, store, "ingest", "--name", "late", late)
+	qemutest.Compare(t, late, filepath.Join(mnt, "by-name", "late.raw"), "-F", "raw")
+	if ents, err := os.ReadDir(filepath.Join(mnt, "by-name")); err != nil || len(ents) != len(imgs)+1 {
+		t.Fatalf("by-name after a late ingest: %v %v", ents, err)
 	}
 
 	// rm + gc while an engram is open and half read.
@@ -247,8 +259,8 @@ func TestMountKilled(t *testing.T) {
 		t.Fatalf("pin of a killed server left after gc: %v", p)
 	}
 	m2 := startMount(t, store, mnt)
-	if code, out := m2.stop(t); code != 0 {
-		t.Fatalf("second mount exited %d: %s", code, out)
+	if code, out := m2.stopWith(t, syscall.SIGTERM); code != 0 || isMountPoint(t, mnt) {
+		t.Fatalf("second mount, SIGTERM: exit %d, %s, still mounted %v", code, out, isMountPoint(t, mnt))
 	}
 }
 
@@ -288,4 +300,50 @@ func TestInitBlockSize(t *testing.T) {
 	}
 	fails(t, filepath.Join(dir, "s2"), 2, []string{"init", "--block-size", "0"}, "--block-size")
 	fails(t, filepath.Join(dir, "s3"), 2, []string{"init", "--block-size", "64M"}, "--block-size")
+}
+
+// TestMountBusy: SIGINT while a file is open in the mount says so and
+// keeps serving; once it is closed, the next SIGINT unmounts.
+func TestMountBusy(t *testing.T) {
+	qemutest.Require(t)
+	qemutest.RequireFUSE(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := qcowWith("16M", nil, "write -P 0x11 0 1M")(t, dir)
+	ok(t, store, "ingest", "--name", "b", src)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := startMount(t, store, mnt)
+	f, err := os.Open(filepath.Join(mnt, "by-name", "b.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	line, open := <-m.stderr
+	if !open || !strings.Contains(line, "busy") {
+		t.Fatalf("SIGINT with a file open: %q", line)
+	}
+	b := make([]byte, 4096)
+	if _, err := f.ReadAt(b, 0); err != nil || b[0] != 0x11 {
+		t.Fatalf("read after a refused unmount: %v", err)
+	}
+	f.Close()
+	if code, out := m.stop(t); code != 0 || isMountPoint(t, mnt) {
+		t.Fatalf("second SIGINT: exit %d, %s, still mounted %v", code, out, isMountPoint(t, mnt))
+	}
+}
+
+// TestErrorsOneLine: a path with control bytes in it comes out of an
+// error message as '?', on one line.
+func TestErrorsOneLine(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "a\nb\x1b[31mc")
+	r := runEngram(t, filepath.Join(dir, "store"), "restore", "x", "-o", "-", "--store", bad)
+	if r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || strings.ContainsAny(r.stderr[:len(r.stderr)-1], "\x1b\n") {
+		t.Fatalf("error with control bytes: %q", r.stderr)
+	}
 }

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"runtime/debug"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -24,7 +28,8 @@ const viewOverhead = 40 << 20
 
 // openedView is a store opened for in-place reading, with its pins.
 type openedView struct {
-	dir   string
+	loc   string // the store as given
+	dir   string // where the pin files live
 	store storeurl.Store
 	pins  *view.Pins
 	set   *view.Set
@@ -55,17 +60,26 @@ func openView(c *cli.Context, what string) (*openedView, error) {
 	}
 	dir := pinDir(st)
 	pins, err := view.NewPins(dir, "engram "+what)
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		// Whoever may not write the store cannot pin; whoever may can
+		// also gc, so say what that means and serve anyway.
+		fmt.Fprintf(c.App.ErrWriter, "engram: warning: %s; an engram removed while in use here may lose its chunks to gc\n", oneLine(err.Error()))
+		pins, err = nil, nil
+	}
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	return &openedView{
-		dir: dir, store: st, pins: pins,
+		loc: loc, dir: dir, store: st, pins: pins,
 		set: view.NewSet(st, view.Options{CacheSize: size, Pins: pins}),
 	}, nil
 }
 
 func (v *openedView) close() {
-	v.pins.Close()
+	v.set.Close()
+	if v.pins != nil {
+		v.pins.Close()
+	}
 	v.store.Close()
 }
