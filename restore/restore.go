@@ -133,7 +133,10 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		finish = w.Close // fsyncs and closes f
 	}
 	if out != nil {
-		if err := stream(ctx, r, root, out, opts); err != nil {
+		wb := newWriteback(out, f)
+		err := stream(ctx, r, root, wb, opts)
+		wb.stop()
+		if err != nil {
 			return err
 		}
 	}
