@@ -52,7 +52,7 @@ func main() {
 	flag.StringVar(&c.root, "root", ".", "repository root")
 	flag.StringVar(&c.engram, "engram", "bin/engram", "engram binary")
 	flag.StringVar(&c.engramRev, "engram-rev", "", "what -engram was built from, for the report (default: git describe of the work tree)")
-	flag.StringVar(&c.compression, "compression", "default", "engram store compression (init --compression)")
+	flag.StringVar(&c.compression, "compression", "", "engram store compression (init --compression; default: the store default)")
 	flag.BoolVar(&c.keepScratch, "keep", false, "keep the scratch stores in bench/out/scratch")
 	flag.Parse()
 	if c.mode != "full" && c.mode != "quick" {
@@ -544,7 +544,11 @@ func (b *bench) engramHas(cmd, flag string) bool {
 // The tools, each as setup/commands on a scratch dir.
 
 func (b *bench) engramInit(dir string) error {
-	_, err := b.exec(dir, []string{b.cfg.engram, "--store", filepath.Join(dir, "store"), "-q", "init", "--compression", b.cfg.compression})
+	args := []string{b.cfg.engram, "--store", filepath.Join(dir, "store"), "-q", "init"}
+	if b.cfg.compression != "" {
+		args = append(args, "--compression", b.cfg.compression)
+	}
+	_, err := b.exec(dir, args)
 	return err
 }
 

@@ -13,7 +13,8 @@ var initCommand = &cli.Command{
 	Usage:     "create a store (ingest creates one with defaults when needed)",
 	ArgsUsage: " ",
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "compression", Value: "default", Usage: "zstd level: fastest, default or better"},
+		&cli.StringFlag{Name: "compression", Value: chunkstore.DefaultCompression, Usage: "zstd level: fastest, default, better or best"},
+		&cli.StringFlag{Name: "block-size", Value: "1M", Usage: "raw size of the compressed blocks of consecutive new chunks: 1M..8M (bigger: a smaller store, slower cold random reads)"},
 		&cli.StringFlag{Name: "chunking", Value: "64k", Usage: "average chunk size: 32k, 64k or 128k (aligned content-defined, 4 KiB blocks)"},
 	},
 	Action: func(c *cli.Context) error {
@@ -35,18 +36,31 @@ var initCommand = &cli.Command{
 			return usagef("--chunking %q: want 32k, 64k or 128k", c.String("chunking"))
 		}
 		switch c.String("compression") {
-		case "fastest", "default", "better":
+		case "fastest", "default", "better", "best":
 		default:
-			return usagef("--compression %q: want fastest, default or better", c.String("compression"))
+			return usagef("--compression %q: want fastest, default, better or best", c.String("compression"))
 		}
-		if err := chunkstore.Init(dir, chunkstore.InitOptions{Compression: c.String("compression"), Chunking: cp}); err != nil {
+		var bs int
+		switch c.String("block-size") {
+		case "1M":
+			bs = 1 << 20
+		case "2M":
+			bs = 2 << 20
+		case "4M":
+			bs = 4 << 20
+		case "8M":
+			bs = 8 << 20
+		default:
+			return usagef("--block-size %q: want 1M, 2M, 4M or 8M", c.String("block-size"))
+		}
+		if err := chunkstore.Init(dir, chunkstore.InitOptions{Compression: c.String("compression"), Chunking: cp, BlockSize: bs}); err != nil {
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {
-			return printJSON(c.App.Writer, map[string]any{"store": dir, "compression": c.String("compression"), "chunking": cp})
+			return printJSON(c.App.Writer, map[string]any{"store": dir, "compression": c.String("compression"), "block_size": bs, "chunking": cp})
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.Writer, "created store %s (compression %s, chunks avg %d KiB)\n", dir, c.String("compression"), cp.Avg>>10)
+			fmt.Fprintf(c.App.Writer, "created store %s (compression %s, blocks %d MiB, chunks avg %d KiB)\n", dir, c.String("compression"), bs>>20, cp.Avg>>10)
 		}
 		return nil
 	},
