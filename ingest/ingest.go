@@ -47,6 +47,8 @@ const (
 	batchChunks = 128     // chunks per store batch
 	batchBytes  = 4 << 20 // raw bytes per store batch
 	inFlight    = 256     // chunks between the producer and the collector
+	// pageBatchBytes is about one compressed block of manifest pages.
+	pageBatchBytes = 1 << 20
 )
 
 // Result is what Run produced: the manifest and what it cost.
@@ -296,8 +298,30 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 			}
 			return nil
 		}
-		// Pages are small and not from the pool; PutBuf ignores them.
-		b := engram.NewBuilder(size, add)
+		// Pages are small and not from the pool; PutBuf ignores them. They
+		// are stored in batches of their own, so they share blocks with
+		// each other and not with data: reading a manifest back (an
+		// overlay's parent, restore, diff) then inflates a few small
+		// blocks instead of a 1 MiB data block per page.
+		var pages []chunkstore.Chunk
+		var pageBytes int
+		flushPages := func() error {
+			if len(pages) == 0 {
+				return nil
+			}
+			if err := send(ctx, batches, pages); err != nil {
+				return err
+			}
+			pages, pageBytes = nil, 0
+			return nil
+		}
+		b := engram.NewBuilder(size, func(c chunkstore.Chunk) error {
+			pages = append(pages, c)
+			if pageBytes += len(c.Data); pageBytes >= pageBatchBytes {
+				return flushPages()
+			}
+			return nil
+		})
 		pending := map[int64]chunkJob{}
 		var next int64
 		for c := range hashed {
@@ -334,6 +358,9 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 		res.ID, res.Root, res.Enc = id, root, enc
 		res.Stats.Chunks = b.Chunks()
 		res.Stats.StoredBytes = b.DataBytes()
+		if err := flushPages(); err != nil {
+			return err
+		}
 		return flush()
 	})
 
