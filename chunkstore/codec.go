@@ -31,8 +31,10 @@ func compressionLevel(name string) (zstd.EncoderLevel, error) {
 		return zstd.SpeedDefault, nil
 	case "better":
 		return zstd.SpeedBetterCompression, nil
+	case "best":
+		return zstd.SpeedBestCompression, nil
 	}
-	return 0, fmt.Errorf("unknown compression %q: want fastest, default or better", name)
+	return 0, fmt.Errorf("unknown compression %q: want fastest, default, better or best", name)
 }
 
 func getCodec(name string) (*codec, error) {

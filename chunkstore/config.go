@@ -27,6 +27,11 @@ const (
 	DefaultBlockSize = 1 << 20
 	// DefaultPackSize is the size at which a pack file is closed.
 	DefaultPackSize = 64 << 20
+	// DefaultCompression is the zstd level of a store made without one:
+	// chosen by measurement on the bench fleet (docs/DESIGN.md,
+	// "Compression"). Stores record their level, so changing it never
+	// touches existing stores.
+	DefaultCompression = "fastest"
 )
 
 // File and directory names inside a store.
@@ -39,7 +44,8 @@ const (
 
 // InitOptions are the parameters fixed when a store is created.
 type InitOptions struct {
-	// Compression is "fastest", "default" or "better" ("" = "default").
+	// Compression is "fastest", "default", "better" or "best" (""
+	// = DefaultCompression).
 	Compression string
 	// Chunking is recorded for ingest; the zero value means DefaultChunkParams.
 	Chunking ChunkParams
@@ -66,7 +72,7 @@ func (o InitOptions) config() (config, error) {
 	c := config{Format: configFormat, Version: configVersion, Created: time.Now().UTC().Truncate(time.Second),
 		Params: Params{Compression: o.Compression, Chunking: o.Chunking}, BlockSize: o.BlockSize, PackSize: o.PackSize}
 	if c.Params.Compression == "" {
-		c.Params.Compression = "default"
+		c.Params.Compression = DefaultCompression
 	}
 	if c.Params.Chunking == (ChunkParams{}) {
 		c.Params.Chunking = DefaultChunkParams

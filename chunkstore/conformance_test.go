@@ -100,6 +100,37 @@ func runConformance(t *testing.T, newStore func(t *testing.T) testable) {
 			t.Fatalf("Stats = %+v, raw %d", st, raw)
 		}
 	})
+	t.Run("GetMany", func(t *testing.T) {
+		s := newStore(t)
+		cs := mkChunks(1, 40, 20000)
+		cs = append(cs, mkChunk(77, 3000), Chunk{ID: Sum(nil)})
+		if _, err := s.PutMany(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+		// Out of order and repeated: every chunk comes from its own place.
+		order := []int{5, 3, 41, 0, 39, 5, 40, 17}
+		ids := make([]ID, len(order))
+		bufs := make([][]byte, len(order))
+		for i, k := range order {
+			ids[i], bufs[i] = cs[k].ID, make([]byte, len(cs[k].Data))
+		}
+		if err := GetMany(ctx, s, ids, bufs); err != nil {
+			t.Fatal(err)
+		}
+		for i, k := range order {
+			if !bytes.Equal(bufs[i], cs[k].Data) {
+				t.Fatalf("GetMany chunk %d (%d) differs", i, k)
+			}
+		}
+		var le *LengthError
+		if err := GetMany(ctx, s, []ID{cs[2].ID}, [][]byte{make([]byte, 10)}); !errors.As(err, &le) || le.ID != cs[2].ID || le.Len != len(cs[2].Data) {
+			t.Fatalf("GetMany with a short buffer = %v", err)
+		}
+		missing := mkChunk(999, 100)
+		if err := GetMany(ctx, s, []ID{cs[2].ID, missing.ID}, [][]byte{make([]byte, len(cs[2].Data)), make([]byte, 100)}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("GetMany of a missing chunk = %v", err)
+		}
+	})
 	t.Run("EdgeChunks", func(t *testing.T) {
 		s := newStore(t)
 		empty := Chunk{ID: Sum(nil), Data: nil}

@@ -360,13 +360,13 @@ func (s *FileStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if !ok {
 		return nil, &NotFoundError{ID: id}
 	}
-	data, err := s.readChunk(id, e)
+	data, err := s.readChunk(id, e, nil)
 	if err != nil {
 		// GC in this or another process may have moved the chunk between
 		// the lookup and the read: look again before calling it corrupt.
 		e2, ok, lerr := s.lookup(ctx, id)
 		if lerr == nil && ok && e2 != e {
-			return s.readChunk(id, e2)
+			return s.readChunk(id, e2, nil)
 		}
 		if lerr == nil && !ok {
 			return nil, &NotFoundError{ID: id}
@@ -384,17 +384,21 @@ type frameError struct {
 
 func (e *frameError) Error() string { return e.reason + ": " + e.err.Error() }
 
-// readChunk reads, checks and returns the chunk e locates.
-func (s *FileStore) readChunk(id ID, e entry) ([]byte, error) {
+// readChunk reads, checks and returns the chunk e locates: in dst when it
+// is not nil (it must have the chunk's length), else in a new buffer.
+func (s *FileStore) readChunk(id ID, e entry, dst []byte) ([]byte, error) {
 	corrupt := func(reason string, err error) error {
 		return &CorruptChunkError{ID: id, Pack: s.packs.path(e.Pack), Offset: e.FrameOff, Reason: reason, Err: err}
+	}
+	if dst != nil && len(dst) != int(e.RawLen) {
+		return nil, &LengthError{ID: id, Len: int(e.RawLen), Want: len(dst)}
 	}
 	key := blockKey{e.Pack, e.FrameOff}
 	var block []byte
 	var list []frameChunk
 	if cb := s.cache.get(key); cb != nil {
 		block, list = cb.block, cb.chunks
-	} else if data, ok, err := s.readRawChunk(id, e); ok || err != nil {
+	} else if data, ok, err := s.readRawChunk(id, e, dst); ok || err != nil {
 		if err != nil {
 			return nil, corrupt("reading frame", err)
 		}
@@ -437,8 +441,11 @@ func (s *FileStore) readChunk(id ID, e entry) ([]byte, error) {
 	if c.Len != e.RawLen {
 		return nil, corrupt(fmt.Sprintf("frame says %d bytes, index says %d", c.Len, e.RawLen), nil)
 	}
-	data := bytes.Clone(block[c.Off : c.Off+c.Len])
-	if data == nil {
+	// The block is shared through the cache: the caller gets a copy.
+	var data []byte
+	if dst != nil {
+		data = dst[:copy(dst, block[c.Off:c.Off+c.Len])]
+	} else if data = bytes.Clone(block[c.Off : c.Off+c.Len]); data == nil {
 		data = []byte{}
 	}
 	if got := Sum(data); got != id {
@@ -452,7 +459,7 @@ func (s *FileStore) readChunk(id ID, e entry) ([]byte, error) {
 // data then costs one chunk's I/O, not a block's. The frame checksum is
 // skipped; the chunk list is checked against the index and the caller
 // checks BLAKE3. ok is false when the frame is not such a frame.
-func (s *FileStore) readRawChunk(id ID, e entry) (data []byte, ok bool, err error) {
+func (s *FileStore) readRawChunk(id ID, e entry, dst []byte) (data []byte, ok bool, err error) {
 	var fh [frameFixed]byte
 	if e.FrameLen < frameFixed {
 		return nil, false, nil
@@ -474,7 +481,9 @@ func (s *FileStore) readRawChunk(id ID, e entry) (data []byte, ok bool, err erro
 			if l := binary.LittleEndian.Uint32(x[36:]); l != e.RawLen || uint64(e.BlockOff)+uint64(l) > uint64(h.RawLen) {
 				return nil, true, fmt.Errorf("frame says %d bytes at block offset %d, index says %d", l, e.BlockOff, e.RawLen)
 			}
-			data = make([]byte, e.RawLen)
+			if data = dst; data == nil {
+				data = make([]byte, e.RawLen)
+			}
 			payload := e.FrameOff + frameFixed + int64(len(list))
 			return data, true, s.packs.readAt(e.Pack, data, payload+int64(e.BlockOff))
 		}

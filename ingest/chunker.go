@@ -82,16 +82,27 @@ func (c *Chunker) PutBuf(b []byte) {
 // an all-zero block does. Emitted buffers come from the chunker's pool and
 // belong to the receiver (hand them back with PutBuf).
 type Splitter struct {
-	c     *Chunker
-	emit  func(off int64, data []byte) error
-	buf   []byte
-	start int64
-	next  int64
+	c      *Chunker
+	emit   func(off int64, data []byte) error
+	borrow func(off int64, data []byte, borrowed bool) error
+	buf    []byte
+	start  int64
+	next   int64
 }
 
 // NewSplitter returns a Splitter that calls emit for every chunk.
 func (c *Chunker) NewSplitter(emit func(off int64, data []byte) error) *Splitter {
 	return &Splitter{c: c, emit: emit, next: -1}
+}
+
+// NewBorrowingSplitter is NewSplitter without the copy of a chunk that
+// lies entirely inside one Write: emit gets it as a sub-slice of that
+// Write's data (borrowed true), which the receiver must keep alive for as
+// long as it uses the chunk; a chunk carried across Writes is copied into
+// a pooled buffer as usual (borrowed false). Ingest hashes most chunks
+// straight from its read buffers this way.
+func (c *Chunker) NewBorrowingSplitter(emit func(off int64, data []byte, borrowed bool) error) *Splitter {
+	return &Splitter{c: c, borrow: emit, next: -1}
 }
 
 // Write adds guest bytes at off; off must be a multiple of Align and at or
@@ -166,12 +177,18 @@ func (s *Splitter) cut(tail []byte) error {
 	}
 	var b []byte
 	if s.buf == nil {
+		if s.borrow != nil {
+			return s.borrow(s.start, tail, true)
+		}
 		b = s.c.sizedCopy(tail)
 	} else {
 		b = s.c.sizedCopy(append(s.buf, tail...))
 		work := s.buf[:0]
 		s.c.work.Put(&work)
 		s.buf = nil
+	}
+	if s.borrow != nil {
+		return s.borrow(s.start, b, false)
 	}
 	return s.emit(s.start, b)
 }

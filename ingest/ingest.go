@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -47,6 +48,10 @@ const (
 	batchChunks = 128     // chunks per store batch
 	batchBytes  = 4 << 20 // raw bytes per store batch
 	inFlight    = 256     // chunks between the producer and the collector
+	// batchOwners is how many read buffers one batch may borrow from.
+	batchOwners = 3
+	// pageBatchBytes is about one compressed block of manifest pages.
+	pageBatchBytes = 1 << 20
 )
 
 // Result is what Run produced: the manifest and what it cost.
@@ -66,9 +71,38 @@ type chunkJob struct {
 	seq   int64
 	off   int64
 	data  []byte
+	owner *readBuf // data is borrowed from this read buffer; nil: data is the chunker's
 	id    chunkstore.ID
 	n     uint32
 	reuse bool
+}
+
+// readBuf is a read buffer that chunks borrow from (see
+// NewBorrowingSplitter): it goes back to its pool, and its read token is
+// returned, when the last chunk that borrowed from it is done.
+type readBuf struct {
+	b    *[]byte
+	refs atomic.Int32
+	done func(*[]byte)
+	full bool // a whole readSize read: worth lending out
+}
+
+func (r *readBuf) hold() { r.refs.Add(1) }
+
+func (r *readBuf) release() {
+	if r.refs.Add(-1) == 0 {
+		r.done(r.b)
+	}
+}
+
+// releaseData hands a chunk's bytes back: to its read buffer if borrowed,
+// else to the chunker's pool.
+func releaseData(ch *Chunker, data []byte, owner *readBuf) {
+	if owner != nil {
+		owner.release()
+		return
+	}
+	ch.PutBuf(data)
 }
 
 // producer emits the manifest's chunks in guest order and returns how many
@@ -118,8 +152,16 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 	g, ctx := errgroup.WithContext(ctx)
 	jobs := make(chan readJob, n)
 	results := make(chan readResult, n)
-	tokens := make(chan struct{}, 2*n+2) // bounds read buffers in flight
+	// tokens bound the read buffers alive, including those chunks still
+	// borrow from. A store batch is closed once it borrows from
+	// batchOwners buffers, so the one the collector is filling never pins
+	// all of them and it always gets the chunks that complete it.
+	tokens := make(chan struct{}, 2*n+batchOwners+2)
 	pool := sync.Pool{New: func() any { b := make([]byte, readSize); return &b }}
+	recycle := func(b *[]byte) {
+		pool.Put(b)
+		<-tokens
+	}
 
 	g.Go(func() error {
 		defer close(jobs)
@@ -161,8 +203,25 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 
 	var read int64
 	g.Go(func() error {
-		sp := ch.NewSplitter(func(off int64, data []byte) error {
-			return emit(chunkJob{off: off, data: data, n: uint32(len(data))})
+		var cur *readBuf
+		sp := ch.NewBorrowingSplitter(func(off int64, data []byte, borrowed bool) error {
+			j := chunkJob{off: off, data: data, n: uint32(len(data))}
+			if borrowed && cur.full {
+				cur.hold()
+				j.owner = cur
+			}
+			if borrowed && !cur.full {
+				// A small read (a short extent) would pin a whole
+				// buffer for one chunk: copy, as before.
+				j.data = ch.sizedCopy(data)
+			}
+			if err := emit(j); err != nil {
+				if j.owner != nil {
+					cur.release()
+				}
+				return err
+			}
+			return nil
 		})
 		pending := map[int64]readResult{}
 		var next int64
@@ -175,9 +234,10 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 				}
 				delete(pending, next)
 				next++
+				cur = &readBuf{b: r.buf, done: recycle, full: r.job.n == readSize}
+				cur.hold() // the splitter's, while it cuts this buffer
 				err := sp.Write(r.job.off, (*r.buf)[:r.job.n])
-				pool.Put(r.buf)
-				<-tokens
+				cur.release()
 				if err != nil {
 					return err
 				}
@@ -219,7 +279,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	chunks := make(chan chunkJob, 2*n)
 	hashed := make(chan chunkJob, 2*n)
 	tokens := make(chan struct{}, inFlight) // bounds chunks in flight
-	batches := make(chan []chunkstore.Chunk, n)
+	batches := make(chan batch, n)
 
 	var read int64
 	g.Go(func() error {
@@ -260,9 +320,9 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	for range n {
 		g.Go(func() error {
 			for b := range batches {
-				added, nb, err := storeBatch(ctx, st, b)
-				for _, c := range b {
-					ch.PutBuf(c.Data)
+				added, nb, err := storeBatch(ctx, st, b.chunks)
+				for i, c := range b.chunks {
+					releaseData(ch, c.Data, b.owners[i])
 				}
 				if err != nil {
 					return err
@@ -279,28 +339,57 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	var res Result
 	g.Go(func() error {
 		defer close(batches)
-		var batch []chunkstore.Chunk
-		var bytesInBatch int
+		var cur batch
+		var bytesInBatch, owners int
+		var lastOwner *readBuf
 		flush := func() error {
-			if len(batch) == 0 {
+			if len(cur.chunks) == 0 {
 				return nil
 			}
-			if err := send(ctx, batches, batch); err != nil {
+			if err := send(ctx, batches, cur); err != nil {
 				return err
 			}
-			batch, bytesInBatch = nil, 0
+			cur, bytesInBatch, owners, lastOwner = batch{}, 0, 0, nil
 			return nil
 		}
-		add := func(c chunkstore.Chunk) error {
-			batch = append(batch, c)
+		add := func(c chunkstore.Chunk, owner *readBuf) error {
+			cur.chunks = append(cur.chunks, c)
+			cur.owners = append(cur.owners, owner)
 			bytesInBatch += len(c.Data)
-			if len(batch) >= batchChunks || bytesInBatch >= batchBytes {
+			if owner != nil && owner != lastOwner {
+				owners++ // chunks come in guest order: a new owner is a new buffer
+				lastOwner = owner
+			}
+			if len(cur.chunks) >= batchChunks || bytesInBatch >= batchBytes || owners >= batchOwners {
 				return flush()
 			}
 			return nil
 		}
-		// Pages are small and not from the pool; PutBuf ignores them.
-		b := engram.NewBuilder(size, add)
+		// Pages are small and not from the pool; PutBuf ignores them. They
+		// are stored in batches of their own, so they share blocks with
+		// each other and not with data: reading a manifest back (an
+		// overlay's parent, restore, diff) then inflates a few small
+		// blocks instead of a 1 MiB data block per page.
+		var pages batch
+		var pageBytes int
+		flushPages := func() error {
+			if len(pages.chunks) == 0 {
+				return nil
+			}
+			if err := send(ctx, batches, pages); err != nil {
+				return err
+			}
+			pages, pageBytes = batch{}, 0
+			return nil
+		}
+		b := engram.NewBuilder(size, func(c chunkstore.Chunk) error {
+			pages.chunks = append(pages.chunks, c)
+			pages.owners = append(pages.owners, nil)
+			if pageBytes += len(c.Data); pageBytes >= pageBatchBytes {
+				return flushPages()
+			}
+			return nil
+		})
 		sk := engram.NewSketchBuilder()
 		pending := map[int64]chunkJob{}
 		var next int64
@@ -322,9 +411,9 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				switch {
 				case c.reuse:
 				case opts.HashOnly:
-					ch.PutBuf(c.data)
+					releaseData(ch, c.data, c.owner)
 				default:
-					if err := add(chunkstore.Chunk{ID: c.id, Data: c.data}); err != nil {
+					if err := add(chunkstore.Chunk{ID: c.id, Data: c.data}, c.owner); err != nil {
 						return err
 					}
 				}
@@ -341,6 +430,9 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 		res.Sketch = sk.Encode()
 		res.Stats.Chunks = b.Chunks()
 		res.Stats.StoredBytes = b.DataBytes()
+		if err := flushPages(); err != nil {
+			return err
+		}
 		return flush()
 	})
 
@@ -352,6 +444,13 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	res.Stats.NewBytes = newBytes
 	res.Stats.Duration = time.Since(start)
 	return &res, nil
+}
+
+// batch is chunks to store together, with the read buffer each one's
+// bytes are borrowed from (nil: its own buffer).
+type batch struct {
+	chunks []chunkstore.Chunk
+	owners []*readBuf
 }
 
 // storeBatch stores the chunks of b the store does not hold yet and

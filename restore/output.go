@@ -69,3 +69,47 @@ func (o *output) discard() {
 		_ = err // nothing more to do; the name is hidden
 	}
 }
+
+// writeback asks the kernel to start writing the output's dirty pages
+// every writebackEvery bytes, from its own goroutine, so that the final
+// fsync finds little left to write instead of waiting for all of it.
+type writeback struct {
+	sink
+	f    *os.File
+	n    int64
+	kick chan struct{}
+	done chan struct{}
+}
+
+const writebackEvery = 32 << 20
+
+func newWriteback(out sink, f *os.File) *writeback {
+	w := &writeback{sink: out, f: f, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for range w.kick {
+			// Whole file, start only (no wait): an error here is not
+			// ours to report, the fsync that follows will.
+			_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		}
+	}()
+	return w
+}
+
+func (w *writeback) WriteAt(p []byte, off int64) (int, error) {
+	n, err := w.sink.WriteAt(p, off)
+	if w.n += int64(n); w.n >= writebackEvery {
+		w.n = 0
+		select {
+		case w.kick <- struct{}{}:
+		default: // one is under way
+		}
+	}
+	return n, err
+}
+
+// stop ends the goroutine; call it before closing the file.
+func (w *writeback) stop() {
+	close(w.kick)
+	<-w.done
+}

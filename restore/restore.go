@@ -133,7 +133,10 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		finish = w.Close // fsyncs and closes f
 	}
 	if out != nil {
-		if err := stream(ctx, r, root, out, opts); err != nil {
+		wb := newWriteback(out, f)
+		err := stream(ctx, r, root, wb, opts)
+		wb.stop()
+		if err != nil {
 			return err
 		}
 	}
@@ -203,26 +206,40 @@ func (s *streamSink) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-type fetched struct {
+// job is a run of consecutive chunks of the manifest, fetched by one
+// worker into one buffer (the chunks back to back) and written in as few
+// WriteAt calls as the run has contiguous pieces.
+type job struct {
 	seq  int64
-	ref  engram.ChunkRef
-	data []byte
+	refs []engram.ChunkRef
+	buf  *[]byte
 }
+
+const (
+	// jobBytes is the raw size of a job: several compressed blocks, so
+	// workers on different jobs decompress different blocks in parallel,
+	// and writes are large.
+	jobBytes = 4 << 20
+	// jobChunks bounds the chunks of one job (small chunks of a sparse
+	// image would otherwise make many tiny writes per job anyway).
+	jobChunks = 256
+)
+
+var jobPool = sync.Pool{New: func() any { b := make([]byte, 0, jobBytes+256<<10); return &b }}
 
 // stream fetches every chunk of root in parallel and writes them to out in
 // guest order.
 func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink, opts Options) error {
 	workers := opts.Workers
 	if workers <= 0 {
-		// Consecutive chunks share compressed blocks, which are decompressed
-		// once while other fetchers wait; more fetchers than cores keep
-		// several blocks in work at once.
-		workers = 4 * runtime.GOMAXPROCS(0)
+		// More fetchers than cores: one may wait on a block another is
+		// decompressing (jobs share the blocks at their edges) or on I/O.
+		workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	refs := make(chan fetched, 4*workers)
-	done := make(chan fetched, 4*workers)
-	tokens := make(chan struct{}, 16*workers) // bounds chunks held for reordering
+	jobs := make(chan job, workers)
+	done := make(chan job, workers)
+	tokens := make(chan struct{}, workers+2) // bounds job buffers in flight
 
 	prog := opts.Progress
 	if prog != nil {
@@ -231,39 +248,72 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	}
 
 	g.Go(func() error {
-		defer close(refs)
+		defer close(jobs)
 		var seq int64
-		return engram.ForEachChunk(ctx, r, root, func(c engram.ChunkRef) error {
+		var cur []engram.ChunkRef
+		var curBytes int
+		flush := func() error {
+			if len(cur) == 0 {
+				return nil
+			}
 			select {
 			case tokens <- struct{}{}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 			select {
-			case refs <- fetched{seq: seq, ref: c}:
+			case jobs <- job{seq: seq, refs: cur}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 			seq++
+			cur, curBytes = nil, 0
+			return nil
+		}
+		err := engram.ForEachChunk(ctx, r, root, func(c engram.ChunkRef) error {
+			if len(cur) > 0 && (curBytes+int(c.Length) > jobBytes || len(cur) >= jobChunks) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			cur = append(cur, c)
+			curBytes += int(c.Length)
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		return flush()
 	})
 	var fetchers sync.WaitGroup
 	for range workers {
 		fetchers.Add(1)
 		g.Go(func() error {
 			defer fetchers.Done()
-			for f := range refs {
-				data, err := r.Get(ctx, f.ref.ID)
-				if err != nil {
-					return fmt.Errorf("chunk at guest %#x: %w", f.ref.Offset, err)
+			var ids []chunkstore.ID
+			var bufs [][]byte
+			for j := range jobs {
+				n := 0
+				for _, ref := range j.refs {
+					n += int(ref.Length)
 				}
-				if len(data) != int(f.ref.Length) {
-					return fmt.Errorf("chunk %s at guest %#x: %d bytes, manifest says %d", f.ref.ID.Short(), f.ref.Offset, len(data), f.ref.Length)
+				j.buf = jobPool.Get().(*[]byte)
+				if cap(*j.buf) < n {
+					*j.buf = make([]byte, 0, n)
 				}
-				f.data = data
+				b := (*j.buf)[:n]
+				ids, bufs = ids[:0], bufs[:0]
+				off := 0
+				for _, ref := range j.refs {
+					ids = append(ids, ref.ID)
+					bufs = append(bufs, b[off:off+int(ref.Length):off+int(ref.Length)])
+					off += int(ref.Length)
+				}
+				if err := chunkstore.GetMany(ctx, r, ids, bufs); err != nil {
+					return fetchError(j.refs, ids, err)
+				}
 				select {
-				case done <- f:
+				case done <- j:
 				case <-ctx.Done():
 					return ctx.Err()
 				}
@@ -274,24 +324,27 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	go func() { fetchers.Wait(); close(done) }()
 
 	g.Go(func() error {
-		pending := map[int64]fetched{}
+		pending := map[int64]job{}
 		var next, written int64
-		for f := range done {
-			pending[f.seq] = f
+		for j := range done {
+			pending[j.seq] = j
 			for {
-				f, ok := pending[next]
+				j, ok := pending[next]
 				if !ok {
 					break
 				}
 				delete(pending, next)
 				next++
-				<-tokens
-				if _, err := out.WriteAt(f.data, f.ref.Offset); err != nil {
-					return fmt.Errorf("write guest %#x: %w", f.ref.Offset, err)
+				if err := writeJob(out, j); err != nil {
+					return err
 				}
+				*j.buf = (*j.buf)[:0]
+				jobPool.Put(j.buf)
+				<-tokens
 				if prog != nil {
-					prog.Add(f.ref.End() - written)
-					written = f.ref.End()
+					end := j.refs[len(j.refs)-1].End()
+					prog.Add(end - written)
+					written = end
 				}
 			}
 		}
@@ -304,4 +357,54 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 		return nil
 	})
 	return g.Wait()
+}
+
+// writeJob writes a fetched job, one WriteAt per run of chunks that are
+// contiguous in the guest.
+func writeJob(out sink, j job) error {
+	b := *j.buf
+	pos := 0
+	for i := 0; i < len(j.refs); {
+		start := j.refs[i].Offset
+		end := j.refs[i].End()
+		k := i + 1
+		for k < len(j.refs) && j.refs[k].Offset == end {
+			end = j.refs[k].End()
+			k++
+		}
+		n := int(end - start)
+		if _, err := out.WriteAt(b[pos:pos+n], start); err != nil {
+			return fmt.Errorf("write guest %#x: %w", start, err)
+		}
+		pos += n
+		i = k
+	}
+	return nil
+}
+
+// fetchError names the guest offset of the chunk err is about.
+func fetchError(refs []engram.ChunkRef, ids []chunkstore.ID, err error) error {
+	var id chunkstore.ID
+	var le *chunkstore.LengthError
+	var nf *chunkstore.NotFoundError
+	var ce *chunkstore.CorruptChunkError
+	switch {
+	case errors.As(err, &le):
+		id = le.ID
+	case errors.As(err, &nf):
+		id = nf.ID
+	case errors.As(err, &ce):
+		id = ce.ID
+	default:
+		return fmt.Errorf("chunks at guest %#x..%#x: %w", refs[0].Offset, refs[len(refs)-1].End(), err)
+	}
+	for _, ref := range refs {
+		if ref.ID == id {
+			if le != nil {
+				return fmt.Errorf("chunk %s at guest %#x: %d bytes, manifest says %d", ref.ID.Short(), ref.Offset, le.Len, ref.Length)
+			}
+			return fmt.Errorf("chunk at guest %#x: %w", ref.Offset, err)
+		}
+	}
+	return fmt.Errorf("chunks at guest %#x..%#x: %w", refs[0].Offset, refs[len(refs)-1].End(), err)
 }

@@ -34,6 +34,8 @@ func main() {
 	reingest := flag.Bool("reingest", false, "profile a second ingest of the same images")
 	memOut := flag.String("memprofile", "", "also write a heap profile (alloc_space shows the big allocators)")
 	restoreFrom := flag.String("restore", "", "profile restores of the given IDs from this store instead of ingest")
+	flag.StringVar(&initOpts.Compression, "compression", "", "store compression (init --compression; default: the store default)")
+	flag.IntVar(&initOpts.BlockSize, "block-size", 0, "store block size in bytes (default: the store default)")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: prof [-o cpu.pprof] [-reingest] IMAGE...")
@@ -49,6 +51,8 @@ func main() {
 	}
 }
 
+var initOpts chunkstore.InitOptions
+
 func run(out, memOut string, reingest bool, images []string) error {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "engram-prof-")
@@ -57,7 +61,7 @@ func run(out, memOut string, reingest bool, images []string) error {
 	}
 	defer os.RemoveAll(dir)
 	store := filepath.Join(dir, "store")
-	if err := chunkstore.Init(store, chunkstore.InitOptions{}); err != nil {
+	if err := chunkstore.Init(store, initOpts); err != nil {
 		return err
 	}
 	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{TrustIDs: true})

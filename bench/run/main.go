@@ -41,7 +41,7 @@ const password = "engram-bench"
 type config struct {
 	mode, root, cache, out, engram, engramRev, compression string
 	clones, runs                                           int
-	keepScratch                                            bool
+	keepScratch, scale, scale16                            bool
 }
 
 func main() {
@@ -52,8 +52,10 @@ func main() {
 	flag.StringVar(&c.root, "root", ".", "repository root")
 	flag.StringVar(&c.engram, "engram", "bin/engram", "engram binary")
 	flag.StringVar(&c.engramRev, "engram-rev", "", "what -engram was built from, for the report (default: git describe of the work tree)")
-	flag.StringVar(&c.compression, "compression", "default", "engram store compression (init --compression)")
+	flag.StringVar(&c.compression, "compression", "", "engram store compression (init --compression; default: the store default)")
 	flag.BoolVar(&c.keepScratch, "keep", false, "keep the scratch stores in bench/out/scratch")
+	flag.BoolVar(&c.scale, "scale", true, "also run the scale rows (full mode only; bench/run/scale.go)")
+	flag.BoolVar(&c.scale16, "scale16", false, "include the 16 GiB ingest in the scale rows (~10 GiB of disk, minutes)")
 	flag.Parse()
 	if c.mode != "full" && c.mode != "quick" {
 		fatalf("-mode %q: want full or quick", c.mode)
@@ -96,6 +98,9 @@ type Row struct {
 	SizeRatio  float64            `json:"size_ratio_to_engram,omitempty"`
 	WallAll    []float64          `json:"wall_all_s"`
 	Extra      map[string]float64 `json:"extra,omitempty"`
+	// Series holds per-step figures of a row made of many steps (the 64
+	// clones: wall_s, cpu_s, store_growth_bytes per clone), for plotting.
+	Series map[string][]float64 `json:"series,omitempty"`
 }
 
 // Target is one goal of issue 6 and where this run stands.
@@ -544,7 +549,11 @@ func (b *bench) engramHas(cmd, flag string) bool {
 // The tools, each as setup/commands on a scratch dir.
 
 func (b *bench) engramInit(dir string) error {
-	_, err := b.exec(dir, []string{b.cfg.engram, "--store", filepath.Join(dir, "store"), "-q", "init", "--compression", b.cfg.compression})
+	args := []string{b.cfg.engram, "--store", filepath.Join(dir, "store"), "-q", "init"}
+	if b.cfg.compression != "" {
+		args = append(args, "--compression", b.cfg.compression)
+	}
+	_, err := b.exec(dir, args)
 	return err
 }
 
@@ -867,6 +876,12 @@ func (b *bench) runAll(rep *Report) error {
 				return [][]string{{"qemu-img", "convert", "-O", "qcow2", b.f("clone-1.zstd.qcow2"), filepath.Join(d, "out.qcow2")}}
 			},
 			size: sizeOf("out.qcow2"), check: compareOut("out.qcow2")},
+		{test: restoreName, tool: "qemu-img convert from zstd qcow2 + sync",
+			cmds: func(d string) [][]string {
+				out := filepath.Join(d, "out.qcow2")
+				return [][]string{{"qemu-img", "convert", "-O", "qcow2", b.f("clone-1.zstd.qcow2"), out}, {"sync", out}}
+			},
+			size: sizeOf("out.qcow2"), check: compareOut("out.qcow2")},
 		{test: restoreName, tool: "qemu-img convert (copy floor)",
 			cmds: func(d string) [][]string {
 				return [][]string{{"qemu-img", "convert", "-O", "qcow2", target, filepath.Join(d, "out.qcow2")}}
@@ -892,7 +907,9 @@ dd if="$m/by-id/%s.raw" of=/dev/null bs=1M status=none; s=$?; kill -INT $p; wait
 			return err
 		}
 	}
-
+	if b.cfg.scale && b.cfg.mode == "full" {
+		return b.runScale(rep, engramStore, id)
+	}
 	return nil
 }
 
@@ -946,13 +963,23 @@ func (b *bench) targets(rep *Report) {
 			"engram %s, %s %s (%.2fx)", mb(b.row(test, "engram").SizeBytes), tool, mb(r.SizeBytes), r.SizeRatio)
 	}
 	speed("template ingest", "restic", 2)
-	speed("template ingest", "borg", 3)
+	speed("template ingest", "borg", 2)
+	{
+		e, bo := b.row("template ingest", "engram"), b.row("template ingest", "borg")
+		add("template ingest: engram's CPU seconds at most 0.6x borg's", e.CPUS <= 0.6*bo.CPUS,
+			"engram %.2f CPU-s, borg %.2f (%.2fx)", e.CPUS, bo.CPUS, e.CPUS/bo.CPUS)
+	}
 	smaller("template ingest", "restic")
 	smaller("template ingest", "borg")
 	speed(fleetName, "borg", 3)
 	speed(fleetName, "restic", 5)
 	smaller(flatName, "restic")
 	smaller(flatName, "borg")
+	for _, t := range []string{fleetName, flatName} {
+		e, bo := b.row(t, "engram"), b.row(t, "borg")
+		add(t+": store at most 0.97x borg's", float64(e.SizeBytes) <= 0.97*float64(bo.SizeBytes),
+			"engram %s, borg %s (%.3fx)", mb(e.SizeBytes), mb(bo.SizeBytes), float64(e.SizeBytes)/float64(bo.SizeBytes))
+	}
 	bound := b.row("template ingest", "engram").SizeBytes + rep.Corpus["overlays_zstd3"]
 	fs := b.row(fleetName, "engram").SizeBytes
 	add(fmt.Sprintf("%s: store no larger than the template's store + zstd -3 of the overlays", fleetName), fs <= bound,
@@ -965,6 +992,12 @@ func (b *bench) targets(rep *Report) {
 	q := b.row(rs, "qemu-img convert from zstd qcow2")
 	add(rs+": no slower than qemu-img convert from its zstd qcow2", e.WallS <= q.WallS,
 		"engram %.2fs, qemu-img %.2fs (%.2fx)", e.WallS, q.WallS, q.TimeRatio)
+	add(rs+": at most 0.7x the wall time of qemu-img convert from its zstd qcow2", e.WallS <= 0.7*q.WallS,
+		"engram %.2fs (fsynced), qemu-img %.2fs without sync (%.2fx)", e.WallS, q.WallS, e.WallS/q.WallS)
+	if qs := b.row(rs, "qemu-img convert from zstd qcow2 + sync"); qs != nil {
+		add(rs+": at most 0.7x qemu-img convert from zstd followed by sync", e.WallS <= 0.7*qs.WallS,
+			"engram %.2fs, qemu-img + sync %.2fs (%.2fx)", e.WallS, qs.WallS, e.WallS/qs.WallS)
+	}
 	speed(rs, "restic", 3)
 	speed(rs, "borg", 3)
 	ri := b.row(reingestName, "engram")
@@ -988,6 +1021,7 @@ func (b *bench) targets(rep *Report) {
 	}
 	add("peak RSS of engram ingest under 256 MiB", worst.PeakRSSMiB < 256,
 		"max %.0f MiB (%s)", worst.PeakRSSMiB, worst.Test)
+	b.scaleTargets(add)
 }
 
 func machine(ctx context.Context, cfg *config) map[string]string {

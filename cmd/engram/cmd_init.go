@@ -14,9 +14,9 @@ var initCommand = &cli.Command{
 	Usage:     "create a store (ingest creates one with defaults when needed); for s3:// also the bucket",
 	ArgsUsage: " ",
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "compression", Value: "default", Usage: "zstd level: fastest, default or better"},
+		&cli.StringFlag{Name: "compression", Value: chunkstore.DefaultCompression, Usage: "zstd level: fastest, default, better or best"},
 		&cli.StringFlag{Name: "chunking", Value: "64k", Usage: "average chunk size: 32k, 64k or 128k (aligned content-defined, 4 KiB blocks)"},
-		&cli.StringFlag{Name: "block-size", Value: "1M", Usage: "raw size of a compressed block of new chunks (1 = one chunk per block; smaller blocks make cold random reads of a mount cheaper)"},
+		&cli.StringFlag{Name: "block-size", Value: "1M", Usage: "raw size of a compressed block of new chunks, up to 8M (1 = one chunk per block; bigger: a smaller store, slower cold random reads of a mount)"},
 	},
 	Action: func(c *cli.Context) error {
 		if c.NArg() != 0 {
@@ -37,9 +37,9 @@ var initCommand = &cli.Command{
 			return usagef("--chunking %q: want 32k, 64k or 128k", c.String("chunking"))
 		}
 		switch c.String("compression") {
-		case "fastest", "default", "better":
+		case "fastest", "default", "better", "best":
 		default:
-			return usagef("--compression %q: want fastest, default or better", c.String("compression"))
+			return usagef("--compression %q: want fastest, default, better or best", c.String("compression"))
 		}
 		bs, err := parseSize(c.String("block-size"))
 		if err != nil || bs < 1 || bs > chunkstore.MaxBlockSize {
@@ -52,7 +52,7 @@ var initCommand = &cli.Command{
 			return printJSON(c.App.Writer, map[string]any{"store": dir, "compression": c.String("compression"), "chunking": cp, "block_size": bs})
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.Writer, "created store %s (compression %s, chunks avg %d KiB)\n", dir, c.String("compression"), cp.Avg>>10)
+			fmt.Fprintf(c.App.Writer, "created store %s (compression %s, blocks %s, chunks avg %d KiB)\n", dir, c.String("compression"), bytesStr(bs), cp.Avg>>10)
 		}
 		return nil
 	},

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"unicode/utf8"
@@ -24,6 +25,16 @@ func main() {
 	// grow to twice the live size. GOMEMLIMIT overrides it.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(160 << 20)
+	}
+	// ENGRAM_CPUPROFILE=FILE profiles the whole command (bench/README.md);
+	// the library-level profiler is bench/prof.
+	if p := os.Getenv("ENGRAM_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+			code := run(os.Args, os.Stdout, os.Stderr)
+			pprof.StopCPUProfile()
+			f.Close()
+			os.Exit(code)
+		}
 	}
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }

@@ -1,0 +1,101 @@
+package chunkstore
+
+import (
+	"context"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ManyGetter is a Reader that fetches many chunks into the caller's
+// buffers: one index transaction for all of them and no copy besides the
+// one out of the (cached) decompressed block. Restore reads runs of
+// consecutive chunks this way. Use GetMany, which falls back to Get.
+type ManyGetter interface {
+	// GetMany fills bufs[i] with chunk ids[i], whose length must be
+	// len(bufs[i]) (else a *LengthError), after checking its BLAKE3. Errors
+	// are those of Get.
+	GetMany(ctx context.Context, ids []ID, bufs [][]byte) error
+}
+
+// LengthError says a chunk does not have the length the caller expected.
+type LengthError struct {
+	ID        ID
+	Len, Want int
+}
+
+func (e *LengthError) Error() string {
+	return fmt.Sprintf("chunk %s: %d bytes, expected %d", e.ID.Short(), e.Len, e.Want)
+}
+
+// GetMany reads chunks ids into bufs through r's GetMany when it has one,
+// else one Get at a time.
+func GetMany(ctx context.Context, r Reader, ids []ID, bufs [][]byte) error {
+	if m, ok := r.(ManyGetter); ok {
+		return m.GetMany(ctx, ids, bufs)
+	}
+	for i, id := range ids {
+		data, err := r.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if len(data) != len(bufs[i]) {
+			return &LengthError{ID: id, Len: len(data), Want: len(bufs[i])}
+		}
+		copy(bufs[i], data)
+	}
+	return nil
+}
+
+var _ ManyGetter = (*FileStore)(nil)
+
+// GetMany implements ManyGetter.
+func (s *FileStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error {
+	if err := s.check(false); err != nil {
+		return err
+	}
+	if len(ids) != len(bufs) {
+		return fmt.Errorf("chunkstore: GetMany of %d IDs into %d buffers", len(ids), len(bufs))
+	}
+	ents := make([]entry, len(ids))
+	found := make([]bool, len(ids))
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		for i, id := range ids {
+			if v := chunks.Get(id[:]); v != nil {
+				if ents[i], err = decodeEntry(id, v); err != nil {
+					return err
+				}
+				found[i] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, id := range ids {
+		if !found[i] {
+			return &NotFoundError{ID: id}
+		}
+		if _, err := s.readChunk(id, ents[i], bufs[i]); err != nil {
+			if _, ok := err.(*LengthError); ok {
+				return err
+			}
+			// GC may have moved the chunk since the lookup: Get looks
+			// again before calling it corrupt.
+			data, err := s.Get(ctx, id)
+			if err != nil {
+				return err
+			}
+			if len(data) != len(bufs[i]) {
+				return &LengthError{ID: id, Len: len(data), Want: len(bufs[i])}
+			}
+			copy(bufs[i], data)
+		}
+	}
+	return nil
+}
