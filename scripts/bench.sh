@@ -29,4 +29,25 @@ fi
 mkdir -p bench/out
 go build -o bench/out/run ./bench/run
 args=(-mode "${BENCH_MODE:-full}")
-exec bench/out/run "${args[@]}" "$@"
+bench/out/run "${args[@]}" "$@"
+
+# The rows of the in-place and fleet-view issues, on the corpus bench/run
+# just used (the newest one of this mode): restore --thin of the flattened
+# fleet (bench/thin), and reading one flattened clone through engram serve
+# and engram mount against restore, time to first byte and random reads
+# (bench/inplace). Their tables are appended to results.md.
+corpus=$(ls -td bench/cache/"${BENCH_MODE:-full}"-*/ 2>/dev/null | head -1)
+if [[ -n $corpus && -f $corpus/template.qcow2 ]]; then
+  go build -o bench/out/thin ./bench/thin
+  go build -o bench/out/inplace ./bench/inplace
+  {
+    echo
+    echo "## restore --thin of the flattened fleet (bench/thin)"
+    echo
+    bench/out/thin -corpus "$corpus" -engram bin/engram
+    echo
+    echo "## in place: serve and mount against restore (bench/inplace, ${corpus}flat-1.qcow2)"
+    echo
+    bench/out/inplace -image "${corpus}flat-1.qcow2" -engram bin/engram
+  } | tee -a bench/out/results.md
+fi
