@@ -646,26 +646,7 @@ func (s *BlobStore) Lookup(ctx context.Context, ids []ID) ([]Entry, error) {
 	if err := s.check(false); err != nil {
 		return nil, err
 	}
-	var out []Entry
-	err := s.db.view(ctx, func(tx *bolt.Tx) error {
-		chunks, _, err := buckets(tx)
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			v := chunks.Get(id[:])
-			if v == nil {
-				continue
-			}
-			e, err := decodeEntry(id, v)
-			if err != nil {
-				return err
-			}
-			out = append(out, Entry{ID: id, RawLen: int(e.RawLen), StoredLen: int64(e.Share)})
-		}
-		return nil
-	})
-	return out, err
+	return lookupEntries(ctx, s.db, ids)
 }
 
 // lookup returns id's entry and the hash of its pack.

@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -199,4 +200,29 @@ func (m metaTx) ForEach(bucket, prefix []byte, fn func(k, v []byte) error) error
 		}
 	}
 	return nil
+}
+
+// lookupEntries returns the entries of the ids the index at db holds,
+// leaving out the missing ones (Reader.Lookup of both stores).
+func lookupEntries(ctx context.Context, db *dbPool, ids []ID) ([]Entry, error) {
+	var out []Entry
+	err := db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			v := chunks.Get(id[:])
+			if v == nil {
+				continue
+			}
+			e, err := decodeEntry(id, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, Entry{ID: id, RawLen: int(e.RawLen), StoredLen: int64(e.Share)})
+		}
+		return nil
+	})
+	return out, err
 }
