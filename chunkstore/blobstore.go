@@ -506,9 +506,10 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 	// Pack first, then its segment: a segment never names a pack that is
 	// not there. ErrExist: the same bytes are there already (the name is
 	// their hash), from another writer or our own retried request.
-	if err := s.bs.Put(ctx, packObject(h), pack); err != nil && !errors.Is(err, blob.ErrExist) {
+	if err := testKillDuring("pack-put", func() error { return s.bs.Put(ctx, packObject(h), pack) }); err != nil && !errors.Is(err, blob.ErrExist) {
 		return 0, fmt.Errorf("chunkstore: uploading pack: %w", err)
 	}
+	testKill("after-pack")
 	if err := s.bs.Put(ctx, indexObject(h), seg); err != nil && !errors.Is(err, blob.ErrExist) {
 		return 0, fmt.Errorf("chunkstore: uploading index segment: %w", err)
 	}
@@ -889,6 +890,7 @@ func (s *BlobStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 	if err := s.check(true); err != nil {
 		return err
 	}
+	testPause()
 	if err := s.checkCommit(ctx); err != nil {
 		return err
 	}
@@ -909,6 +911,7 @@ func (s *BlobStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 			t = last + 1
 		}
 		name := journalName(t, body)
+		testKill("before-record")
 		if err := s.bs.Put(ctx, name, body); err != nil && !errors.Is(err, blob.ErrExist) {
 			return fmt.Errorf("chunkstore: writing catalog journal: %w", err)
 		}
