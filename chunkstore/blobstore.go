@@ -963,17 +963,22 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	defer s.refreshMu.Unlock()
 	start := s.now()
 	var segs, journals []string
-	err := s.bs.List(ctx, blobIndexPrefix, func(in blob.Info) error {
-		segs = append(segs, in.Name)
+	// The journal first, then the segments: a writer puts its segments
+	// before its record, so every record listed here has its segments in
+	// the listing after it. (The other way round, a record committed
+	// between the two listings arrives without its chunks: found by
+	// TestS3GCDuringIngest as a gc refusing with "chunk not found".)
+	err := s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
+		if _, ok := parseJournalName(in.Name); ok {
+			journals = append(journals, in.Name)
+		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	err = s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
-		if _, ok := parseJournalName(in.Name); ok {
-			journals = append(journals, in.Name)
-		}
+	err = s.bs.List(ctx, blobIndexPrefix, func(in blob.Info) error {
+		segs = append(segs, in.Name)
 		return nil
 	})
 	if err != nil {
