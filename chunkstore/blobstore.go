@@ -616,6 +616,22 @@ func (s *BlobStore) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
 	return s.has(ctx, ids, false)
 }
 
+// HasForDedup is HasMany for a writer deciding what to store: a chunk
+// whose indexed copy is in a pack gc has condemned counts as missing.
+func (s *BlobStore) HasForDedup(ctx context.Context, ids []ID) ([]bool, error) {
+	return s.has(ctx, ids, true)
+}
+
+// Deduper is implemented by stores where a chunk HasMany reports may be
+// gone before the writer commits (BlobStore: its copy is in a pack gc has
+// condemned). A writer that skips the chunks the store holds asks
+// HasForDedup instead of HasMany, or it would build on the condemned copy.
+type Deduper interface {
+	HasForDedup(ctx context.Context, ids []ID) ([]bool, error)
+}
+
+var _ Deduper = (*BlobStore)(nil)
+
 // has answers HasMany; forDedup leaves out chunks whose indexed copy is in
 // a pack gc has condemned, so PutMany stores them again: the condemned
 // pack may be gone before this writer commits.

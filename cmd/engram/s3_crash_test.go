@@ -215,12 +215,9 @@ func TestS3GCDuringIngest(t *testing.T) {
 	committed := map[string]string{}
 	var refused []int
 	gcRuns := 0
-	// One round. Known failure, not fixed: a second round of the same
-	// ingests on the same hosts' caches while gc keeps running (range 2)
-	// ends, in about a third of runs, with committed engrams missing
-	// chunks ("gc: cannot list what engrams need ... not found", verify
-	// naming every engram damaged). See DESIGN.md, "Not done".
-	for round := range 1 {
+	// Two rounds: the second re-runs refused ingests on the caches they
+	// left, whose chunks gc has condemned or swept meanwhile.
+	for round := range 2 {
 		var ps []*proc
 		for i := 1; i < len(imgs); i++ {
 			ps = append(ps, startEngram(t, nil, store, "--cache-dir", cache(fmt.Sprintf("h%d", i)), "ingest", "--name", fmt.Sprintf("vm%d", i), imgs[i]))
