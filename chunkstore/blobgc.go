@@ -302,16 +302,37 @@ func (s *BlobStore) checkCommit(ctx context.Context) error {
 	if now-view > int64(DefaultGCMargin) {
 		return fmt.Errorf("%s: view from %s: %w", s.bs, time.Unix(0, view).UTC().Format(time.RFC3339), ErrStaleView)
 	}
+	// The lists this view knew (as the cache last listed them), by the
+	// mark's name without its pending/done prefix. A list's time is when
+	// its gc started marking, so a view that started after that time may
+	// still have listed gc/ before the list arrived: a list the view did
+	// not see counts as newer than the view, whatever its time.
+	seen := map[string]bool{}
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobGC).ForEach(func(k, _ []byte) error { seen[gcMarkID(string(k))] = true; return nil })
+	})
+	if err != nil {
+		return err
+	}
 	lists, err := s.gcLists(ctx)
 	if err != nil {
 		return err
 	}
 	for n, l := range lists {
-		if l.Time > view && now >= l.Time+l.Margin {
+		if (l.Time > view || !seen[gcMarkID(n)]) && now >= l.Time+l.Margin {
 			return fmt.Errorf("%s: gc marked packs (%s) after this view and its margin of %s has passed: %w", s.bs, n, time.Duration(l.Margin), ErrStaleView)
 		}
 	}
 	return nil
+}
+
+// gcMarkID is a gc list's name without its prefix: the same for a
+// pending list and the done marker that replaces it.
+func gcMarkID(name string) string {
+	if r, ok := strings.CutPrefix(name, gcPendingPrefix); ok {
+		return r
+	}
+	return strings.TrimPrefix(name, gcDonePrefix)
 }
 
 type gcLease struct {

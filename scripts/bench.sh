@@ -35,11 +35,14 @@ bench/out/run "${args[@]}" "$@"
 # just used (the newest one of this mode): restore --thin of the flattened
 # fleet (bench/thin), and reading one flattened clone through engram serve
 # and engram mount against restore, time to first byte and random reads
-# (bench/inplace). Their tables are appended to results.md.
+# (bench/inplace); the fleet into a bucket on versitygw against the
+# directory store, restore from each, four concurrent ingesters against one
+# (bench/s3). Their tables are appended to results.md.
 corpus=$(ls -td bench/cache/"${BENCH_MODE:-full}"-*/ 2>/dev/null | head -1)
 if [[ -n $corpus && -f $corpus/template.qcow2 ]]; then
   go build -o bench/out/thin ./bench/thin
   go build -o bench/out/inplace ./bench/inplace
+  go build -o bench/out/s3 ./bench/s3
   {
     echo
     echo "## restore --thin of the flattened fleet (bench/thin)"
@@ -49,5 +52,9 @@ if [[ -n $corpus && -f $corpus/template.qcow2 ]]; then
     echo "## in place: serve and mount against restore (bench/inplace, ${corpus}flat-1.qcow2)"
     echo
     bench/out/inplace -image "${corpus}flat-1.qcow2" -engram bin/engram
+    echo
+    echo "## S3 (versitygw on loopback) against the directory store (bench/s3, $corpus)"
+    echo
+    bench/out/s3 -corpus "$corpus" -engram bin/engram
   } | tee -a bench/out/results.md
 fi

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
@@ -40,10 +41,49 @@ type result struct {
 	code           int
 }
 
+// storeEnv holds extra environment variables (a []string) by store
+// argument: the S3 server's credentials and a cache root for the stores
+// storeKinds makes, so that parallel tests need no t.Setenv.
+var storeEnv sync.Map
+
+// engramCmd is the command running the built binary against store.
+func engramCmd(store string, args ...string) *exec.Cmd {
+	cmd := exec.Command(engramBin, append([]string{"--store", store}, args...)...)
+	if e, ok := storeEnv.Load(store); ok {
+		cmd.Env = append(os.Environ(), e.([]string)...)
+	}
+	return cmd
+}
+
+// storeKind makes a new empty store for a test and returns its --store
+// argument.
+type storeKind struct {
+	name string
+	make func(t *testing.T, dir string) string
+}
+
+// storeKinds are the stores the core end-to-end tests run against: the
+// directory store, and a fresh bucket (with its own cache root) on the S3
+// test server — skipped without one, failed under CI=true.
+var storeKinds = []storeKind{
+	{"dir", func(t *testing.T, dir string) string { return filepath.Join(dir, "store") }},
+	{"s3", func(t *testing.T, dir string) string {
+		var env []string
+		for k, v := range s3test.Env(t) {
+			env = append(env, k+"="+v)
+		}
+		store := "s3://" + s3test.Bucket(t) + "/e2e"
+		storeEnv.Store(store, append(env, "ENGRAM_CACHE_DIR="+filepath.Join(dir, "cache")))
+		t.Cleanup(func() { storeEnv.Delete(store) })
+		ok(t, store, "init")
+		return store
+	}},
+}
+
 // runEngram runs the built binary against store.
 func runEngram(t *testing.T, store string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(engramBin, append([]string{"--store", store}, args...)...)
+	cmd := engramCmd(store, args...)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err := cmd.Run()
@@ -177,11 +217,17 @@ func compressed(ctype string) func(t *testing.T, dir string) (string, string) {
 
 func TestRoundTripVariants(t *testing.T) {
 	qemutest.Require(t)
+	for _, sk := range storeKinds {
+		t.Run(sk.name, func(t *testing.T) { roundTripVariants(t, sk) })
+	}
+}
+
+func roundTripVariants(t *testing.T, sk storeKind) {
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			store := filepath.Join(dir, "store")
+			store := sk.make(t, dir)
 			src, srcFmt := v.make(t, dir)
 			id := strings.TrimSpace(ok(t, store, "ingest", src))
 			if len(id) != 64 {
@@ -216,8 +262,15 @@ func TestRoundTripVariants(t *testing.T) {
 
 func TestRestoreCompressedAndStdout(t *testing.T) {
 	qemutest.Require(t)
+	for _, sk := range storeKinds {
+		t.Run(sk.name, func(t *testing.T) { restoreCompressedAndStdout(t, sk) })
+	}
+}
+
+// restoreCompressedAndStdout: restore options, show, ls, rm, gc, verify.
+func restoreCompressedAndStdout(t *testing.T, sk storeKind) {
 	dir := t.TempDir()
-	store := filepath.Join(dir, "store")
+	store := sk.make(t, dir)
 	src, _ := qcowWith("64M", nil, pattern...)(t, dir)
 	id := strings.TrimSpace(ok(t, store, "ingest", "--name", "web-01", "--label", "role=web", src))
 
@@ -227,7 +280,7 @@ func TestRestoreCompressedAndStdout(t *testing.T) {
 	qemutest.Check(t, out)
 
 	// -o - streams the raw image.
-	cmd := exec.Command(engramBin, "--store", store, "restore", id, "-o", "-")
+	cmd := engramCmd(store, "restore", id, "-o", "-")
 	raw, err := cmd.Output()
 	if err != nil {
 		t.Fatal(err)
@@ -281,8 +334,14 @@ func stats(t *testing.T, store string) storeStats {
 // that sits at another 4 KiB-aligned offset in it is stored once.
 func TestClonesDedup(t *testing.T) {
 	qemutest.Require(t)
+	for _, sk := range storeKinds {
+		t.Run(sk.name, func(t *testing.T) { clonesDedup(t, sk) })
+	}
+}
+
+func clonesDedup(t *testing.T, sk storeKind) {
 	dir := t.TempDir()
-	store := filepath.Join(dir, "store")
+	store := sk.make(t, dir)
 	r := rand.New(rand.NewPCG(7, 8))
 	randBytes := func(n int) []byte {
 		b := make([]byte, n)
