@@ -568,6 +568,15 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	if opts.DryRun {
 		return st, nil
 	}
+	// Unfinished multipart uploads older than the margin (never engram's
+	// own: it uploads in one request) cost storage for nothing.
+	if ua, ok := s.bs.(blob.UploadAborter); ok {
+		n, err := ua.AbortStaleUploads(ctx, time.Now().Add(-margin))
+		st.UploadsAborted += int64(n)
+		if err != nil {
+			return st, err
+		}
+	}
 	return st, s.Refresh(ctx)
 }
 

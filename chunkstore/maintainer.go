@@ -82,6 +82,8 @@ type GCStats struct {
 	ChunksMoved    int64 `json:"chunks_moved"`
 	BytesWritten   int64 `json:"bytes_written"` // frame bytes written to new packs
 	BytesFreed     int64 `json:"bytes_freed"`   // pack file bytes removed
+	// UploadsAborted counts stale multipart uploads aborted (bucket stores).
+	UploadsAborted int64 `json:"uploads_aborted,omitempty"`
 }
 
 // RepairReport says what Repair found and did.

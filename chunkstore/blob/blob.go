@@ -56,6 +56,17 @@ type Store interface {
 	Close() error
 }
 
+// UploadAborter is implemented by stores that can hold unfinished
+// multipart uploads (S3). engram never starts one (Put is one request),
+// but another tool, or a copy into the bucket that was interrupted, can
+// leave them, and the server keeps charging for their parts until they
+// are aborted. gc calls it.
+type UploadAborter interface {
+	// AbortStaleUploads aborts every unfinished upload under the store's
+	// prefix that began before before, and says how many it aborted.
+	AbortStaleUploads(ctx context.Context, before time.Time) (int, error)
+}
+
 // Info describes one object.
 type Info struct {
 	Name    string

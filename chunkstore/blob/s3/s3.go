@@ -368,3 +368,34 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+var _ blob.UploadAborter = (*Store)(nil)
+
+// AbortStaleUploads aborts the multipart uploads under the prefix that
+// began before before (ListMultipartUploads, then AbortMultipartUpload for
+// each of their keys).
+func (s *Store) AbortStaleUploads(ctx context.Context, before time.Time) (int, error) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var stale []string
+	seen := map[string]bool{}
+	for u := range s.c.ListIncompleteUploads(lctx, s.bucket, s.prefix, true) {
+		if u.Err != nil {
+			return 0, s.mapErr("list multipart uploads", "", u.Err)
+		}
+		if u.Initiated.Before(before) && !seen[u.Key] {
+			seen[u.Key] = true
+			stale = append(stale, u.Key)
+		}
+	}
+	n := 0
+	for _, k := range stale {
+		// Aborts every upload of the key: only engram writes under its
+		// prefix, and it never uploads in parts.
+		if err := s.c.RemoveIncompleteUpload(ctx, s.bucket, k); err != nil {
+			return n, s.mapErr("abort multipart upload", k, err)
+		}
+		n++
+	}
+	return n, nil
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/engram-vm/engram/chunkstore/blob"
 	"github.com/engram-vm/engram/chunkstore/blob/blobtest"
@@ -127,4 +128,40 @@ func TestBadInput(t *testing.T) {
 			t.Fatal("ftp endpoint accepted")
 		}
 	})
+}
+
+// gc's clean-up of unfinished multipart uploads: only those under the
+// store's prefix and older than the cut-off go.
+func TestAbortStaleUploads(t *testing.T) {
+	ctx := context.Background()
+	cfg := s3test.Config(t)
+	cfg.Prefix = "mine"
+	s, err := open(t, cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := cfg
+	other.Prefix = "theirs"
+	o, err := open(t, other, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StartUpload(ctx, "packs/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.StartUpload(ctx, "packs/b"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.AbortStaleUploads(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("uploads begun just now, cut-off an hour ago: aborted %d, %v; want 0", n, err)
+	}
+	if n, err := s.AbortStaleUploads(ctx, time.Now().Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("aborted %d, %v; want 1 (only under its own prefix)", n, err)
+	}
+	if n, err := s.AbortStaleUploads(ctx, time.Now().Add(time.Minute)); err != nil || n != 0 {
+		t.Fatalf("second run aborted %d, %v; want 0", n, err)
+	}
+	if n, err := o.AbortStaleUploads(ctx, time.Now().Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("the other prefix: aborted %d, %v; want 1", n, err)
+	}
 }
