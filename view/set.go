@@ -280,7 +280,7 @@ func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, er
 	for i, r := range refs {
 		if mine[i] {
 			mids = append(mids, r.ID)
-			bufs = append(bufs, make([]byte, r.Length))
+			bufs = append(bufs, nil) // GetMany allocates, unzeroed
 		}
 	}
 	if len(mids) > 0 {
