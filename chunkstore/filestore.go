@@ -397,6 +397,7 @@ func (s *FileStore) readChunk(id ID, e entry, dst []byte) ([]byte, error) {
 			if err != nil {
 				return nil, &frameError{"decompressing block", err}
 			}
+			releaseFrame(f, f.buf)
 			return &cachedBlock{key: key, block: block, chunks: f.Chunks}, nil
 		})
 		if err != nil {
@@ -473,11 +474,28 @@ func (s *FileStore) readRawChunk(id ID, e entry, dst []byte) (data []byte, ok bo
 }
 
 // readFrame reads and decodes (checksum included) the frame e points at.
+// readFramePool holds the buffers compressed frames are read into: once the
+// block is decompressed the frame is garbage, and a reader with a full
+// cache (view/) would otherwise collect one per block read.
+var readFramePool = sync.Pool{New: func() any { return new([]byte) }}
+
+// releaseFrame returns f's buffer to readFramePool; f and its payload must not
+// be used after. A raw frame's payload is the block itself, so it is kept.
+func releaseFrame(f *frame, buf []byte) {
+	if f.Codec != codecRaw && buf != nil {
+		readFramePool.Put(&buf)
+	}
+}
+
 func (s *FileStore) readFrame(e entry) (*frame, error) {
 	if e.FrameLen < frameFixed+frameEntry+frameTrailer || e.FrameLen > maxFrameBytes {
 		return nil, fmt.Errorf("index says the frame is %d bytes", e.FrameLen)
 	}
-	buf := make([]byte, e.FrameLen)
+	bp := readFramePool.Get().(*[]byte)
+	if cap(*bp) < int(e.FrameLen) {
+		*bp = make([]byte, e.FrameLen)
+	}
+	buf := (*bp)[:e.FrameLen]
 	if err := s.packs.readAt(e.Pack, buf, e.FrameOff); err != nil {
 		return nil, err
 	}
@@ -488,6 +506,7 @@ func (s *FileStore) readFrame(e entry) (*frame, error) {
 	if n != int64(e.FrameLen) {
 		return nil, fmt.Errorf("frame is %d bytes, index says %d", n, e.FrameLen)
 	}
+	f.buf = (*bp)[:cap(*bp)]
 	return f, nil
 }
 

@@ -57,6 +57,7 @@ type frame struct {
 	RawLen  uint32
 	Chunks  []frameChunk
 	Payload []byte
+	buf     []byte // the pooled buffer Payload lies in (readFrame), or nil
 }
 
 // frameHeader is the fixed part of a frame, enough to know its length.

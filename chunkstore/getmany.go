@@ -13,8 +13,11 @@ import (
 // consecutive chunks this way. Use GetMany, which falls back to Get.
 type ManyGetter interface {
 	// GetMany fills bufs[i] with chunk ids[i], whose length must be
-	// len(bufs[i]) (else a *LengthError), after checking its BLAKE3. Errors
-	// are those of Get.
+	// len(bufs[i]) (else a *LengthError), after checking its BLAKE3. A nil
+	// bufs[i] is set to a new buffer of the chunk's length instead (copied
+	// into without being zeroed first: a cache that keeps every chunk in
+	// its own buffer saves a pass over the memory). Errors are those of
+	// Get.
 	GetMany(ctx context.Context, ids []ID, bufs [][]byte) error
 }
 
@@ -38,6 +41,10 @@ func GetMany(ctx context.Context, r Reader, ids []ID, bufs [][]byte) error {
 		data, err := r.Get(ctx, id)
 		if err != nil {
 			return err
+		}
+		if bufs[i] == nil {
+			bufs[i] = data
+			continue
 		}
 		if len(data) != len(bufs[i]) {
 			return &LengthError{ID: id, Len: len(data), Want: len(bufs[i])}
@@ -81,7 +88,11 @@ func (s *FileStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 		if !found[i] {
 			return &NotFoundError{ID: id}
 		}
-		if _, err := s.readChunk(id, ents[i], bufs[i]); err != nil {
+		data, err := s.readChunk(id, ents[i], bufs[i])
+		if err == nil && bufs[i] == nil {
+			bufs[i] = data
+		}
+		if err != nil {
 			if _, ok := err.(*LengthError); ok {
 				return err
 			}
@@ -90,6 +101,10 @@ func (s *FileStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 			data, err := s.Get(ctx, id)
 			if err != nil {
 				return err
+			}
+			if bufs[i] == nil {
+				bufs[i] = data
+				continue
 			}
 			if len(data) != len(bufs[i]) {
 				return &LengthError{ID: id, Len: len(data), Want: len(bufs[i])}

@@ -23,6 +23,15 @@ type Device interface {
 	Close() error
 }
 
+// SliceDevice is a Device that can also return the bytes of a range as
+// slices that stay valid and unchanged until the reply is sent (cached
+// chunks, shared zeros), like view.Reader.ReadSlices: structured read
+// replies are then written from them without a copy.
+type SliceDevice interface {
+	Device
+	ReadSlices(off int64, n int) ([][]byte, error)
+}
+
 // Export is one disk the server offers.
 type Export struct {
 	// Name selects the export (OPT_GO, OPT_EXPORT_NAME) and is listed by

@@ -150,8 +150,9 @@ func (d *Disk) readSlices(off, end int64) ([][]byte, error) {
 // fetch gets the bytes of every ref and calls put(i, refs[i], bytes) for
 // each, from this or a worker goroutine (never twice for one i). Cached
 // chunks are put here and now (handing them to a worker costs more than
-// the copy); the missing ones go to the workers, except the first, which
-// this goroutine loads itself while they work.
+// the copy). The missing ones are loaded in batches of up to batchBytes
+// through GetMany, as restore loads them: this goroutine loads the first
+// batch itself while workers load the others.
 func (d *Disk) fetch(refs []engram.ChunkRef, put func(int, engram.ChunkRef, []byte)) error {
 	var missing []int
 	for i, r := range refs {
@@ -174,31 +175,41 @@ func (d *Disk) fetch(refs []engram.ChunkRef, put func(int, engram.ChunkRef, []by
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
-	for _, i := range missing[1:] {
+	got := func(k int, b []byte, err error) {
+		if err == nil {
+			put(k, refs[k], b)
+			return
+		}
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	// Cut missing into batches; each is a slice of refs indices.
+	var batches [][]int
+	var n int64
+	for k, i := range missing {
+		if k == 0 || n+int64(refs[i].Length) > batchBytes || len(batches[len(batches)-1]) >= batchChunks {
+			batches = append(batches, nil)
+			n = 0
+		}
+		batches[len(batches)-1] = append(batches[len(batches)-1], i)
+		n += int64(refs[i].Length)
+	}
+	load := func(idx []int) {
+		brefs := make([]engram.ChunkRef, len(idx))
+		for j, i := range idx {
+			brefs[j] = refs[i]
+		}
+		d.set.loadMany(d, brefs, func(j int, b []byte, err error) { got(idx[j], b, err) })
+	}
+	for _, idx := range batches[1:] {
 		wg.Add(1)
-		r := refs[i]
-		d.set.demand <- job{d: d, ref: r, done: func(b []byte, err error) {
-			if err == nil {
-				put(i, r, b)
-			} else {
-				mu.Lock()
-				if firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
-			}
-			wg.Done()
-		}}
+		d.set.demand <- job{run: func() { load(idx); wg.Done() }}
 	}
-	i := missing[0]
-	b, err := d.set.chunk(d, refs[i])
-	if err == nil {
-		put(i, refs[i], b)
-	}
+	load(batches[0])
 	wg.Wait()
-	if err != nil {
-		return err
-	}
 	return firstErr
 }
 

@@ -130,26 +130,48 @@ func (r *Reader) note(off, n int64) {
 	go r.ahead(from, to)
 }
 
-// ahead queues the chunks of [from, to) for the Set's workers, which load
-// them into the cache. Errors are dropped: the read that needs the chunk
-// will meet and report them.
+// Read-ahead batches: a run of chunks loaded with one GetMany, as large
+// as a restore job.
+const (
+	batchBytes  = 4 << 20
+	batchChunks = 256
+)
+
+// ahead queues the chunks of [from, to) that are not cached for the Set's
+// workers, in batches, which load them into the cache. Errors are
+// dropped: the read that needs the chunk will meet and report them.
 func (r *Reader) ahead(from, to int64) {
 	defer r.wg.Done()
 	s := r.d.set
-	_ = r.d.walk(from, to, func(ref engram.ChunkRef) error {
-		if s.chunks.has(ref.ID) {
-			return nil
+	var batch []engram.ChunkRef
+	var n int64
+	send := func() bool {
+		if len(batch) == 0 {
+			return true
 		}
 		s.queued.Add(1)
 		select {
-		case s.ahead <- job{d: r.d, ref: ref}:
-			return nil
+		case s.ahead <- job{d: r.d, refs: batch}:
+			batch, n = nil, 0
+			return true
 		case <-r.closing:
 		case <-s.quit:
 		}
 		s.queued.Done()
-		return errStop
+		return false
+	}
+	_ = r.d.walk(from, to, func(ref engram.ChunkRef) error {
+		if s.chunks.has(ref.ID) {
+			return nil
+		}
+		if len(batch) > 0 && (n+int64(ref.Length) > batchBytes || len(batch) >= batchChunks) && !send() {
+			return errStop
+		}
+		batch = append(batch, ref)
+		n += int64(ref.Length)
+		return nil
 	})
+	send()
 }
 
 // Extents calls fn for consecutive runs covering [off, off+length) (cut at

@@ -120,19 +120,21 @@ func NewSet(store chunkstore.Reader, opts Options) *Set {
 	return s
 }
 
-// job is one chunk for a worker to load; done, if not nil, gets the result.
+// job is work for a worker: a batch of chunks a read needs (run), or a
+// batch of read-ahead (refs of d) loaded into the cache.
 type job struct {
+	run  func()
 	d    *Disk
-	ref  engram.ChunkRef
-	done func([]byte, error)
+	refs []engram.ChunkRef
 }
 
 func (s *Set) work() {
 	defer s.workers.Done()
 	run := func(j job) {
-		b, err := s.chunk(j.d, j.ref)
-		if j.done != nil {
-			j.done(b, err)
+		if j.run != nil {
+			j.run()
+		} else {
+			s.loadMany(j.d, j.refs, nil)
 		}
 	}
 	for {
@@ -242,6 +244,12 @@ func (s *Set) chunk(d *Disk, ref engram.ChunkRef) ([]byte, error) {
 		}
 		return b, int64(cap(b)) + 64, nil
 	})
+	return s.checked(d, ref, b, err)
+}
+
+// checked returns what chunk returns for ref given the bytes or error of
+// its load.
+func (s *Set) checked(d *Disk, ref engram.ChunkRef, b []byte, err error) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engram %s: chunk %s at guest %#x: %w", d.id.Short(), ref.ID.Short(), ref.Offset, err)
 	}
@@ -250,6 +258,63 @@ func (s *Set) chunk(d *Disk, ref engram.ChunkRef) ([]byte, error) {
 			d.id.Short(), ref.ID.Short(), ref.Offset, len(b), ref.Length, engram.ErrBadManifest)
 	}
 	return b, nil
+}
+
+// loadMany loads the chunks of refs that are neither cached nor being
+// loaded into the cache the way restore reads them: one GetMany (one index
+// transaction, each compressed block decoded once, every chunk verified)
+// instead of a Get per chunk. If got is not nil it is called for every
+// refs[i] with its bytes or error; chunks another goroutine is loading
+// are waited for, never loaded twice. Errors are not cached: if the batch
+// fails, each chunk is tried alone, so one bad chunk fails only the reads
+// that need it.
+func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, error)) {
+	ids := make([]chunkstore.ID, len(refs))
+	for i, r := range refs {
+		ids[i] = r.ID
+	}
+	mine := make([]bool, len(refs))
+	s.chunks.reserve(ids, mine)
+	var mids []chunkstore.ID
+	var bufs [][]byte
+	for i, r := range refs {
+		if mine[i] {
+			mids = append(mids, r.ID)
+			bufs = append(bufs, nil) // GetMany allocates, unzeroed
+		}
+	}
+	if len(mids) > 0 {
+		errs := make([]error, len(mids))
+		s.fetch <- struct{}{}
+		if chunkstore.GetMany(context.Background(), s.store, mids, bufs) != nil {
+			for k, id := range mids {
+				bufs[k], errs[k] = s.store.Get(context.Background(), id)
+			}
+		}
+		<-s.fetch
+		for k, id := range mids {
+			s.chunks.finish(id, bufs[k], int64(cap(bufs[k]))+64, errs[k])
+		}
+		k := 0
+		for i := range refs {
+			if mine[i] {
+				if got != nil {
+					b, err := s.checked(d, refs[i], bufs[k], errs[k])
+					got(i, b, err)
+				}
+				k++
+			}
+		}
+	}
+	if got == nil {
+		return
+	}
+	for i, r := range refs {
+		if !mine[i] {
+			b, err := s.chunk(d, r)
+			got(i, b, err)
+		}
+	}
 }
 
 // page returns the decoded refs of page p of d.
