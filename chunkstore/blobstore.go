@@ -775,22 +775,10 @@ func (s *BlobStore) get(ctx context.Context, id ID) ([]byte, error) {
 
 // Stats sums the pack records of the cache.
 func (s *BlobStore) Stats(ctx context.Context) (Stats, error) {
-	var st Stats
 	if err := s.check(false); err != nil {
-		return st, err
+		return Stats{}, err
 	}
-	err := s.db.view(ctx, func(tx *bolt.Tx) error {
-		recs, err := allPackRecs(tx)
-		for _, r := range recs {
-			st.Chunks += r.Chunks
-			st.RawBytes += r.Raw
-			st.StoredBytes += r.Live
-			st.Packs++
-			st.PackBytes += r.Size
-		}
-		return err
-	})
-	return st, err
+	return packStats(ctx, s.db)
 }
 
 // ForEach implements Lister over the cache.

@@ -528,20 +528,8 @@ func (s *FileStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 
 // Stats sums the pack records.
 func (s *FileStore) Stats(ctx context.Context) (Stats, error) {
-	var st Stats
 	if err := s.check(false); err != nil {
-		return st, err
+		return Stats{}, err
 	}
-	err := s.db.view(ctx, func(tx *bolt.Tx) error {
-		recs, err := allPackRecs(tx)
-		for _, r := range recs {
-			st.Chunks += r.Chunks
-			st.RawBytes += r.Raw
-			st.StoredBytes += r.Live
-			st.Packs++
-			st.PackBytes += r.Size
-		}
-		return err
-	})
-	return st, err
+	return packStats(ctx, s.db)
 }

@@ -226,3 +226,21 @@ func lookupEntries(ctx context.Context, db *dbPool, ids []ID) ([]Entry, error) {
 	})
 	return out, err
 }
+
+// packStats sums the pack records of the index at db (Reader.Stats of both
+// stores).
+func packStats(ctx context.Context, db *dbPool) (Stats, error) {
+	var st Stats
+	err := db.view(ctx, func(tx *bolt.Tx) error {
+		recs, err := allPackRecs(tx)
+		for _, r := range recs {
+			st.Chunks += r.Chunks
+			st.RawBytes += r.Raw
+			st.StoredBytes += r.Live
+			st.Packs++
+			st.PackBytes += r.Size
+		}
+		return err
+	})
+	return st, err
+}

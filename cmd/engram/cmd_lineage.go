@@ -26,15 +26,11 @@ var lineageCommand = &cli.Command{
 		if c.NArg() != 1 {
 			return usagef("lineage needs exactly one ID or NAME")
 		}
-		st, err := openStore(c, false, false)
+		st, id, err := openOne(c)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		id, err := engram.Resolve(c.Context, st, c.Args().First())
-		if err != nil {
-			return err
-		}
 		f, err := fleetview.Load(c.Context, st)
 		if err != nil {
 			return err

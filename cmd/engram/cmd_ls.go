@@ -69,15 +69,11 @@ var showCommand = &cli.Command{
 		if c.NArg() != 1 {
 			return usagef("show needs exactly one ID or NAME")
 		}
-		st, err := openStore(c, false, false)
+		st, id, err := openOne(c)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		id, err := engram.Resolve(c.Context, st, c.Args().First())
-		if err != nil {
-			return err
-		}
 		e, err := engram.Get(c.Context, st, id)
 		if err != nil {
 			return err

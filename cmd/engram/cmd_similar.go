@@ -6,7 +6,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/engram-vm/engram/engram"
 	fleetview "github.com/engram-vm/engram/fleet"
 	"github.com/engram-vm/engram/sketch"
 )
@@ -29,15 +28,11 @@ var similarCommand = &cli.Command{
 		if c.Int("top") < 1 {
 			return usagef("--top %d: want at least 1", c.Int("top"))
 		}
-		st, err := openStore(c, false, false)
+		st, id, err := openOne(c)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		id, err := engram.Resolve(c.Context, st, c.Args().First())
-		if err != nil {
-			return err
-		}
 		// Signatures are scanned where the catalog keeps them; records are
 		// read only for the names of the results.
 		rels, unsigned, err := fleetview.SimilarInStore(c.Context, st, id, fleetview.SimilarOptions{Top: c.Int("top"), Exact: c.Bool("exact")})

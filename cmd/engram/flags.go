@@ -90,6 +90,21 @@ func openStore(c *cli.Context, write, create bool) (storeurl.Store, error) {
 	})
 }
 
+// openOne opens the store for reading and resolves the command's one
+// ID|NAME argument (the caller has checked there is one).
+func openOne(c *cli.Context) (storeurl.Store, engram.ID, error) {
+	st, err := openStore(c, false, false)
+	if err != nil {
+		return nil, engram.ID{}, err
+	}
+	id, err := engram.Resolve(c.Context, st, c.Args().First())
+	if err != nil {
+		st.Close()
+		return nil, engram.ID{}, err
+	}
+	return st, id, nil
+}
+
 // pinDir is where the pin files of in-place readers live: the store
 // directory, or for a bucket store this host's cache directory (pins are
 // per host there; gc on another host is held off by its margin instead).
