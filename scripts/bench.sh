@@ -51,7 +51,7 @@ if [[ -n $corpus && -f $corpus/template.qcow2 ]]; then
     echo
     echo "## in place: serve and mount against restore (bench/inplace, ${corpus}flat-1.qcow2)"
     echo
-    bench/out/inplace -image "${corpus}flat-1.qcow2" -engram bin/engram
+    bench/out/inplace -image "${corpus}flat-1.qcow2" -engram bin/engram -copy /usr/bin/perl
     echo
     echo "## S3 (versitygw on loopback) against the directory store (bench/s3, $corpus)"
     echo

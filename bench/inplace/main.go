@@ -46,6 +46,7 @@ var (
 	nreads    = flag.Int("reads", 400, "random 4 KiB reads per case")
 	runs      = flag.Int("runs", 3, "runs of every case; the run with the median of each row's figure is shown")
 	workDir   = flag.String("work", "", "scratch directory (default: a temporary one, removed)")
+	copyFile  = flag.String("copy", "", "a file inside the image's file system (the whole disk an ext4 file system, as the bench corpus's): time copying it out through engram mount + a read-only loop mount, against restore + loop mount")
 )
 
 func fatalf(format string, args ...any) {
@@ -102,6 +103,9 @@ func main() {
 			var rs []row
 			if bs == "" {
 				rs = append(rs, sequential(store, dir, dataBytes)...)
+				if *copyFile != "" {
+					rs = append(rs, copyOut(store, dir)...)
+				}
 			}
 			all = append(all, append(rs, random(store, dir, data, label)...))
 		}
@@ -312,6 +316,60 @@ func sequential(store, dir string, dataBytes int64) []row {
 		rows = append(rows, row{name: "sequential: mount + dd bs=1M", value: fmt.Sprintf("%.2f s (%.2fx)", d.Seconds(), mbs(dataBytes, d)/restoreMBs), key: d.Seconds(), mbs: mbs(dataBytes, d), cpu: m.cpu() - c0 + ccpu, rss: m.rss()})
 		m.stop()
 	}
+	return rows
+}
+
+// copyOut copies -copy out of the engram's file system twice: through
+// `engram mount` and a read-only loop mount of its file (the clock starts
+// with the mount), and by restoring the disk to a raw file and loop-mounting
+// that. A step that fails makes its row say so instead of ending the bench.
+func copyOut(store, dir string) []row {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return nil
+	}
+	try := func(name string, steps func() error) row {
+		t0 := time.Now()
+		if err := steps(); err != nil {
+			return row{name: name, value: "failed: " + strings.ReplaceAll(err.Error(), "\n", " ")}
+		}
+		d := time.Since(t0)
+		return row{name: name, value: fmt.Sprintf("%.0f ms", d.Seconds()*1000), key: d.Seconds()}
+	}
+	sh := func(cmd string) error {
+		out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", cmd, err, out)
+		}
+		return nil
+	}
+	mnt, loop := filepath.Join(dir, "copy-mnt"), filepath.Join(dir, "copy-loop")
+	os.MkdirAll(mnt, 0o755)
+	os.MkdirAll(loop, 0o755)
+	dst := filepath.Join(dir, "copied")
+	var rows []row
+	rows = append(rows, try("copy one file out: mount + loop mount + cp", func() error {
+		m := startEngram("--store", store, "mount", mnt)
+		defer m.stop()
+		file := filepath.Join(mnt, "by-name", "img.raw")
+		for {
+			if _, err := os.Stat(file); err == nil {
+				break
+			}
+			if time.Since(m.start) > time.Minute {
+				return fmt.Errorf("mount did not appear")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		defer sh("umount " + loop)
+		return sh(fmt.Sprintf("mount -o loop,ro,noload %s %s && cp %s/%s %s && umount %s", file, loop, loop, *copyFile, dst, loop))
+	}))
+	raw := filepath.Join(dir, "copy.raw")
+	rows = append(rows, try("copy one file out: restore -O raw + loop mount + cp", func() error {
+		defer os.Remove(raw)
+		defer sh("umount " + loop)
+		return sh(fmt.Sprintf("%s --store %s restore img -O raw -o %s && mount -o loop,ro,noload %s %s && cp %s/%s %s && umount %s",
+			*engramBin, store, raw, raw, loop, loop, *copyFile, dst, loop))
+	}))
 	return rows
 }
 
