@@ -26,8 +26,12 @@ import (
 //     of the refresh the caller's live set came from): a pack it names
 //     that still holds no live indexed chunk is deleted (segment first,
 //     then pack); the list is replaced by a done marker;
-//  2. marks: the packs holding no live indexed chunk, and pack objects
-//     without a segment, go into a new pending list. Nothing is deleted.
+//  2. rewrites: the live chunks of each pack under the threshold go into
+//     new packs (and segments), so the old pack holds nothing the index
+//     needs once it is condemned;
+//  3. marks: the packs holding no live indexed chunk, those just
+//     rewritten, and pack objects without a segment go into a new pending
+//     list. Nothing is deleted.
 //
 // Writers see pending lists on refresh and do not deduplicate against a
 // chunk whose indexed copy is condemned (they store it again). A writer
@@ -370,8 +374,9 @@ func (s *BlobStore) takeLease(ctx context.Context, timeout time.Duration) error 
 // blobgc.go). live must come from this store's current view (the catalog
 // as of its last refresh); GC does not refresh before it is done, so no
 // record newer than live counts. opts.Margin is the time a condemned pack
-// waits (0: DefaultGCMargin); opts.Threshold is ignored (packs are not
-// rewritten yet, only deleted when nothing in them is live).
+// waits (0: DefaultGCMargin). A pack whose live bytes fall under
+// opts.Threshold (0: 0.5) has its live chunks rewritten into new packs and
+// is then condemned with the dead ones (blobrewrite.go).
 func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) (GCStats, error) {
 	var st GCStats
 	if err := s.check(true); err != nil {
@@ -396,24 +401,22 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	if err != nil {
 		return st, err
 	}
-	// Which packs hold a live indexed chunk, from the cache (this view).
-	type packInfo struct {
-		num  uint32
-		size int64
-		live bool
-	}
-	packs := map[ID]*packInfo{}
+	// Which packs hold a live indexed chunk, and how many bytes of them,
+	// from the cache (this view).
+	packs := map[ID]*gcPack{}
 	err = s.db.view(ctx, func(tx *bolt.Tx) error {
 		chunks, precs, err := buckets(tx)
 		if err != nil {
 			return err
 		}
-		byNum := map[uint32]*packInfo{}
+		segs := tx.Bucket(bucketBlobSegs)
+		byNum := map[uint32]*gcPack{}
 		err = tx.Bucket(bucketBlobPacks).ForEach(func(k, v []byte) error {
 			if len(k) == 4 && len(v) == 32 {
 				num := binary.BigEndian.Uint32(k)
 				rec, _, _ := getPackRec(precs, num)
-				pi := &packInfo{num: num, size: rec.Size}
+				pi := &gcPack{num: num, size: rec.Size}
+				pi.data = rec.Size - packHeaderSize - int64(len(segs.Get(v))) - packFooterSize
 				packs[ID(v)] = pi
 				byNum[num] = pi
 			}
@@ -431,6 +434,8 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 			if live(ID(k)) {
 				if pi := byNum[e.Pack]; pi != nil {
 					pi.live = true
+					pi.liveBytes += int64(e.Share)
+					pi.liveChunks++
 				}
 			} else {
 				st.DeadChunks++
@@ -541,12 +546,47 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 			}
 		}
 	}
-	// Phase 1: mark.
+	// Rewrite the live chunks of packs under the threshold, so that they
+	// can be condemned with the dead ones.
+	threshold := opts.Threshold
+	if threshold == 0 {
+		threshold = 0.5
+	}
+	var sparse []ID
+	for h, pi := range packs {
+		if pi.live && !pending[h] && (pi.data <= 0 || float64(pi.liveBytes)/float64(pi.data) < threshold) {
+			sparse = append(sparse, h)
+		}
+	}
+	sort.Slice(sparse, func(i, j int) bool { return bytes.Compare(sparse[i][:], sparse[j][:]) < 0 })
+	var rewritten []ID
+	var damaged error
+	if opts.DryRun {
+		for _, h := range sparse {
+			st.PacksRewritten++
+			st.ChunksMoved += packs[h].liveChunks
+			st.BytesWritten += packs[h].liveBytes
+		}
+	} else if len(sparse) > 0 {
+		var err error
+		rewritten, damaged, err = s.rewritePacks(ctx, sparse, packs, pending, live, &st)
+		if err != nil {
+			// What is written is duplicates, merged like any and removed
+			// by a later gc; nothing is condemned this run.
+			return st, errors.Join(err, damaged)
+		}
+	}
+	// Phase 1: mark (timed after the rewrite, which may take a while: the
+	// margin runs from when the list can be seen).
+	now = s.now()
 	mark := gcList{V: gcListVersion, Time: now, Margin: int64(margin)}
 	for h, pi := range packs {
 		if !pi.live && !pending[h] {
 			mark.Packs = append(mark.Packs, h.String())
 		}
+	}
+	for _, h := range rewritten {
+		mark.Packs = append(mark.Packs, h.String())
 	}
 	for _, h := range orphans {
 		if !pending[h] {
@@ -577,7 +617,7 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 			return st, err
 		}
 	}
-	return st, s.Refresh(ctx)
+	return st, errors.Join(s.Refresh(ctx), damaged)
 }
 
 // catalogChangedSinceView reports whether meta/ holds a journal entry the

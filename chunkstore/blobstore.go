@@ -467,15 +467,24 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 // writePack uploads chunks as one pack with its index segment and indexes
 // them in the cache.
 func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) {
-	frames := encodeBlocks(chunks, s.cfg.BlockSize, s.codec)
+	return s.writeFrames(ctx, encodeBlocks(chunks, s.cfg.BlockSize, s.codec))
+}
+
+// writeFrames uploads frames as one pack with its index segment and
+// indexes them in the cache (gc's rewrite calls it with frames it copied).
+func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
+	}
+	var nchunks int
+	for _, fr := range frames {
+		nchunks += len(fr.chunks)
 	}
 	size := int64(packHeaderSize)
 	for _, fr := range frames {
 		size += int64(len(fr.data))
 	}
-	pack := make([]byte, 0, size+int64(len(chunks))*segEntry+64)
+	pack := make([]byte, 0, size+int64(nchunks)*segEntry+64)
 	// A random number where a directory pack has its number: two packs of
 	// the same chunks are two objects, so chunks stored again beside a
 	// condemned copy (gc) never land in the condemned object itself.
@@ -556,7 +565,11 @@ func mergeSegment(tx *bolt.Tx, h ID, size int64, ents []indexed, seg []byte, con
 		return 0, err
 	}
 	if condemned {
-		if err := cond.Put(packKey(num), nil); err != nil {
+		// Not an empty value: bbolt's Get returns nil for one within the
+		// transaction that put it, and a rebuild merges every pack in one
+		// transaction, so a condemned copy merged first would not count as
+		// condemned when its rewritten copy came next.
+		if err := cond.Put(packKey(num), []byte{1}); err != nil {
 			return 0, err
 		}
 	}
