@@ -3,7 +3,9 @@ package chunkstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,6 +265,162 @@ func TestBlobGCRewriteDamaged(t *testing.T) {
 		b, _ := blob.ReadAll(ctx, inner, n, maxGCList)
 		if strings.Contains(string(b), strings.TrimPrefix(bad[strings.LastIndexByte(bad, '/'):], "/")) {
 			t.Fatalf("the damaged pack was condemned: %s", b)
+		}
+	}
+}
+
+// records is the catalog of TestBlobGCRewriteDuringWrites: key -> the
+// concatenated IDs of the chunks the record needs.
+var recBucket = []byte("rec")
+
+func recordedChunks(t *testing.T, s *BlobStore) (liveSet, [][]byte) {
+	t.Helper()
+	live := liveSet{}
+	var keys [][]byte
+	err := s.View(context.Background(), func(tx MetaTx) error {
+		return tx.ForEach(recBucket, nil, func(k, v []byte) error {
+			keys = append(keys, append([]byte(nil), k...))
+			for i := 0; i+32 <= len(v); i += 32 {
+				live[ID(v[i:i+32])] = true
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live, keys
+}
+
+// gc with rewriting, run again and again while two hosts store chunks
+// (half of them shared with each other and with removed records) and
+// commit records: every record committed at the end reads back whole
+// from a fresh host, and the bucket verifies. The fake clock moves a
+// margin and a half per gc run, so each run sweeps what the one before
+// marked; it moves only between commits (a commit check and its journal
+// PUT never straddle a margin: the hole DESIGN.md describes).
+func TestBlobGCRewriteDuringWrites(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	bs := mem.New()
+	initBlob(t, bs, rewriteOpts)
+	var commitMu sync.RWMutex
+	writer := func(host int, s *BlobStore, done chan<- error) {
+		for i := range 12 {
+			shared := mkChunks(uint64(1+i%4*10), 10, 20000) // seen by both hosts and earlier rounds
+			own := mkChunks(uint64(100000*(host+1)+1000*i), 10, 20000)
+			cs := append(shared, own...)
+			// Two records per pack: "a" (gc's host removes it) and "b".
+			var recA, recB []byte
+			for j, c := range cs {
+				if j >= 10 && j < 15 {
+					recA = append(recA, c.ID[:]...)
+				} else {
+					recB = append(recB, c.ID[:]...)
+				}
+			}
+			for try := 0; ; try++ {
+				if try > 20 {
+					done <- fmt.Errorf("host %d record %d: refused %d times", host, i, try)
+					return
+				}
+				if err := s.Refresh(ctx); err != nil {
+					done <- err
+					return
+				}
+				if _, err := s.PutMany(ctx, cs); err != nil {
+					done <- err
+					return
+				}
+				commitMu.RLock()
+				err := s.Update(ctx, func(tx MetaTx) error {
+					if err := tx.Put(recBucket, []byte(fmt.Sprintf("h%d-%02d-a", host, i)), recA); err != nil {
+						return err
+					}
+					return tx.Put(recBucket, []byte(fmt.Sprintf("h%d-%02d-b", host, i)), recB)
+				})
+				commitMu.RUnlock()
+				if errors.Is(err, ErrStaleView) {
+					continue
+				}
+				if err != nil {
+					done <- err
+					return
+				}
+				break
+			}
+		}
+		done <- nil
+	}
+	done := make(chan error, 2)
+	for h := range 2 {
+		go writer(h, gcHost(t, bs, clk), done)
+	}
+	g := gcHost(t, bs, clk)
+	var rewritten, deleted int64
+	for running := 2; running > 0; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			running--
+			continue
+		default:
+		}
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, keys := recordedChunks(t, g)
+		// Remove the "a" records: their chunks die, and the packs holding
+		// them are left partly live.
+		for _, k := range keys {
+			if !strings.HasSuffix(string(k), "-a") {
+				continue
+			}
+			if err := g.Update(ctx, func(tx MetaTx) error { return tx.Delete(recBucket, k) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		live, _ := recordedChunks(t, g)
+		st, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin, Threshold: 0.9})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rewritten += st.PacksRewritten
+		deleted += st.PacksDeleted
+		commitMu.Lock()
+		clk.advance(testMargin * 3 / 2)
+		commitMu.Unlock()
+	}
+	for range 3 { // sweep what is left to sweep
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		live, _ := recordedChunks(t, g)
+		st, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin, Threshold: 0.9})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rewritten += st.PacksRewritten
+		deleted += st.PacksDeleted
+		clk.advance(2 * testMargin)
+	}
+	t.Logf("%d packs rewritten, %d deleted", rewritten, deleted)
+	if rewritten == 0 {
+		t.Fatal("no pack was rewritten")
+	}
+	fresh := gcHost(t, bs, clk)
+	live, keys := recordedChunks(t, fresh)
+	if len(keys) == 0 {
+		t.Fatal("no record left")
+	}
+	for id := range live {
+		if _, err := fresh.Get(ctx, id); err != nil {
+			t.Fatalf("a committed record's chunk: %v", err)
 		}
 	}
 }

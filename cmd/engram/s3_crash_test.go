@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/chunkstore/blob"
 	"github.com/engram-vm/engram/chunkstore/blob/s3"
 	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
@@ -215,6 +217,7 @@ func TestS3GCDuringIngest(t *testing.T) {
 	committed := map[string]string{}
 	var refused []int
 	gcRuns := 0
+	var rewritten int64
 	// Two rounds: the second re-runs refused ingests on the caches they
 	// left, whose chunks gc has condemned or swept meanwhile.
 	for round := range 2 {
@@ -225,8 +228,14 @@ func TestS3GCDuringIngest(t *testing.T) {
 		// gc back to back until the ingests are done (bounded): each run
 		// sweeps what the one before marked, packs of ingests still running
 		// among them.
+		// A threshold of 0.9 makes them rewrite the partly live packs too
+		// (vm0's, whose chunks the clones share), under the ingests.
 		for n := 0; n < 50 && slices.ContainsFunc(ps, func(p *proc) bool { return !p.exited() }); n++ {
-			ok(t, store, "--cache-dir", cache("gc"), "gc", "--margin", "1ns")
+			var st chunkstore.GCStats
+			if err := json.Unmarshal([]byte(ok(t, store, "--cache-dir", cache("gc"), "--json", "gc", "--margin", "1ns", "--threshold", "0.9")), &st); err != nil {
+				t.Fatal(err)
+			}
+			rewritten += st.PacksRewritten
 			gcRuns++
 		}
 		for j, p := range ps {
@@ -240,12 +249,37 @@ func TestS3GCDuringIngest(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d gc runs; committed %d, refused %d times", gcRuns, len(committed), len(refused))
+	t.Logf("%d gc runs (%d packs rewritten); committed %d, refused %d times", gcRuns, rewritten, len(committed), len(refused))
 	for _, i := range refused { // a refused ingest run again commits
 		if _, done := committed[fmt.Sprintf("vm%d", i)]; !done {
 			ok(t, store, "--cache-dir", cache(fmt.Sprintf("h%d", i)), "ingest", "--name", fmt.Sprintf("vm%d", i), imgs[i])
 			committed[fmt.Sprintf("vm%d", i)] = imgs[i]
 		}
+	}
+	// A pack certainly partly live: y's pack holds A and B, z (A alone)
+	// dedups against it, y is removed. gc rewrites A out of the pack (with
+	// the ingests above, whether a pack ends partly live depends on which
+	// copy of a chunk stored twice wins), and every engram still restores.
+	// B is 255 blocks of different bytes, so it is most of the pack.
+	ycmds := []string{"write -P 0x61 0 1M"}
+	for i := range 255 {
+		ycmds = append(ycmds, fmt.Sprintf("write -P %d %d 4k", i+1, 4<<20+i*4096))
+	}
+	y, _ := qcowWith("8M", nil, ycmds...)(t, mkdir(t, dir, "y"))
+	z, _ := qcowWith("8M", nil, "write -P 0x61 0 1M")(t, mkdir(t, dir, "z"))
+	ok(t, store, "--cache-dir", cache("base"), "ingest", "--name", "y", y)
+	ok(t, store, "--cache-dir", cache("base"), "ingest", "--name", "z", z)
+	ok(t, store, "--cache-dir", cache("base"), "rm", "y")
+	committed["z"] = z
+	for range 2 {
+		var st chunkstore.GCStats
+		if err := json.Unmarshal([]byte(ok(t, store, "--cache-dir", cache("gc"), "--json", "gc", "--margin", "1ns", "--threshold", "0.9")), &st); err != nil {
+			t.Fatal(err)
+		}
+		rewritten += st.PacksRewritten
+	}
+	if rewritten == 0 {
+		t.Fatal("no gc run rewrote a pack")
 	}
 	ok(t, store, "--cache-dir", cache("gc"), "gc", "--margin", "1ns")
 	ok(t, store, "--cache-dir", cache("gc"), "gc", "--margin", "1ns")
