@@ -979,18 +979,13 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
 	start := s.now()
-	var segs, journals []string
+	var segs []string
 	// The journal first, then the segments: a writer puts its segments
 	// before its record, so every record listed here has its segments in
 	// the listing after it. (The other way round, a record committed
 	// between the two listings arrives without its chunks: found by
 	// TestS3GCDuringIngest as a gc refusing with "chunk not found".)
-	err := s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
-		if _, ok := parseJournalName(in.Name); ok {
-			journals = append(journals, in.Name)
-		}
-		return nil
-	})
+	journals, full, err := s.listJournal(ctx, false) // blobjournal.go
 	if err != nil {
 		return err
 	}
@@ -1027,10 +1022,19 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 		}
 		todo = append(todo, name)
 	}
+	if rebuild && !full {
+		if journals, full, err = s.listJournal(ctx, true); err != nil {
+			return err
+		}
+		sort.Strings(journals)
+	}
 	if rebuild {
 		todo = journals
 	}
 	if len(todo) == 0 {
+		if full {
+			return s.db.update(ctx, func(tx *bolt.Tx) error { return markJournalListed(tx, start) })
+		}
 		return nil
 	}
 	bodies := make([][]byte, len(todo))
@@ -1048,6 +1052,11 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 				if _, err := tx.CreateBucket(b); err != nil {
 					return err
 				}
+			}
+		}
+		if full {
+			if err := markJournalListed(tx, start); err != nil {
+				return err
 			}
 		}
 		for i, name := range todo {

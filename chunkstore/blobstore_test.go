@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/engram-vm/engram/chunkstore/blob"
 	"github.com/engram-vm/engram/chunkstore/blob/faulty"
@@ -172,10 +173,12 @@ func TestBlobStoreJournalOrder(t *testing.T) {
 	if err := a.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("n"), []byte("x"), []byte("late")) }); err != nil {
 		t.Fatal(err)
 	}
-	// Another host's entry, named earlier (its clock was behind), setting
-	// the same key and another one.
+	// Another host's entry, named earlier (its clock was 10 minutes
+	// behind: within the refresh's lookback), setting the same key and
+	// another one.
 	body := []byte(`{"v":1,"ops":[{"op":"put","b":"bg==","k":"eA==","v":"ZWFybHk="},{"op":"put","b":"bg==","k":"eQ==","v":"eQ=="}]}`)
-	if err := bs.Put(ctx, journalName(1, body), body); err != nil {
+	tA, _ := parseJournalName(objects(t, bs, blobMetaPrefix)[0])
+	if err := bs.Put(ctx, journalName(tA-int64(10*time.Minute), body), body); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Refresh(ctx); err != nil {
@@ -431,4 +434,55 @@ func mustID(t *testing.T, s string) ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// A refresh lists meta/ from a lookback before the newest entry it applied
+// (StartAfter): an entry named further back (a clock more than the
+// lookback behind) is seen by a new cache at once, and by an old cache at
+// its next full listing.
+func TestBlobStoreJournalListAfter(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	a := gcHost(t, bs, clk)
+	for i := range 5 {
+		if err := a.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("n"), []byte{byte(i)}, []byte("v")) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.advance(3 * journalLookback)
+	if err := a.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("n"), []byte("new"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	// What a partial listing covers: the newest entry's lookback.
+	names, full, err := a.listJournal(ctx, false)
+	if err != nil || full || len(names) != 1 {
+		t.Fatalf("listJournal = %v, full %v, %v; want the one entry within the lookback", names, full, err)
+	}
+	body := []byte(`{"v":1,"ops":[{"op":"put","b":"bg==","k":"b2xk","v":"dg=="}]}`)
+	if err := bs.Put(ctx, journalName(1, body), body); err != nil {
+		t.Fatal(err)
+	}
+	has := func(s *BlobStore) bool {
+		var ok bool
+		_ = s.View(ctx, func(tx MetaTx) error { ok = tx.Get([]byte("n"), []byte("old")) != nil; return nil })
+		return ok
+	}
+	if err := a.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if has(a) {
+		t.Fatal("a partial listing saw an entry named before its lookback")
+	}
+	if !has(gcHost(t, bs, clk)) {
+		t.Fatal("a new cache missed an entry")
+	}
+	clk.advance(journalFullEvery)
+	if err := a.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !has(a) {
+		t.Fatal("the full listing missed an entry")
+	}
 }

@@ -1,0 +1,91 @@
+package chunkstore
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/engram-vm/engram/chunkstore/blob/s3"
+	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
+)
+
+// On a bucket with thousands of journal entries (one every 10 s, so
+// about 7 hours of them), a refresh of a cache
+// that has them lists meta/ from its newest entry (one LIST request), not
+// all of it (one per 1000 names); counted by a proxy in front of the
+// server.
+func TestS3RefreshListsFromLastEntry(t *testing.T) {
+	ctx := context.Background()
+	cfg := s3test.Config(t)
+	cfg.Prefix = "store"
+	target, err := url.Parse(cfg.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metaLists, requests atomic.Int64
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if q := r.URL.Query(); q.Get("list-type") == "2" && strings.HasSuffix(q.Get("prefix"), "/meta/") {
+			metaLists.Add(1)
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close) // after the host's verify (cleanups run last first)
+	cfg.Endpoint = srv.URL
+	bs, err := s3.Open(ctx, cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bs.Close() })
+	initBlob(t, bs, InitOptions{})
+	const n = 2500
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				body := []byte(fmt.Sprintf(`{"v":1,"ops":[{"op":"put","b":"bg==","k":"%s","v":"dg=="}]}`, b64(fmt.Sprint(i))))
+				if err := bs.Put(ctx, journalName(int64(1e18)+int64(i)*int64(10*time.Second), body), body); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	metaLists.Store(0)
+	s := newBlobHost(t, bs) // a new cache: lists everything
+	full := metaLists.Load()
+	metaLists.Store(0)
+	requests.Store(0)
+	if err := s.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	partial, all := metaLists.Load(), requests.Load()
+	var keys int
+	_ = s.View(ctx, func(tx MetaTx) error {
+		return tx.ForEach([]byte("n"), nil, func(k, v []byte) error { keys++; return nil })
+	})
+	t.Logf("%d journal entries: opening a new cache lists meta/ in %d requests, a refresh in %d (%d requests in all)", n, full, partial, all)
+	if keys != n || partial != 1 || full < n/1000 {
+		t.Fatalf("%d keys applied, %d/%d LIST requests", keys, full, partial)
+	}
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
