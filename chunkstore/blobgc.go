@@ -3,7 +3,6 @@ package chunkstore
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -401,49 +400,7 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	if err != nil {
 		return st, err
 	}
-	// Which packs hold a live indexed chunk, and how many bytes of them,
-	// from the cache (this view).
-	packs := map[ID]*gcPack{}
-	err = s.db.view(ctx, func(tx *bolt.Tx) error {
-		chunks, precs, err := buckets(tx)
-		if err != nil {
-			return err
-		}
-		segs := tx.Bucket(bucketBlobSegs)
-		byNum := map[uint32]*gcPack{}
-		err = tx.Bucket(bucketBlobPacks).ForEach(func(k, v []byte) error {
-			if len(k) == 4 && len(v) == 32 {
-				num := binary.BigEndian.Uint32(k)
-				rec, _, _ := getPackRec(precs, num)
-				pi := &gcPack{num: num, size: rec.Size}
-				pi.data = rec.Size - packHeaderSize - int64(len(segs.Get(v))) - packFooterSize
-				packs[ID(v)] = pi
-				byNum[num] = pi
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		return chunks.ForEach(func(k, v []byte) error {
-			st.Chunks++
-			e, err := decodeEntry(ID(k), v)
-			if err != nil {
-				return err
-			}
-			if live(ID(k)) {
-				if pi := byNum[e.Pack]; pi != nil {
-					pi.live = true
-					pi.liveBytes += int64(e.Share)
-					pi.liveChunks++
-				}
-			} else {
-				st.DeadChunks++
-				st.DeadBytes += int64(e.Share)
-			}
-			return nil
-		})
-	})
+	packs, err := s.gcPacks(ctx, live, &st)
 	if err != nil {
 		return st, err
 	}
@@ -548,33 +505,11 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	}
 	// Rewrite the live chunks of packs under the threshold, so that they
 	// can be condemned with the dead ones.
-	threshold := opts.Threshold
-	if threshold == 0 {
-		threshold = 0.5
-	}
-	var sparse []ID
-	for h, pi := range packs {
-		if pi.live && !pending[h] && (pi.data <= 0 || float64(pi.liveBytes)/float64(pi.data) < threshold) {
-			sparse = append(sparse, h)
-		}
-	}
-	sort.Slice(sparse, func(i, j int) bool { return bytes.Compare(sparse[i][:], sparse[j][:]) < 0 })
-	var rewritten []ID
-	var damaged error
-	if opts.DryRun {
-		for _, h := range sparse {
-			st.PacksRewritten++
-			st.ChunksMoved += packs[h].liveChunks
-			st.BytesWritten += packs[h].liveBytes
-		}
-	} else if len(sparse) > 0 {
-		var err error
-		rewritten, damaged, err = s.rewritePacks(ctx, sparse, packs, pending, live, &st)
-		if err != nil {
-			// What is written is duplicates, merged like any and removed
-			// by a later gc; nothing is condemned this run.
-			return st, errors.Join(err, damaged)
-		}
+	rewritten, damaged, err := s.rewriteSparse(ctx, packs, pending, live, opts, &st)
+	if err != nil {
+		// What is written is duplicates, merged like any and removed by a
+		// later gc; nothing is condemned this run.
+		return st, errors.Join(err, damaged)
 	}
 	// Phase 1: mark (timed after the rewrite, which may take a while: the
 	// margin runs from when the list can be seen).

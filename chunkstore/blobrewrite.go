@@ -37,6 +37,86 @@ type gcPack struct {
 	liveChunks int64
 }
 
+// gcPacks reads, from the cache (this view), which packs hold a live
+// indexed chunk and how many bytes of them, counting chunks and dead ones
+// into st. (A gc of any kind starts here: BlobStore.GC, and the direct
+// gc of a directory held exclusively.)
+func (s *BlobStore) gcPacks(ctx context.Context, live func(ID) bool, st *GCStats) (map[ID]*gcPack, error) {
+	packs := map[ID]*gcPack{}
+	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, precs, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		segs := tx.Bucket(bucketBlobSegs)
+		byNum := map[uint32]*gcPack{}
+		err = tx.Bucket(bucketBlobPacks).ForEach(func(k, v []byte) error {
+			if len(k) == 4 && len(v) == 32 {
+				num := binary.BigEndian.Uint32(k)
+				rec, _, _ := getPackRec(precs, num)
+				pi := &gcPack{num: num, size: rec.Size}
+				pi.data = rec.Size - packHeaderSize - int64(len(segs.Get(v))) - packFooterSize
+				packs[ID(v)] = pi
+				byNum[num] = pi
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return chunks.ForEach(func(k, v []byte) error {
+			st.Chunks++
+			e, err := decodeEntry(ID(k), v)
+			if err != nil {
+				return err
+			}
+			if live(ID(k)) {
+				if pi := byNum[e.Pack]; pi != nil {
+					pi.live = true
+					pi.liveBytes += int64(e.Share)
+					pi.liveChunks++
+				}
+			} else {
+				st.DeadChunks++
+				st.DeadBytes += int64(e.Share)
+			}
+			return nil
+		})
+	})
+	return packs, err
+}
+
+// rewriteSparse rewrites the live packs (not in pending) whose live bytes
+// fall under opts.Threshold (0: 0.5) and returns those now safe to
+// condemn or, for a gc with no other writer, to delete once the cache
+// indexes the new copies; with opts.DryRun it only counts. damaged joins
+// the packs left in place; err stops the run.
+func (s *BlobStore) rewriteSparse(ctx context.Context, packs map[ID]*gcPack, pending map[ID]bool, live func(ID) bool, opts GCOptions, st *GCStats) (rewritten []ID, damaged, err error) {
+	threshold := opts.Threshold
+	if threshold == 0 {
+		threshold = 0.5
+	}
+	var sparse []ID
+	for h, pi := range packs {
+		if pi.live && !pending[h] && (pi.data <= 0 || float64(pi.liveBytes)/float64(pi.data) < threshold) {
+			sparse = append(sparse, h)
+		}
+	}
+	sort.Slice(sparse, func(i, j int) bool { return bytes.Compare(sparse[i][:], sparse[j][:]) < 0 })
+	if opts.DryRun {
+		for _, h := range sparse {
+			st.PacksRewritten++
+			st.ChunksMoved += packs[h].liveChunks
+			st.BytesWritten += packs[h].liveBytes
+		}
+		return nil, nil, nil
+	}
+	if len(sparse) == 0 {
+		return nil, nil, nil
+	}
+	return s.rewritePacks(ctx, sparse, packs, pending, live, st)
+}
+
 // rewriteRead bounds the gap between two frames read with one ranged GET:
 // reading a little dead data costs less than another request.
 const rewriteRead = 256 << 10
