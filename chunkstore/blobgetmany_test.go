@@ -6,15 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/engram-vm/engram/chunkstore/blob"
+	"github.com/engram-vm/engram/chunkstore/blob/dir"
 	"github.com/engram-vm/engram/chunkstore/blob/faulty"
 	"github.com/engram-vm/engram/chunkstore/blob/mem"
 	"github.com/engram-vm/engram/chunkstore/blob/s3"
 	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
+	"golang.org/x/sync/errgroup"
 )
 
 // getManyStore is a bucket store of small blocks and packs (so a batch
@@ -291,4 +295,87 @@ func TestBlobGetManyRot(t *testing.T) {
 	if err := s.GetMany(ctx, ok, make([][]byte, len(ok))); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// BenchmarkGetManyRestore reads benchCorpus("files") the way restore does
+// (4 workers, jobs of 4 MiB of consecutive chunks into one buffer each)
+// from a FileStore and from a BlobStore over blob/dir, the directory
+// store's next form: ranged reads must be cheap there too.
+func BenchmarkGetManyRestore(b *testing.B) {
+	ctx := context.Background()
+	cs := benchCorpus(b, "files")
+	ids := make([]ID, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	put := func(s Store) {
+		for k := 0; k < len(cs); k += 64 { // 4 MiB batches, as ingest
+			if _, err := s.PutMany(ctx, cs[k:min(k+64, len(cs))]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	fsStore := NewTestStore(b)
+	put(fsStore)
+	root := b.TempDir()
+	bd, err := dir.Open(filepath.Join(root, "bucket"), true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := InitBlob(ctx, bd, InitOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	bstore, err := OpenBlob(ctx, bd, BlobOpenOptions{CacheRoot: filepath.Join(root, "cache")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bstore.Close()
+	put(bstore)
+	for _, st := range []struct {
+		name  string
+		s     Reader
+		reset func()
+	}{{"filestore", fsStore, fsStore.cache.reset}, {"blob-dir", bstore, bstore.cache.reset}} {
+		b.Run(st.name, func(b *testing.B) {
+			b.SetBytes(int64(len(cs)) * 65536)
+			cpu0 := cpuTime()
+			for b.Loop() {
+				st.reset()
+				jobs := make(chan int)
+				var g errgroup.Group
+				for range 4 {
+					g.Go(func() error {
+						buf := make([]byte, 64*65536)
+						bufs := make([][]byte, 64)
+						for k := range jobs {
+							n := min(64, len(ids)-k)
+							for j := range n {
+								bufs[j] = buf[j*65536 : (j+1)*65536 : (j+1)*65536]
+							}
+							if err := GetMany(ctx, st.s, ids[k:k+n], bufs[:n]); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+				}
+				for k := 0; k < len(ids); k += 64 {
+					jobs <- k
+				}
+				close(jobs)
+				if err := g.Wait(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// CPU, not wall: the machine is shared.
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// cpuTime is the process's user+sys time in nanoseconds.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
