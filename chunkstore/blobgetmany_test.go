@@ -234,6 +234,31 @@ func testBlobGetMany(t *testing.T, inner blob.Store) {
 
 func TestBlobGetManyMem(t *testing.T) { testBlobGetMany(t, mem.New()) }
 
+// A bucket asks readers for more in flight; memory (like a directory)
+// gives no advice.
+func TestBlobReadParallelism(t *testing.T) {
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	if n := newBlobHost(t, bs).ReadParallelism(); n != 0 {
+		t.Fatalf("mem: ReadParallelism %d, want 0", n)
+	}
+	cfg := s3test.Config(t)
+	cfg.Prefix = "parallelism"
+	s3s, err := s3.Open(context.Background(), cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initBlob(t, s3s, InitOptions{})
+	s, err := OpenBlob(context.Background(), s3s, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := s.ReadParallelism(); n != remoteReaders {
+		t.Fatalf("s3: ReadParallelism %d, want %d", n, remoteReaders)
+	}
+}
+
 func TestBlobGetManyS3(t *testing.T) {
 	cfg := s3test.Config(t)
 	cfg.Prefix = "getmany"
