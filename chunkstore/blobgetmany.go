@@ -445,3 +445,33 @@ func (s *BlobStore) fillChunk(i int, cb *cachedBlock, ids []ID, bufs [][]byte, e
 	}
 	bufs[i] = data
 }
+
+// readSegments reads the index segments of packs hs, several at once (a
+// cache built from scratch reads one per pack, and each waits a round
+// trip). A segment gone since the listing (swept) is left out.
+func (s *BlobStore) readSegments(ctx context.Context, hs []ID) (map[ID][]byte, error) {
+	segs := make([][]byte, len(hs))
+	found := make([]bool, len(hs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(getManyParallel, 2*s.ReadParallelism()))
+	for i, h := range hs {
+		g.Go(func() error {
+			b, err := blob.ReadAll(gctx, s.bs, indexObject(h), maxSegment)
+			if errors.Is(err, blob.ErrNotExist) {
+				return nil
+			}
+			segs[i], found[i] = b, err == nil
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := make(map[ID][]byte, len(hs))
+	for i, h := range hs {
+		if found[i] {
+			out[h] = segs[i]
+		}
+	}
+	return out, nil
+}

@@ -404,3 +404,26 @@ func cpuTime() int64 {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
+
+// A fresh cache reads the segments several at once: a failing read fails
+// the open (nothing half-merged), the next open sees every chunk.
+func TestBlobReadSegments(t *testing.T) {
+	ctx := context.Background()
+	cs := mkChunks(500, 90, 9000)
+	_, fs := getManyStore(t, mem.New(), cs)
+	fs.Add(faulty.Fault{Op: faulty.Get, Prefix: blobIndexPrefix, Skip: 1, Times: 1})
+	if _, err := OpenBlob(ctx, nopClose{fs}, BlobOpenOptions{CacheRoot: t.TempDir()}); !errors.Is(err, faulty.ErrInjected) {
+		t.Fatalf("open with a failing segment read = %v", err)
+	}
+	fs.Clear()
+	s := newBlobHost(t, fs)
+	ids := make([]ID, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	bufs := make([][]byte, len(ids))
+	if err := s.GetMany(ctx, ids, bufs); err != nil {
+		t.Fatal(err)
+	}
+	checkGot(t, cs, bufs)
+}
