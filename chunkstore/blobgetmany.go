@@ -333,6 +333,10 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 	}
 	defer sem.Release(w)
 	buf, err := s.bs.Get(ctx, packObject(r.pack), r.off, n)
+	if err == nil && int64(len(buf)) != n {
+		// A store breaking its contract must not make us slice past buf.
+		err = fmt.Errorf("%s: get %s: %d bytes at %d, asked for %d: %w", s.bs, packObject(r.pack), len(buf), r.off, n, blob.ErrRange)
+	}
 	if err != nil {
 		for _, f := range r.frames {
 			s.finishLoad(f, nil, err)
