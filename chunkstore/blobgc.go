@@ -221,16 +221,9 @@ func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
 		return err
 	}
 	sort.Slice(missing, func(i, j int) bool { return bytes.Compare(missing[i][:], missing[j][:]) < 0 })
-	fetched := map[ID][]byte{}
-	for _, h := range missing {
-		b, err := blob.ReadAll(ctx, s.bs, indexObject(h), maxSegment)
-		if errors.Is(err, blob.ErrNotExist) {
-			continue // swept since the listing
-		}
-		if err != nil {
-			return err
-		}
-		fetched[h] = b
+	fetched, err := s.readSegments(ctx, missing)
+	if err != nil {
+		return err
 	}
 	if !rebuild && len(fetched) == 0 {
 		return nil

@@ -41,6 +41,7 @@ type BlobStore struct {
 	cacheDir string
 	db       *dbPool
 	cache    *blockCache
+	many     manyState // GetMany's (blobgetmany.go)
 	closed   atomic.Bool
 
 	// refreshMu serialises refreshes in this process.

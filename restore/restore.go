@@ -235,6 +235,10 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 		// More fetchers than cores: one may wait on a block another is
 		// decompressing (jobs share the blocks at their edges) or on I/O.
 		workers = 2 * runtime.GOMAXPROCS(0)
+		// A bucket wants more requests in flight than a disk.
+		if p, ok := r.(chunkstore.ReadParallelism); ok {
+			workers = max(workers, p.ReadParallelism())
+		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	jobs := make(chan job, workers)

@@ -18,6 +18,9 @@
 // (object reads), LIST, other (HEAD, DELETE, bucket calls).
 //
 //	go run ./bench/s3 -corpus bench/cache/full-c1-n8 -engram bin/engram
+//
+// -restore-rows [-repeat N] [-ab OTHER-BINARY] [-latency 20ms] runs only
+// the restore rows (restore.go).
 package main
 
 import (
@@ -85,6 +88,16 @@ func main() {
 	}
 	if b.work, err = os.MkdirTemp("", "engram-bench-s3-"); err != nil {
 		fatalf("%v", err)
+	}
+	if *restoreRows {
+		rows, err := b.runRestoreRows(*script)
+		b.stop()
+		_ = os.RemoveAll(b.work)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		printRestoreRows(rows)
+		return
 	}
 	rows, err := b.run(*script)
 	b.stop()
@@ -186,6 +199,9 @@ func (b *bench) start(script string) error {
 			b.mu.Lock()
 			b.counts[kind]++
 			b.mu.Unlock()
+			if *latency > 0 {
+				time.Sleep(*latency)
+			}
 			proxy.ServeHTTP(w, r)
 		}))
 	}()
