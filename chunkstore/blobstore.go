@@ -50,6 +50,10 @@ type BlobStore struct {
 	viewTime atomic.Int64
 	// clock is time.Now but for tests of gc's margins.
 	clock func() time.Time
+	// news is what this process learnt from news/ (blobnews.go);
+	// soleWriter turns it off.
+	news       *newsState
+	soleWriter bool
 }
 
 func (s *BlobStore) now() int64 {
@@ -129,6 +133,10 @@ type BlobOpenOptions struct {
 	LockTimeout time.Duration
 	// BlockCacheBytes: see OpenOptions.BlockCacheBytes.
 	BlockCacheBytes int64
+	// SoleWriter says no other process writes to the store (a directory
+	// under a writer lock): PutMany then neither reads nor writes news/
+	// (blobnews.go), which only pays when writers run at once.
+	SoleWriter bool
 }
 
 // DefaultCacheRoot is $ENGRAM_CACHE_DIR, else $XDG_CACHE_HOME/engram,
@@ -270,7 +278,8 @@ func OpenBlob(ctx context.Context, bs blob.Store, opts BlobOpenOptions) (*BlobSt
 		timeout = DefaultLockTimeout
 	}
 	s := &BlobStore{bs: bs, cfg: cfg, codec: c, readOnly: opts.ReadOnly, trustIDs: opts.TrustIDs, cacheDir: dir,
-		db: newDBPool(idx, false, timeout), cache: newBlockCache(opts.BlockCacheBytes)}
+		db: newDBPool(idx, false, timeout), cache: newBlockCache(opts.BlockCacheBytes),
+		news: newNewsState(), soleWriter: opts.SoleWriter}
 	if err := s.checkCache(ctx); err != nil {
 		s.db.close()
 		return nil, err
@@ -428,6 +437,11 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	for i, c := range chunks {
 		ids[i] = c.ID
 	}
+	// What other hosts stored since we last looked, before spending
+	// compression and upload on it (blobnews.go).
+	if err := s.pollNews(ctx, false); err != nil {
+		return 0, err
+	}
 	have, err := s.has(ctx, ids, true)
 	if err != nil {
 		return 0, err
@@ -446,8 +460,31 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 		}
 		fresh = append(fresh, c)
 	}
+	if len(fresh) == 0 {
+		return 0, nil
+	}
+	mine, held, own, err := s.claimFor(ctx, fresh)
+	if err != nil {
+		return 0, err
+	}
+	added, err := s.storeFresh(ctx, mine)
+	s.release(own)
+	if err != nil || len(held) == 0 {
+		return added, err
+	}
+	// The chunks another writer claimed: wait for its pack, store what
+	// it did not.
+	left, err := s.awaitHeld(ctx, held)
+	if err != nil {
+		return added, err
+	}
+	n, err := s.storeFresh(ctx, left)
+	return added + n, err
+}
+
+// storeFresh stores chunks the cache lacks, in packs of about PackSize.
+func (s *BlobStore) storeFresh(ctx context.Context, fresh []Chunk) (int, error) {
 	added := 0
-	// Cut into packs of about PackSize.
 	for start := 0; start < len(fresh); {
 		end, size := start, int64(0)
 		for end < len(fresh) && (end == start || size+int64(len(fresh[end].Data)) <= s.cfg.PackSize) {
@@ -471,11 +508,20 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	// Right before the upload: frames another host stored meanwhile.
+	frames, err := s.dropStored(ctx, frames)
+	if err != nil || len(frames) == 0 {
+		return 0, err
+	}
 	size := int64(packHeaderSize)
 	for _, fr := range frames {
 		size += int64(len(fr.data))
 	}
-	pack := make([]byte, 0, size+int64(len(chunks))*segEntry+64)
+	nchunks := 0
+	for _, fr := range frames {
+		nchunks += len(fr.chunks)
+	}
+	pack := make([]byte, 0, size+int64(nchunks)*segEntry+64)
 	// A random number where a directory pack has its number: two packs of
 	// the same chunks are two objects, so chunks stored again beside a
 	// condemned copy (gc) never land in the condemned object itself.
@@ -513,8 +559,9 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 	if err := s.bs.Put(ctx, indexObject(h), seg); err != nil && !errors.Is(err, blob.ErrExist) {
 		return 0, fmt.Errorf("chunkstore: uploading index segment: %w", err)
 	}
+	s.announce(ctx, h)
 	var added int
-	err := s.db.update(context.WithoutCancel(ctx), func(tx *bolt.Tx) error {
+	err = s.db.update(context.WithoutCancel(ctx), func(tx *bolt.Tx) error {
 		var err error
 		added, err = mergeSegment(tx, h, int64(len(pack)), ents, seg, false, nil)
 		return err
@@ -992,6 +1039,7 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 		return err
 	}
 	s.viewTime.Store(start)
+	s.newsFrom(start)
 	// Journal.
 	sort.Strings(journals)
 	var last string

@@ -39,6 +39,10 @@ import (
 //   - List calls fn for every object whose name starts with prefix, in
 //     no particular order, with its size and modification time; an error
 //     from fn stops the listing and is returned.
+//   - ListAfter is List of the names that sort after after (bytewise):
+//     S3's StartAfter, so that listing what is new under a prefix of
+//     time-ordered names costs what is new, not what is there. after ""
+//     is List.
 //   - Delete removes an object; deleting a missing object is not an
 //     error (S3 semantics).
 //   - Every method takes the context first and returns ctx.Err() (wrapped)
@@ -50,6 +54,7 @@ type Store interface {
 	Put(ctx context.Context, name string, data []byte) error
 	Get(ctx context.Context, name string, off, length int64) ([]byte, error)
 	List(ctx context.Context, prefix string, fn func(Info) error) error
+	ListAfter(ctx context.Context, prefix, after string, fn func(Info) error) error
 	Delete(ctx context.Context, name string) error
 	// String names the store in messages ("dir /srv/x", "s3://b/p").
 	String() string

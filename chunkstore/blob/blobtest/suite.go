@@ -180,6 +180,28 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store, opts Options) {
 				t.Errorf("List(%q) = %v, want %v", prefix, got, want)
 			}
 		}
+		// ListAfter: time-ordered names, listed from a point on.
+		for _, c := range []struct {
+			prefix, after string
+			want          []string
+		}{
+			{"packs/", "packs/aa/1", []string{"packs/aa/2", "packs/ab/3"}},
+			{"packs/", "packs/ab/3", nil},
+			{"packs/", "", []string{"packs/aa/1", "packs/aa/2", "packs/ab/3"}},
+			{"packs/", "a", []string{"packs/aa/1", "packs/aa/2", "packs/ab/3"}},
+			{"index/", "index/1", []string{"index/2"}},
+			{"", "packs/ab", []string{"packs/ab/3", "packsx", "records/x"}},
+		} {
+			var got []string
+			err := s.ListAfter(ctx, c.prefix, c.after, func(in blob.Info) error { got = append(got, in.Name); return nil })
+			if err != nil {
+				t.Fatalf("ListAfter(%q, %q): %v", c.prefix, c.after, err)
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("ListAfter(%q, %q) = %v, want %v", c.prefix, c.after, got, c.want)
+			}
+		}
 		stop := errors.New("stop")
 		n := 0
 		err := s.List(ctx, "", func(blob.Info) error { n++; return stop })

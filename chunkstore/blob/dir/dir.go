@@ -177,6 +177,12 @@ func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte
 
 // List walks the directories the prefix can match.
 func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) error) error {
+	return s.ListAfter(ctx, prefix, "", fn)
+}
+
+// ListAfter is List of the names after after (filtered: a directory
+// store is for tests and single hosts, its listings are local).
+func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blob.Info) error) error {
 	if err := blob.CheckPrefix(prefix); err != nil {
 		return fmt.Errorf("%s: list: %w", s, err)
 	}
@@ -210,7 +216,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) erro
 			}
 			return nil
 		}
-		if !de.Type().IsRegular() || !strings.HasPrefix(name, prefix) {
+		if !de.Type().IsRegular() || !strings.HasPrefix(name, prefix) || name <= after {
 			return nil
 		}
 		fi, ierr := de.Info()

@@ -149,6 +149,11 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) erro
 	return s.do(List, prefix, func() error { return s.Store.List(ctx, prefix, fn) })
 }
 
+// ListAfter fails as List does.
+func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blob.Info) error) error {
+	return s.do(List, prefix, func() error { return s.Store.ListAfter(ctx, prefix, after, fn) })
+}
+
 // Delete may fail before or after deleting.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	return s.do(Delete, name, func() error { return s.Store.Delete(ctx, name) })

@@ -79,13 +79,18 @@ func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte
 
 // List visits the objects under prefix.
 func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) error) error {
+	return s.ListAfter(ctx, prefix, "", fn)
+}
+
+// ListAfter visits the objects under prefix whose names sort after after.
+func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blob.Info) error) error {
 	if err := blob.CheckPrefix(prefix); err != nil {
 		return fmt.Errorf("mem: list: %w", err)
 	}
 	s.mu.Lock()
 	var infos []blob.Info
 	for n, o := range s.objs {
-		if strings.HasPrefix(n, prefix) {
+		if strings.HasPrefix(n, prefix) && n > after {
 			infos = append(infos, blob.Info{Name: n, Size: int64(len(o.data)), ModTime: o.mod})
 		}
 	}

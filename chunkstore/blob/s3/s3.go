@@ -328,17 +328,27 @@ func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte
 
 // List lists the objects under prefix (ListObjectsV2, recursive).
 func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) error) error {
+	return s.ListAfter(ctx, prefix, "", fn)
+}
+
+// ListAfter lists the objects under prefix after after (ListObjectsV2
+// with StartAfter: the server starts there).
+func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blob.Info) error) error {
 	if err := blob.CheckPrefix(prefix); err != nil {
 		return fmt.Errorf("%s: list: %w", s.where, err)
 	}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for oi := range s.c.ListObjects(lctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+	opts := minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}
+	if after != "" {
+		opts.StartAfter = s.prefix + after
+	}
+	for oi := range s.c.ListObjects(lctx, s.bucket, opts) {
 		if oi.Err != nil {
 			return s.mapErr("list", prefix, oi.Err)
 		}
 		name, ok := strings.CutPrefix(oi.Key, s.prefix)
-		if !ok || blob.CheckName(name) != nil {
+		if !ok || blob.CheckName(name) != nil || name <= after {
 			continue // not one of ours (a foreign key under the prefix)
 		}
 		if err := fn(blob.Info{Name: name, Size: oi.Size, ModTime: oi.LastModified}); err != nil {
