@@ -115,6 +115,15 @@ func (s *BlobStore) NewsStats() NewsStats {
 	return s.news.stats
 }
 
+// wall is the time claims expire by: s.clock in tests, so that they
+// expire by the test's clock and not by how fast the test runs.
+func (s *BlobStore) wall() time.Time {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now()
+}
+
 func newsTimeName(t int64) string { return fmt.Sprintf("%s%016x", blobNewsPrefix, max(t, 0)) }
 
 // parseNewsName returns the time of a news/ name, the pack hash of a
@@ -199,7 +208,7 @@ func (s *BlobStore) pollNews(ctx context.Context, force bool) error {
 	n.pollMu.Lock()
 	defer n.pollMu.Unlock()
 	n.mu.Lock()
-	if !force && time.Since(n.last) < n.intervalLocked() {
+	if now := s.wall(); !force && now.Sub(n.last) < n.intervalLocked(now) {
 		n.mu.Unlock()
 		return nil
 	}
@@ -232,7 +241,7 @@ func (s *BlobStore) pollNews(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now()
+	now := s.wall()
 	var packs []ID
 	var claims []*claim
 	for _, it := range items {
@@ -309,8 +318,8 @@ func (s *BlobStore) pollNews(ctx context.Context, force bool) error {
 
 // intervalLocked is the poll interval: interval while other writers are
 // about, aloneInterval once nothing foreign was listed for claimWait.
-func (n *newsState) intervalLocked() time.Duration {
-	if n.alone(time.Now()) {
+func (n *newsState) intervalLocked(now time.Time) time.Duration {
+	if n.alone(now) {
 		return n.aloneInterval
 	}
 	return n.interval
@@ -407,10 +416,16 @@ func (s *BlobStore) claimFor(ctx context.Context, fresh []Chunk) (mine, held []C
 		return fresh, nil, nil, nil
 	}
 	n := s.news
-	now := time.Now()
+	// A chunk indexed in a condemned copy is stored again, but its claim
+	// is over: the claimer stored it, and nobody else will.
+	indexed, err := s.has(ctx, chunkIDs(fresh), false)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	now := s.wall()
 	n.mu.Lock()
-	for _, c := range fresh {
-		if n.coveredLocked(c.ID, nil, now) {
+	for i, c := range fresh {
+		if !indexed[i] && n.coveredLocked(c.ID, nil, now) {
 			held = append(held, c)
 		} else {
 			mine = append(mine, c)
@@ -427,10 +442,7 @@ func (s *BlobStore) claimFor(ctx context.Context, fresh []Chunk) (mine, held []C
 	if alone || raw < claimMinBytes || len(mine) > maxClaimChunks {
 		return mine, held, nil, nil
 	}
-	ids := make([]ID, len(mine))
-	for i, c := range mine {
-		ids[i] = c.ID
-	}
+	ids := chunkIDs(mine)
 	var r [8]byte
 	_, _ = rand.Read(r[:])
 	t := max(s.now(), 0)
@@ -486,6 +498,14 @@ func (n *newsState) coveredLocked(id ID, own *claim, now time.Time) bool {
 	return false
 }
 
+func chunkIDs(cs []Chunk) []ID {
+	out := make([]ID, len(cs))
+	for i, c := range cs {
+		out[i] = c.ID
+	}
+	return out
+}
+
 // release marks a claim of this process done: its chunks are stored, or
 // its PutMany failed and nobody should wait for them any longer.
 func (s *BlobStore) release(c *claim) {
@@ -510,26 +530,29 @@ func (s *BlobStore) awaitHeld(ctx context.Context, held []Chunk) ([]Chunk, error
 		total += len(c.Data)
 	}
 	for {
-		ids := make([]ID, len(held))
-		for i, c := range held {
-			ids[i] = c.ID
-		}
+		ids := chunkIDs(held)
 		have, err := s.has(ctx, ids, true)
 		if err != nil {
 			return nil, err
 		}
+		indexed, err := s.has(ctx, ids, false)
+		if err != nil {
+			return nil, err
+		}
 		missing := held[:0]
+		var pending []bool // still worth waiting for
 		for i, c := range held {
 			if !have[i] {
 				missing = append(missing, c)
+				pending = append(pending, !indexed[i])
 			}
 		}
 		held = missing
-		now := time.Now()
+		now := s.wall()
 		n.mu.Lock()
 		waiting := false
-		for _, c := range held {
-			if n.coveredLocked(c.ID, nil, now) {
+		for i, c := range held {
+			if pending[i] && n.coveredLocked(c.ID, nil, now) {
 				waiting = true
 				break
 			}
