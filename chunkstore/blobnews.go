@@ -583,13 +583,18 @@ func (s *BlobStore) awaitHeld(ctx context.Context, held []Chunk) ([]Chunk, error
 
 // dropStored leaves out the frames whose chunks the cache indexes now
 // (another host stored them while this one compressed): uploading them
-// would only make duplicates.
-func (s *BlobStore) dropStored(ctx context.Context, frames []encFrame) ([]encFrame, error) {
+// would only make duplicates. Under claim own it also yields (drops and
+// returns the chunks of) the frames whose every chunk is missing and
+// covered by an earlier claim listed only now: a claim's name carries the
+// time before its PUT, so two hosts that claim at once can each list the
+// other's claim only after their own check, and then the later name must
+// still give way, or both upload.
+func (s *BlobStore) dropStored(ctx context.Context, frames []encFrame, own *claim) ([]encFrame, []Chunk, error) {
 	if s.soleWriter {
-		return frames, nil
+		return frames, nil, nil
 	}
-	if err := s.pollNews(ctx, false); err != nil {
-		return nil, err
+	if err := s.pollNews(ctx, own != nil); err != nil {
+		return nil, nil, err
 	}
 	var ids []ID
 	for _, fr := range frames {
@@ -599,18 +604,27 @@ func (s *BlobStore) dropStored(ctx context.Context, frames []encFrame) ([]encFra
 	}
 	have, err := s.has(ctx, ids, true)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	keep := frames[:0]
 	i := 0
 	var dropped int
 	var raw int64
+	var yielded []Chunk
+	now := s.wall()
 	for _, fr := range frames {
-		all := true
+		all, claimed := true, own != nil
 		var r int64
-		for range fr.chunks {
+		s.news.mu.Lock()
+		for _, c := range fr.chunks {
 			all = all && have[i]
+			claimed = claimed && !have[i] && s.news.coveredLocked(c.ID, own, now)
 			i++
+		}
+		s.news.mu.Unlock()
+		if claimed {
+			yielded = append(yielded, fr.chunks...)
+			continue
 		}
 		if all {
 			for _, c := range fr.chunks {
@@ -628,7 +642,7 @@ func (s *BlobStore) dropStored(ctx context.Context, frames []encFrame) ([]encFra
 		s.news.stats.BytesSkipped += raw
 		s.news.mu.Unlock()
 	}
-	return keep, nil
+	return keep, yielded, nil
 }
 
 // announce writes news/T-H.pack for a pack whose segment is in the

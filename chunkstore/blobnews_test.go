@@ -76,7 +76,7 @@ func TestBlobNewsClaimHeld(t *testing.T) {
 		case <-time.After(time.Millisecond):
 		}
 	}
-	if n, err := a.storeFresh(ctx, mine); err != nil || n != len(cs) {
+	if n, _, err := a.storeFresh(ctx, mine, own); err != nil || n != len(cs) {
 		t.Fatalf("a: store = %d, %v", n, err)
 	}
 	a.release(own)

@@ -467,8 +467,9 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	added, err := s.storeFresh(ctx, mine)
+	added, yielded, err := s.storeFresh(ctx, mine, own)
 	s.release(own)
+	held = append(held, yielded...)
 	if err != nil || len(held) == 0 {
 		return added, err
 	}
@@ -478,40 +479,45 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	if err != nil {
 		return added, err
 	}
-	n, err := s.storeFresh(ctx, left)
+	n, _, err := s.storeFresh(ctx, left, nil)
 	return added + n, err
 }
 
-// storeFresh stores chunks the cache lacks, in packs of about PackSize.
-func (s *BlobStore) storeFresh(ctx context.Context, fresh []Chunk) (int, error) {
+// storeFresh stores chunks the cache lacks, in packs of about PackSize;
+// under claim own, it returns the chunks it yielded to an earlier claim
+// (see dropStored).
+func (s *BlobStore) storeFresh(ctx context.Context, fresh []Chunk, own *claim) (int, []Chunk, error) {
 	added := 0
+	var yielded []Chunk
 	for start := 0; start < len(fresh); {
 		end, size := start, int64(0)
 		for end < len(fresh) && (end == start || size+int64(len(fresh[end].Data)) <= s.cfg.PackSize) {
 			size += int64(len(fresh[end].Data))
 			end++
 		}
-		n, err := s.writePack(ctx, fresh[start:end])
+		n, y, err := s.writePack(ctx, fresh[start:end], own)
 		added += n
+		yielded = append(yielded, y...)
 		if err != nil {
-			return added, err
+			return added, yielded, err
 		}
 		start = end
 	}
-	return added, nil
+	return added, yielded, nil
 }
 
 // writePack uploads chunks as one pack with its index segment and indexes
 // them in the cache.
-func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) {
+func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk, own *claim) (int, []Chunk, error) {
 	frames := encodeBlocks(chunks, s.cfg.BlockSize, s.codec)
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	// Right before the upload: frames another host stored meanwhile.
-	frames, err := s.dropStored(ctx, frames)
+	// Right before the upload: frames another host stored meanwhile, or
+	// claimed first.
+	frames, yielded, err := s.dropStored(ctx, frames, own)
 	if err != nil || len(frames) == 0 {
-		return 0, err
+		return 0, yielded, err
 	}
 	size := int64(packHeaderSize)
 	for _, fr := range frames {
@@ -553,11 +559,11 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 	// not there. ErrExist: the same bytes are there already (the name is
 	// their hash), from another writer or our own retried request.
 	if err := testKillDuring("pack-put", func() error { return s.bs.Put(ctx, packObject(h), pack) }); err != nil && !errors.Is(err, blob.ErrExist) {
-		return 0, fmt.Errorf("chunkstore: uploading pack: %w", err)
+		return 0, yielded, fmt.Errorf("chunkstore: uploading pack: %w", err)
 	}
 	testKill("after-pack")
 	if err := s.bs.Put(ctx, indexObject(h), seg); err != nil && !errors.Is(err, blob.ErrExist) {
-		return 0, fmt.Errorf("chunkstore: uploading index segment: %w", err)
+		return 0, yielded, fmt.Errorf("chunkstore: uploading index segment: %w", err)
 	}
 	s.announce(ctx, h)
 	var added int
@@ -566,7 +572,7 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 		added, err = mergeSegment(tx, h, int64(len(pack)), ents, seg, false, nil)
 		return err
 	})
-	return added, err
+	return added, yielded, err
 }
 
 // mergeSegment indexes the entries of pack h (segment seg) in the cache,
