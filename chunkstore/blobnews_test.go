@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -241,4 +242,30 @@ func FuzzClaim(f *testing.F) {
 		}
 		_, _, _, _ = parseNewsName(string(b))
 	})
+}
+
+// A claim with an earlier name that is listed only after this host's own
+// check (its PUT landed late): this host still yields before uploading.
+func TestBlobNewsLateEarlierClaim(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	a := newsHost(t, bs, time.Hour)
+	cs := mkChunks(1, 20, 20000)
+	mine, _, own, err := a.claimFor(ctx, cs)
+	if err != nil || own == nil || len(mine) != len(cs) {
+		t.Fatalf("claimFor: %d mine, %v", len(mine), err)
+	}
+	t0, _, _, _ := parseNewsName(own.name)
+	late := fmt.Sprintf("%s%016x-%016x.claim", blobNewsPrefix, t0-1, 1)
+	if err := bs.Put(ctx, late, encodeClaim(ids(cs))); err != nil {
+		t.Fatal(err)
+	}
+	n, yielded, err := a.storeFresh(ctx, mine, own)
+	if err != nil || n != 0 || len(yielded) != len(cs) {
+		t.Fatalf("storeFresh = %d stored, %d yielded, %v; want all yielded", n, len(yielded), err)
+	}
+	if n := len(objects(t, bs, blobPacksPrefix)); n != 0 {
+		t.Fatalf("%d packs uploaded", n)
+	}
 }
