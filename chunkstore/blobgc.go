@@ -577,6 +577,9 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 			return st, err
 		}
 	}
+	if err := s.pruneNews(ctx); err != nil {
+		return st, err
+	}
 	return st, s.Refresh(ctx)
 }
 

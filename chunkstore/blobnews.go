@@ -660,3 +660,29 @@ func (s *BlobStore) announce(ctx context.Context, h ID) {
 	s.news.mu.Unlock()
 	_ = s.bs.Put(ctx, name, nil)
 }
+
+// newsKeep is how long gc keeps news/ objects: they advise writers
+// working at the same moment (claimWait, newsWindow), never later ones.
+const newsKeep = time.Hour
+
+// pruneNews deletes the news/ objects older than newsKeep (by this
+// host's clock); gc calls it.
+func (s *BlobStore) pruneNews(ctx context.Context) error {
+	cut := newsTimeName(s.now() - int64(newsKeep))
+	var old []string
+	err := s.bs.List(ctx, blobNewsPrefix, func(in blob.Info) error {
+		if in.Name < cut {
+			old = append(old, in.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, name := range old {
+		if err := s.bs.Delete(ctx, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}

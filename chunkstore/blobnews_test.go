@@ -269,3 +269,32 @@ func TestBlobNewsLateEarlierClaim(t *testing.T) {
 		t.Fatalf("%d packs uploaded", n)
 	}
 }
+
+// gc deletes news/ objects past newsKeep and keeps the recent ones.
+func TestBlobNewsPrunedByGC(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	s := gcHost(t, bs, clk)
+	if _, err := s.PutMany(ctx, mkChunks(1, 10, 20000)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(objects(t, bs, blobNewsPrefix)); n == 0 {
+		t.Fatal("no news/ objects written")
+	}
+	live := func(ID) bool { return true }
+	if _, err := s.GC(ctx, live, GCOptions{Margin: testMargin}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(objects(t, bs, blobNewsPrefix)); n == 0 {
+		t.Fatal("gc deleted recent news/ objects")
+	}
+	clk.advance(newsKeep + time.Second)
+	if _, err := s.GC(ctx, live, GCOptions{Margin: testMargin}); err != nil {
+		t.Fatal(err)
+	}
+	if got := objects(t, bs, blobNewsPrefix); len(got) != 0 {
+		t.Fatalf("news/ objects left after newsKeep: %v", got)
+	}
+}
