@@ -423,7 +423,9 @@ func (s *BlobStore) Put(ctx context.Context, id ID, data []byte) (bool, error) {
 // pack object, then its index segment, then the cache commit. Calls run
 // concurrently (no lock, in this process or any other); a chunk two calls
 // store at once ends in two packs, and every cache keeps the copy in the
-// pack with the smaller hash.
+// pack with the smaller hash. news/ (blobnews.go) makes that rare: it
+// first merges the packs other writers announced, leaves chunks another
+// writer has claimed to that writer, and looks again before uploading.
 func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	if err := s.check(true); err != nil {
 		return 0, err

@@ -18,6 +18,9 @@
 // (object reads), LIST, other (HEAD, DELETE, bucket calls).
 //
 //	go run ./bench/s3 -corpus bench/cache/full-c1-n8 -engram bin/engram
+//
+// -rows concurrent runs only the 1 against 4 ingesters rows; their CPU
+// column is user+sys of the engram processes.
 package main
 
 import (
