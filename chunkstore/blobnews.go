@@ -70,7 +70,7 @@ type newsState struct {
 
 	pollMu sync.Mutex       // one poll at a time
 	mu     sync.Mutex       // guards the rest
-	after  string           // list news/ names after this one
+	after  int64            // list news/ names from this time on (0: not set)
 	last   time.Time        // when the last poll listed
 	seen   map[string]int64 // names listed or written, by time; pruned behind after
 	// packs this process announced, and when it last listed a name it did
@@ -192,9 +192,7 @@ func (s *BlobStore) newsFrom(t int64) {
 	if n.since == 0 {
 		n.since = t
 	}
-	if a := newsTimeName(t - int64(n.window)); a > n.after {
-		n.after = a
-	}
+	n.after = max(n.after, t-int64(n.window))
 }
 
 // pollNews lists news/ past the cursor (unless the last listing is less
@@ -212,8 +210,8 @@ func (s *BlobStore) pollNews(ctx context.Context, force bool) error {
 		n.mu.Unlock()
 		return nil
 	}
-	after := n.after
-	if after == "" {
+	after := newsTimeName(n.after)
+	if n.after == 0 {
 		after = newsTimeName(s.now() - int64(n.window))
 	}
 	n.mu.Unlock()
@@ -291,12 +289,10 @@ func (s *BlobStore) pollNews(ctx context.Context, force bool) error {
 	if newest > 0 {
 		// Not past this host's own clock: a host whose clock runs ahead
 		// must not make the others skip what is announced meanwhile.
-		if a := newsTimeName(min(newest, s.now()) - int64(n.window)); a > n.after {
-			n.after = a
-		}
+		n.after = max(n.after, min(newest, s.now())-int64(n.window))
 	}
 	for name, t := range n.seen {
-		if newsTimeName(t) < n.after {
+		if t < n.after {
 			delete(n.seen, name)
 		}
 	}
