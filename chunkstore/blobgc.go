@@ -545,6 +545,9 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 			return st, err
 		}
 	}
+	if err := s.pruneNews(ctx); err != nil {
+		return st, errors.Join(err, damaged)
+	}
 	return st, errors.Join(s.Refresh(ctx), damaged)
 }
 

@@ -51,6 +51,10 @@ type BlobStore struct {
 	viewTime atomic.Int64
 	// clock is time.Now but for tests of gc's margins.
 	clock func() time.Time
+	// news is what this process learnt from news/ (blobnews.go);
+	// soleWriter turns it off.
+	news       *newsState
+	soleWriter bool
 }
 
 func (s *BlobStore) now() int64 {
@@ -130,6 +134,10 @@ type BlobOpenOptions struct {
 	LockTimeout time.Duration
 	// BlockCacheBytes: see OpenOptions.BlockCacheBytes.
 	BlockCacheBytes int64
+	// SoleWriter says no other process writes to the store (a directory
+	// under a writer lock): PutMany then neither reads nor writes news/
+	// (blobnews.go), which only pays when writers run at once.
+	SoleWriter bool
 }
 
 // DefaultCacheRoot is $ENGRAM_CACHE_DIR, else $XDG_CACHE_HOME/engram,
@@ -271,7 +279,8 @@ func OpenBlob(ctx context.Context, bs blob.Store, opts BlobOpenOptions) (*BlobSt
 		timeout = DefaultLockTimeout
 	}
 	s := &BlobStore{bs: bs, cfg: cfg, codec: c, readOnly: opts.ReadOnly, trustIDs: opts.TrustIDs, cacheDir: dir,
-		db: newDBPool(idx, false, timeout), cache: newBlockCache(opts.BlockCacheBytes)}
+		db: newDBPool(idx, false, timeout), cache: newBlockCache(opts.BlockCacheBytes),
+		news: newNewsState(), soleWriter: opts.SoleWriter}
 	if err := s.checkCache(ctx); err != nil {
 		s.db.close()
 		return nil, err
@@ -415,7 +424,9 @@ func (s *BlobStore) Put(ctx context.Context, id ID, data []byte) (bool, error) {
 // pack object, then its index segment, then the cache commit. Calls run
 // concurrently (no lock, in this process or any other); a chunk two calls
 // store at once ends in two packs, and every cache keeps the copy in the
-// pack with the smaller hash.
+// pack with the smaller hash. news/ (blobnews.go) makes that rare: it
+// first merges the packs other writers announced, leaves chunks another
+// writer has claimed to that writer, and looks again before uploading.
 func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	if err := s.check(true); err != nil {
 		return 0, err
@@ -428,6 +439,11 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 	ids := make([]ID, len(chunks))
 	for i, c := range chunks {
 		ids[i] = c.ID
+	}
+	// What other hosts stored since we last looked, before spending
+	// compression and upload on it (blobnews.go).
+	if err := s.pollNews(ctx, false); err != nil {
+		return 0, err
 	}
 	have, err := s.has(ctx, ids, true)
 	if err != nil {
@@ -447,28 +463,67 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 		}
 		fresh = append(fresh, c)
 	}
+	if len(fresh) == 0 {
+		return 0, nil
+	}
+	mine, held, own, err := s.claimFor(ctx, fresh)
+	if err != nil {
+		return 0, err
+	}
+	added, yielded, err := s.storeFresh(ctx, mine, own)
+	s.release(own)
+	held = append(held, yielded...)
+	if err != nil || len(held) == 0 {
+		return added, err
+	}
+	// The chunks another writer claimed: wait for its pack, store what
+	// it did not.
+	left, err := s.awaitHeld(ctx, held)
+	if err != nil {
+		return added, err
+	}
+	n, _, err := s.storeFresh(ctx, left, nil)
+	return added + n, err
+}
+
+// storeFresh stores chunks the cache lacks, in packs of about PackSize;
+// under claim own, it returns the chunks it yielded to an earlier claim
+// (see dropStored).
+func (s *BlobStore) storeFresh(ctx context.Context, fresh []Chunk, own *claim) (int, []Chunk, error) {
 	added := 0
-	// Cut into packs of about PackSize.
+	var yielded []Chunk
 	for start := 0; start < len(fresh); {
 		end, size := start, int64(0)
 		for end < len(fresh) && (end == start || size+int64(len(fresh[end].Data)) <= s.cfg.PackSize) {
 			size += int64(len(fresh[end].Data))
 			end++
 		}
-		n, err := s.writePack(ctx, fresh[start:end])
+		n, y, err := s.writePack(ctx, fresh[start:end], own)
 		added += n
+		yielded = append(yielded, y...)
 		if err != nil {
-			return added, err
+			return added, yielded, err
 		}
 		start = end
 	}
-	return added, nil
+	return added, yielded, nil
 }
 
 // writePack uploads chunks as one pack with its index segment and indexes
 // them in the cache.
-func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) {
-	return s.writeFrames(ctx, encodeBlocks(chunks, s.cfg.BlockSize, s.codec))
+func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk, own *claim) (int, []Chunk, error) {
+	frames := encodeBlocks(chunks, s.cfg.BlockSize, s.codec)
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err
+	}
+	// Right before the upload: frames another host stored meanwhile, or
+	// claimed first.
+	frames, yielded, err := s.dropStored(ctx, frames, own)
+	if err != nil || len(frames) == 0 {
+		return 0, yielded, err
+	}
+	added, err := s.writeFrames(ctx, frames)
+	return added, yielded, err
 }
 
 // writeFrames uploads frames as one pack with its index segment and
@@ -523,6 +578,7 @@ func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, er
 	if err := s.bs.Put(ctx, indexObject(h), seg); err != nil && !errors.Is(err, blob.ErrExist) {
 		return 0, fmt.Errorf("chunkstore: uploading index segment: %w", err)
 	}
+	s.announce(ctx, h)
 	var added int
 	err := s.db.update(context.WithoutCancel(ctx), func(tx *bolt.Tx) error {
 		var err error
@@ -1001,6 +1057,7 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 		return err
 	}
 	s.viewTime.Store(start)
+	s.newsFrom(start)
 	// Journal.
 	sort.Strings(journals)
 	var last string

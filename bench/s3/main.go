@@ -21,6 +21,9 @@
 //
 // -restore-rows [-repeat N] [-ab OTHER-BINARY] [-latency 20ms] runs only
 // the restore rows (restore.go).
+//
+// -rows concurrent runs only the 1 against 4 ingesters rows; their CPU
+// column is user+sys of the engram processes.
 package main
 
 import (
@@ -55,6 +58,7 @@ type Row struct {
 	Test     string         `json:"test"`
 	Store    string         `json:"store"` // "dir" or "s3"
 	Seconds  float64        `json:"seconds"`
+	CPU      float64        `json:"cpu_seconds,omitempty"` // user+sys of the engram processes (concurrent rows)
 	Bytes    int64          `json:"bytes_stored,omitempty"`
 	Requests map[string]int `json:"requests,omitempty"`
 }
@@ -66,6 +70,7 @@ func main() {
 	clones := flag.Int("clones", 0, "clones in the fleet row (at least 3; 0: every clone-K.qcow2 of the corpus)")
 	asJSON := flag.Bool("json", false, "print the rows as JSON")
 	keep := flag.Bool("keep", false, "keep the work directory")
+	only := flag.String("rows", "all", "which rows: all, or concurrent (only the 1 against 4 ingesters rows)")
 	flag.Parse()
 	if *corpus == "" {
 		fatalf("-corpus DIR is required")
@@ -81,7 +86,10 @@ func main() {
 	if *clones < 3 {
 		fatalf("-clones %d: want at least 3", *clones)
 	}
-	b := &bench{corpus: *corpus, clones: *clones}
+	if *only != "all" && *only != "concurrent" {
+		fatalf("-rows %q: want all or concurrent", *only)
+	}
+	b := &bench{corpus: *corpus, clones: *clones, concurrentOnly: *only == "concurrent"}
 	var err error
 	if b.engram, err = filepath.Abs(*engram); err != nil {
 		fatalf("%v", err)
@@ -115,8 +123,8 @@ func main() {
 		_ = enc.Encode(rows)
 		return
 	}
-	fmt.Println("| test | store | time | stored | requests (PUT / GET / LIST / other) |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| test | store | time | CPU | stored | requests (PUT / GET / LIST / other) |")
+	fmt.Println("|---|---|---|---|---|---|")
 	for _, r := range rows {
 		stored, reqs := "", "–"
 		if r.Bytes > 0 {
@@ -126,7 +134,11 @@ func main() {
 			q := r.Requests
 			reqs = fmt.Sprintf("%d (%d / %d / %d / %d)", q["PUT"]+q["GET"]+q["LIST"]+q["other"], q["PUT"], q["GET"], q["LIST"], q["other"])
 		}
-		fmt.Printf("| %s | %s | %.2f s | %s | %s |\n", r.Test, r.Store, r.Seconds, stored, reqs)
+		cpu := ""
+		if r.CPU > 0 {
+			cpu = fmt.Sprintf("%.2f s", r.CPU)
+		}
+		fmt.Printf("| %s | %s | %.2f s | %s | %s | %s |\n", r.Test, r.Store, r.Seconds, cpu, stored, reqs)
 	}
 }
 
@@ -138,11 +150,23 @@ func fatalf(format string, args ...any) {
 type bench struct {
 	corpus, engram, work string
 	clones               int
+	concurrentOnly       bool
 	script, serverDir    string
 	env                  map[string]string // the server's AWS_*
 	proxyURL             string
 	mu                   sync.Mutex
 	counts               map[string]int
+	cpu                  time.Duration // user+sys of engram processes since takeCPU
+}
+
+// takeCPU returns the CPU time of the engram processes that ended since
+// the last call.
+func (b *bench) takeCPU() float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.cpu
+	b.cpu = 0
+	return c.Seconds()
 }
 
 // start runs the server and the counting proxy in front of it.
@@ -241,7 +265,13 @@ func (b *bench) engramRun(store, cache string, args ...string) error {
 	c := b.cmd(store, cache, args...)
 	var out bytes.Buffer
 	c.Stdout, c.Stderr = &out, &out
-	if err := c.Run(); err != nil {
+	err := c.Run()
+	if c.ProcessState != nil {
+		b.mu.Lock()
+		b.cpu += c.ProcessState.UserTime() + c.ProcessState.SystemTime()
+		b.mu.Unlock()
+	}
+	if err != nil {
 		return fmt.Errorf("engram %s: %v\n%s", strings.Join(args, " "), err, out.String())
 	}
 	return nil
@@ -256,6 +286,7 @@ func (b *bench) newBucket() (string, error) {
 		return "", err
 	}
 	b.takeCounts()
+	b.takeCPU()
 	return name, nil
 }
 
@@ -309,6 +340,9 @@ func (b *bench) run(script string) ([]Row, error) {
 		return nil, err
 	}
 	var rows []Row
+	if b.concurrentOnly {
+		return b.concurrent(paths, names, rows)
+	}
 	fleet := fmt.Sprintf("fleet: template + %d clones, ingest", b.clones)
 
 	// Fleet into the directory store.
@@ -370,25 +404,31 @@ func (b *bench) run(script string) ([]Row, error) {
 		return nil, fmt.Errorf("qemu-img compare of clone-1 restored from S3: %v %s", err, c)
 	}
 	_ = os.Remove(out)
+	return b.concurrent(paths, names, rows)
+}
 
-	// Four ingesters at once against one, template + 3 clones each time.
+// concurrent adds the rows of four ingesters at once against one, template
+// + 3 clones each time.
+func (b *bench) concurrent(paths, names []string, rows []Row) ([]Row, error) {
 	four, fourNames := paths[:4], names[:4]
-	if bucket, err = b.newBucket(); err != nil {
+	bucket, err := b.newBucket()
+	if err != nil {
 		return nil, err
 	}
 	one := "s3://" + bucket + "/fleet"
-	t0 = time.Now()
+	t0 := time.Now()
 	for i, p := range four {
 		if err := b.engramRun(one, filepath.Join(b.work, "cache-one"), "ingest", "--name", fourNames[i], p); err != nil {
 			return nil, err
 		}
 	}
-	secs = time.Since(t0).Seconds()
-	reqs = b.takeCounts()
-	if n, err = b.bucketBytes(bucket); err != nil {
+	secs := time.Since(t0).Seconds()
+	reqs := b.takeCounts()
+	n, err := b.bucketBytes(bucket)
+	if err != nil {
 		return nil, err
 	}
-	rows = append(rows, Row{Test: "template + 3 clones, 1 ingester", Store: "s3", Seconds: secs, Bytes: n, Requests: reqs})
+	rows = append(rows, Row{Test: "template + 3 clones, 1 ingester", Store: "s3", Seconds: secs, CPU: b.takeCPU(), Bytes: n, Requests: reqs})
 
 	if bucket, err = b.newBucket(); err != nil {
 		return nil, err
@@ -415,7 +455,7 @@ func (b *bench) run(script string) ([]Row, error) {
 	if n, err = b.bucketBytes(bucket); err != nil {
 		return nil, err
 	}
-	rows = append(rows, Row{Test: "template + 3 clones, 4 concurrent ingesters", Store: "s3", Seconds: secs, Bytes: n, Requests: reqs})
+	rows = append(rows, Row{Test: "template + 3 clones, 4 concurrent ingesters", Store: "s3", Seconds: secs, CPU: b.takeCPU(), Bytes: n, Requests: reqs})
 	// Hosts that stored the same chunk at once each uploaded a copy; two
 	// gc runs (the margin 1 ns: nothing else writes here) drop the extra
 	// ones.
