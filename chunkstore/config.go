@@ -14,8 +14,12 @@ import (
 
 // Store format identity, recorded in config.json.
 const (
-	configFormat  = "engram-chunkstore"
-	configVersion = 1
+	configFormat = "engram-chunkstore"
+	// configVersion 2: the blob-1 layout in a directory (docs/FORMAT.md
+	// section 2), so a program that knows only format 1 refuses the
+	// directory instead of taking it for an empty format-1 store. Buckets
+	// of version 1 (blob-1 from before) read the same.
+	configVersion = 2
 	// indexVersion is the layout of index.db (meta bucket key "version").
 	indexVersion = 1
 )
@@ -116,10 +120,11 @@ func (c config) check() error {
 	return nil
 }
 
-// Init creates a chunk store in dir (created if missing). It fails with
-// ErrStoreExists when dir already holds one.
-func Init(dir string, opts InitOptions) error {
+// initFileStore creates a chunk store of format 1 in dir (created if
+// missing). It fails with ErrStoreExists when dir already holds one.
+func initFileStore(dir string, opts InitOptions) error {
 	cfg, err := opts.config()
+	cfg.Version = 1
 	if err != nil {
 		return fmt.Errorf("chunkstore init %s: %w", dir, err)
 	}

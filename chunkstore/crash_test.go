@@ -33,7 +33,7 @@ func TestCrashChild(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := os.Getenv("CHUNKSTORE_CRASH_DIR")
-	s, err := Open(ctx, dir, OpenOptions{Command: "crash child " + mode})
+	s, err := openFileStore(ctx, dir, OpenOptions{Command: "crash child " + mode})
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(2)
@@ -166,7 +166,7 @@ func verifyClean(t *testing.T, s Maintainer) {
 func TestCrashDuringPut(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if err := Init(dir, InitOptions{PackSize: 512 << 10, BlockSize: 64 << 10}); err != nil {
+	if err := initFileStore(dir, InitOptions{PackSize: 512 << 10, BlockSize: 64 << 10}); err != nil {
 		t.Fatal(err)
 	}
 	var acked []ID
@@ -175,7 +175,7 @@ func TestCrashDuringPut(t *testing.T) {
 		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
 		c.kill(t)
 		acked = append(acked, c.ids...)
-		s, err := Open(ctx, dir, OpenOptions{})
+		s, err := openFileStore(ctx, dir, OpenOptions{})
 		if err != nil {
 			t.Fatalf("round %d: open after kill: %v", round, err)
 		}
@@ -197,12 +197,12 @@ func TestCrashDuringPut(t *testing.T) {
 func TestCrashDuringGC(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if err := Init(dir, InitOptions{PackSize: 64 << 10, BlockSize: 32 << 10}); err != nil {
+	if err := initFileStore(dir, InitOptions{PackSize: 64 << 10, BlockSize: 32 << 10}); err != nil {
 		t.Fatal(err)
 	}
 	var all []Chunk
 	for round := range crashRounds() {
-		s, err := Open(ctx, dir, OpenOptions{})
+		s, err := openFileStore(ctx, dir, OpenOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -217,7 +217,7 @@ func TestCrashDuringGC(t *testing.T) {
 		c := startChild(t, "gc", dir, 0)
 		time.Sleep(time.Duration(20+rand.IntN(300)) * time.Millisecond)
 		c.kill(t)
-		s, err = Open(ctx, dir, OpenOptions{})
+		s, err = openFileStore(ctx, dir, OpenOptions{})
 		if err != nil {
 			t.Fatalf("round %d: open after kill: %v", round, err)
 		}
@@ -242,7 +242,7 @@ func TestCrashDuringGC(t *testing.T) {
 func TestReadWhileWriterProcess(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if err := Init(dir, InitOptions{PackSize: 1 << 20}); err != nil {
+	if err := initFileStore(dir, InitOptions{PackSize: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	c := startChild(t, "put", dir, 1<<40)
@@ -257,7 +257,7 @@ func TestReadWhileWriterProcess(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
-		r, err := Open(ctx, dir, OpenOptions{ReadOnly: true, LockTimeout: 10 * time.Second})
+		r, err := openFileStore(ctx, dir, OpenOptions{ReadOnly: true, LockTimeout: 10 * time.Second})
 		if err != nil {
 			t.Fatalf("read-only open beside a writer process: %v", err)
 		}
@@ -283,7 +283,7 @@ func TestReadWhileWriterProcess(t *testing.T) {
 func TestFileSizeLimit(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if err := Init(dir, InitOptions{Compression: "fastest", BlockSize: 1}); err != nil {
+	if err := initFileStore(dir, InitOptions{Compression: "fastest", BlockSize: 1}); err != nil {
 		t.Fatal(err)
 	}
 	c := startChild(t, "fsize", dir, 0)
@@ -302,7 +302,7 @@ func TestFileSizeLimit(t *testing.T) {
 		t.Fatalf("put error = %q", failed)
 	}
 	t.Log(failed)
-	s, err := Open(ctx, dir, OpenOptions{})
+	s, err := openFileStore(ctx, dir, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

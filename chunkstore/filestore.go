@@ -16,29 +16,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// OpenOptions control how Open opens a store.
-type OpenOptions struct {
-	// ReadOnly opens without the writer lock; writing methods fail with
-	// ErrReadOnly. Any number of read-only opens may run beside a writer.
-	ReadOnly bool
-	// LockTimeout is how long to wait for the writer lock, and for
-	// index.db when another process is in a transaction: 0 means
-	// DefaultLockTimeout, a negative value means do not wait.
-	LockTimeout time.Duration
-	// Command is recorded in the lock file for the message another writer
-	// gets (default: os.Args).
-	Command string
-	// TrustIDs skips re-hashing new chunks in PutMany, for a caller that
-	// has just computed their IDs itself (ingest). Get still verifies
-	// every chunk it returns, so a wrong ID cannot go unnoticed.
-	TrustIDs bool
-	// BlockCacheBytes bounds the decompressed blocks kept so that
-	// consecutive Gets of one block decompress it once: 0 means
-	// DefaultBlockCacheBytes, a negative value keeps none. A long-running
-	// reader (mount, serve) sizes it from its memory budget.
-	BlockCacheBytes int64
-}
-
 // FileStore is a chunk store in a directory: pack files plus index.db.
 // It implements Store and Maintainer and is safe for concurrent use.
 type FileStore struct {
@@ -46,7 +23,7 @@ type FileStore struct {
 	cfg      config
 	codec    *codec
 	readOnly bool
-	lock     *writerLock
+	lock     *storeLock
 	db       *dbPool
 	packs    *packReaders
 	cache    *blockCache
@@ -77,11 +54,11 @@ var (
 	_ Maintainer = (*FileStore)(nil)
 )
 
-// Open opens the store in dir. Unless opts.ReadOnly, it takes the writer
+// openFileStore opens the store of format 1 in dir. Unless opts.ReadOnly, it takes the writer
 // lock (waiting up to opts.LockTimeout), ignores and trims pack bytes no
 // index entry references, and removes pack files no record knows (left by
 // a crash or an interrupted GC).
-func Open(ctx context.Context, dir string, opts OpenOptions) (*FileStore, error) {
+func openFileStore(ctx context.Context, dir string, opts OpenOptions) (*FileStore, error) {
 	cfg, err := readConfig(dir)
 	if err != nil {
 		return nil, err
@@ -107,7 +84,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*FileStore, error)
 		pending: map[ID]*pendingPut{},
 	}
 	if !opts.ReadOnly {
-		if s.lock, err = acquireLock(ctx, dir, timeout, opts.Command); err != nil {
+		if s.lock, err = acquireLock(ctx, dir, timeout, opts.Command, true); err != nil {
 			return nil, err
 		}
 	}

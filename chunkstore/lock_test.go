@@ -14,14 +14,14 @@ import (
 func TestLockTimeoutNamesHolder(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	Init(dir, InitOptions{})
-	w, err := Open(ctx, dir, OpenOptions{Command: "engram ingest vm.qcow2"})
+	initFileStore(dir, InitOptions{})
+	w, err := openFileStore(ctx, dir, OpenOptions{Command: "engram ingest vm.qcow2"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
 	start := time.Now()
-	_, err = Open(ctx, dir, OpenOptions{LockTimeout: 300 * time.Millisecond})
+	_, err = openFileStore(ctx, dir, OpenOptions{LockTimeout: 300 * time.Millisecond})
 	var le *LockedError
 	if !errors.Is(err, ErrLocked) || !errors.As(err, &le) {
 		t.Fatalf("second writer: %v", err)
@@ -38,8 +38,8 @@ func TestLockTimeoutNamesHolder(t *testing.T) {
 func TestLockWaits(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	Init(dir, InitOptions{})
-	w, err := Open(ctx, dir, OpenOptions{})
+	initFileStore(dir, InitOptions{})
+	w, err := openFileStore(ctx, dir, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestLockWaits(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		w.Close()
 	}()
-	w2, err := Open(ctx, dir, OpenOptions{LockTimeout: 20 * time.Second})
+	w2, err := openFileStore(ctx, dir, OpenOptions{LockTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatalf("waiting writer: %v", err)
 	}
@@ -59,8 +59,8 @@ func TestLockWaits(t *testing.T) {
 func TestReadOnlyBesideWriter(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	Init(dir, InitOptions{PackSize: 1 << 20})
-	w, err := Open(ctx, dir, OpenOptions{})
+	initFileStore(dir, InitOptions{PackSize: 1 << 20})
+	w, err := openFileStore(ctx, dir, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestReadOnlyBesideWriter(t *testing.T) {
 			}
 		}
 	}()
-	r, err := Open(ctx, dir, OpenOptions{ReadOnly: true, LockTimeout: 10 * time.Second})
+	r, err := openFileStore(ctx, dir, OpenOptions{ReadOnly: true, LockTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

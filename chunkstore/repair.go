@@ -11,9 +11,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// RepairDir repairs the store in dir when Open cannot open it (index.db
+// repairFileStoreDir repairs the store in dir when Open cannot open it (index.db
 // damaged or missing). It takes the writer lock like Open.
-func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport, error) {
+func repairFileStoreDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport, error) {
 	cfg, err := readConfig(dir)
 	if err != nil {
 		return RepairReport{}, err
@@ -33,7 +33,7 @@ func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport,
 		cache:   newBlockCache(0),
 		pending: map[ID]*pendingPut{},
 	}
-	if s.lock, err = acquireLock(ctx, dir, timeout, opts.Command); err != nil {
+	if s.lock, err = acquireLock(ctx, dir, timeout, opts.Command, true); err != nil {
 		return RepairReport{}, err
 	}
 	s.db = newDBPool(filepath.Join(dir, indexName), false, max(timeout, time.Second))

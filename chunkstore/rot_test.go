@@ -14,10 +14,10 @@ import (
 func filledStore(t *testing.T) (string, []Chunk) {
 	t.Helper()
 	dir := t.TempDir()
-	if err := Init(dir, InitOptions{PackSize: 128 << 10, BlockSize: 32 << 10}); err != nil {
+	if err := initFileStore(dir, InitOptions{PackSize: 128 << 10, BlockSize: 32 << 10}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(context.Background(), dir, OpenOptions{})
+	s, err := openFileStore(context.Background(), dir, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func filledStore(t *testing.T) (string, []Chunk) {
 
 func openT(t *testing.T, dir string) *FileStore {
 	t.Helper()
-	s, err := Open(context.Background(), dir, OpenOptions{})
+	s, err := openFileStore(context.Background(), dir, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,15 +204,15 @@ func TestDamagedIndex(t *testing.T) {
 			case "empty":
 				os.WriteFile(idx, nil, 0o644)
 			}
-			_, err := Open(ctx, dir, OpenOptions{})
+			_, err := openFileStore(ctx, dir, OpenOptions{})
 			if !errors.Is(err, ErrIndexDamaged) || !strings.Contains(err.Error(), idx) {
 				t.Fatalf("Open = %v", err)
 			}
 			t.Log(err)
-			if _, err := Open(ctx, dir, OpenOptions{ReadOnly: true}); err == nil {
+			if _, err := openFileStore(ctx, dir, OpenOptions{ReadOnly: true}); err == nil {
 				t.Fatal("read-only Open of a damaged index succeeded")
 			}
-			rep, err := RepairDir(ctx, dir, OpenOptions{})
+			rep, err := repairFileStoreDir(ctx, dir, OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -233,31 +233,31 @@ func TestDamagedIndex(t *testing.T) {
 func TestNotStore(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	_, err := Open(ctx, dir, OpenOptions{})
+	_, err := openFileStore(ctx, dir, OpenOptions{})
 	if !errors.Is(err, ErrNotStore) || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), configName) {
-		t.Fatalf("Open(empty dir) = %v", err)
+		t.Fatalf("openFileStore(empty dir) = %v", err)
 	}
-	if _, err := Open(ctx, filepath.Join(dir, "nope"), OpenOptions{}); !errors.Is(err, ErrNotStore) {
-		t.Fatalf("Open(missing dir) = %v", err)
+	if _, err := openFileStore(ctx, filepath.Join(dir, "nope"), OpenOptions{}); !errors.Is(err, ErrNotStore) {
+		t.Fatalf("openFileStore(missing dir) = %v", err)
 	}
-	if err := Init(dir, InitOptions{}); err != nil {
+	if err := initFileStore(dir, InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Init(dir, InitOptions{}); !errors.Is(err, ErrStoreExists) {
+	if err := initFileStore(dir, InitOptions{}); !errors.Is(err, ErrStoreExists) {
 		t.Fatalf("Init twice = %v", err)
 	}
-	if err := Init(t.TempDir(), InitOptions{Compression: "extreme"}); err == nil {
+	if err := initFileStore(t.TempDir(), InitOptions{Compression: "extreme"}); err == nil {
 		t.Fatal("Init with a bad compression succeeded")
 	}
 	cfg := filepath.Join(dir, configName)
 	b, _ := os.ReadFile(cfg)
 	os.WriteFile(cfg, bytes.Replace(b, []byte(`"version": 1`), []byte(`"version": 9`), 1), 0o644)
-	if _, err := Open(ctx, dir, OpenOptions{}); !errors.Is(err, ErrFormatVersion) {
-		t.Fatalf("Open(newer format) = %v", err)
+	if _, err := openFileStore(ctx, dir, OpenOptions{}); !errors.Is(err, ErrFormatVersion) {
+		t.Fatalf("openFileStore(newer format) = %v", err)
 	}
 	os.WriteFile(cfg, []byte("{"), 0o644)
-	if _, err := Open(ctx, dir, OpenOptions{}); !errors.Is(err, ErrNotStore) || !strings.Contains(err.Error(), cfg) {
-		t.Fatalf("Open(bad config) = %v", err)
+	if _, err := openFileStore(ctx, dir, OpenOptions{}); !errors.Is(err, ErrNotStore) || !strings.Contains(err.Error(), cfg) {
+		t.Fatalf("openFileStore(bad config) = %v", err)
 	}
 }
 

@@ -1,0 +1,299 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+	dirblob "github.com/engram-vm/engram/chunkstore/blob/dir"
+)
+
+// The upgrade of a directory store from format 1 (numbered packs
+// packs/%08x.pack, the authoritative index.db) to the blob-1 layout, run
+// by the first writable Open under the exclusive store lock:
+//
+//  1. objects of an earlier, interrupted upgrade are removed (config.json
+//     still says format 1, so none of them is committed);
+//  2. the frames index.db points at are copied verbatim, pack by pack,
+//     into pack objects, each followed by its index segment;
+//  3. the metadata buckets (engram's catalog) become journal objects;
+//  4. config.json of layout blob-1 replaces the old one (atomic rename):
+//     the commit point;
+//  5. index.db and the numbered packs are removed (removeLegacy; also
+//     run by every writable Open, for an upgrade killed after step 4).
+//
+// Killed before step 4, the store is the format-1 store it was (the new
+// objects sit beside it and are ignored by format-1 readers, which list
+// packs/ for *.pack files only); after it, the new store holds everything.
+// Damaged frames are copied as they are, so the new store's verify names
+// them and its repair records them: nothing is lost, nothing is hidden.
+
+// upgradeHook, when set (tests), runs between the steps and stops the
+// upgrade where it returns an error, as a crash there would.
+var upgradeHook func(step string) error
+
+// maxUpgradeJournal is the size at which the catalog's copy is split into
+// several journal objects (each far below maxJournalObject).
+const maxUpgradeJournal = 16 << 20
+
+func upgradeStep(step string) error {
+	if upgradeHook != nil {
+		return upgradeHook(step)
+	}
+	return nil
+}
+
+// upgradeV1 converts the format-1 store in dir; the caller holds the
+// store lock exclusively.
+func upgradeV1(ctx context.Context, dir string) error {
+	legacy, err := dirLayout(dir) // again, under the lock
+	if err != nil || !legacy {
+		return err
+	}
+	cfg, err := readConfig(dir)
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("%s: upgrading the store from format 1 (nothing changed; the old store is intact): %w", dir, err)
+	}
+	bs, err := dirblob.Open(dir, false)
+	if err != nil {
+		return fail(err)
+	}
+	defer bs.Close()
+	for _, prefix := range []string{blobPacksPrefix, blobIndexPrefix, blobMetaPrefix, blobGCPrefix, blobDamagePrefix} {
+		var names []string
+		err := bs.List(ctx, prefix, func(in blob.Info) error { names = append(names, in.Name); return nil })
+		if err != nil {
+			return fail(err)
+		}
+		for _, n := range names {
+			if _, ok := parsePackName(filepath.Base(n)); ok && filepath.Dir(n) == "packs" {
+				continue // a format-1 pack
+			}
+			if err := bs.Delete(ctx, n); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(dir, dirCacheName)); err != nil {
+		return fail(err)
+	}
+	idx := filepath.Join(dir, indexName)
+	if _, err := os.Stat(idx); err != nil {
+		return fail(fmt.Errorf("%s: %w (a format-1 store needs it to be upgraded: restore it from a backup)", idx, err))
+	}
+	db, err := bolt.Open(idx, 0o644, &bolt.Options{ReadOnly: true, Timeout: DefaultLockTimeout})
+	if err != nil {
+		return fail(fmt.Errorf("%s: %w: %w", idx, ErrIndexDamaged, err))
+	}
+	defer db.Close()
+	byPack := map[uint32][]indexed{}
+	var ops []journalOp
+	err = db.View(func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		err = chunks.ForEach(func(k, v []byte) error {
+			if len(k) != len(ID{}) {
+				return fmt.Errorf("%s: chunk key %x is not %d bytes: %w", indexName, k, len(ID{}), ErrIndexDamaged)
+			}
+			e, err := decodeEntry(ID(k), v)
+			if err != nil {
+				return err
+			}
+			byPack[e.Pack] = append(byPack[e.Pack], indexed{ID(k), e})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		u := tx.Bucket(bucketUser)
+		if u == nil {
+			return nil
+		}
+		return u.ForEach(func(name, v []byte) error {
+			b := u.Bucket(name)
+			if v != nil || b == nil {
+				return nil
+			}
+			return b.ForEach(func(k, v []byte) error {
+				if v == nil {
+					return nil // MetaTx never nests deeper
+				}
+				ops = append(ops, journalOp{Op: "put", Bucket: bytes.Clone(name), Key: bytes.Clone(k), Value: bytes.Clone(v)})
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return fail(err)
+	}
+	nums := sortedNums(byPack)
+	for _, num := range nums {
+		if err := copyLegacyPack(ctx, bs, dir, num, byPack[num], cfg.PackSize); err != nil {
+			return fail(err)
+		}
+	}
+	if err := upgradeStep("packs"); err != nil {
+		return fail(err)
+	}
+	t := time.Now().UnixNano()
+	for len(ops) > 0 {
+		n, size := 0, 0
+		for n < len(ops) && (n == 0 || size < maxUpgradeJournal) {
+			size += len(ops[n].Key) + len(ops[n].Value) + len(ops[n].Bucket)
+			n++
+		}
+		body, err := json.Marshal(journal{V: journalVersion, Ops: ops[:n]})
+		if err != nil {
+			return fail(err)
+		}
+		if err := bs.Put(ctx, journalName(t, body), body); err != nil {
+			return fail(err)
+		}
+		ops = ops[n:]
+		t++
+	}
+	if err := upgradeStep("journal"); err != nil {
+		return fail(err)
+	}
+	var sid [16]byte
+	_, _ = rand.Read(sid[:])
+	nc := blobConfig{config: cfg, Layout: blobLayout, StoreID: hex.EncodeToString(sid[:])}
+	nc.Version = configVersion
+	b, err := json.MarshalIndent(nc, "", "  ")
+	if err != nil {
+		return fail(err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, configName), append(b, '\n')); err != nil {
+		return fail(err)
+	}
+	if err := upgradeStep("config"); err != nil {
+		return fmt.Errorf("%s: upgrade: %w", dir, err)
+	}
+	return nil
+}
+
+// copyLegacyPack copies the frames that ents (the index entries of pack
+// num) point at into pack objects of at most about packSize bytes.
+func copyLegacyPack(ctx context.Context, bs blob.Store, dir string, num uint32, ents []indexed, packSize int64) error {
+	path := filepath.Join(dir, packsDir, packName(num))
+	f, size, err := openPack(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w (index.db points %d chunks at it)", path, err, len(ents))
+	}
+	defer f.Close()
+	sort.Slice(ents, func(i, j int) bool {
+		if ents[i].e.FrameOff != ents[j].e.FrameOff {
+			return ents[i].e.FrameOff < ents[j].e.FrameOff
+		}
+		return ents[i].e.BlockOff < ents[j].e.BlockOff
+	})
+	pack := packHeader(num)
+	var seg []indexed
+	flush := func() error {
+		if len(seg) == 0 {
+			return nil
+		}
+		err := putPackObject(ctx, bs, pack, seg)
+		pack, seg = packHeader(num), nil
+		return err
+	}
+	var frame []byte
+	lastOff, newOff := int64(-1), int64(0)
+	for _, x := range ents {
+		if x.e.FrameOff != lastOff {
+			end := x.e.FrameOff + int64(x.e.FrameLen)
+			if end > size {
+				return fmt.Errorf("%s: index.db points chunk %s at 0x%x+%d, past the end of the pack (%d bytes)", path, x.id.Short(), x.e.FrameOff, x.e.FrameLen, size)
+			}
+			if int64(len(pack)) > packHeaderSize && int64(len(pack))+int64(x.e.FrameLen) > packSize {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			frame = make([]byte, x.e.FrameLen)
+			if _, err := f.ReadAt(frame, x.e.FrameOff); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+			lastOff, newOff = x.e.FrameOff, int64(len(pack))
+			pack = append(pack, frame...)
+		} else if x.e.FrameLen != uint32(len(frame)) {
+			return fmt.Errorf("%s: index.db gives the frame at 0x%x two lengths (%d, %d)", path, x.e.FrameOff, len(frame), x.e.FrameLen)
+		}
+		x.e.FrameOff = newOff
+		seg = append(seg, x)
+	}
+	return flush()
+}
+
+// putPackObject completes pack (header and frames) with the copy of its
+// index segment and footer, and writes the pack, then the segment.
+func putPackObject(ctx context.Context, bs blob.Store, pack []byte, ents []indexed) error {
+	seg := encodeSegment(ents)
+	segOff := uint64(len(pack))
+	pack = append(pack, seg...)
+	pack = binary.LittleEndian.AppendUint64(pack, segOff)
+	pack = append(pack, packFooterMagic...)
+	h := Sum(pack)
+	if err := bs.Put(ctx, packObject(h), pack); err != nil && !errors.Is(err, blob.ErrExist) {
+		return err
+	}
+	if err := bs.Put(ctx, indexObject(h), seg); err != nil && !errors.Is(err, blob.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+// removeLegacy removes what a format-1 store leaves after its upgrade
+// committed: index.db and the numbered packs. A no-op on a store that
+// has none.
+func removeLegacy(dir string) error {
+	if legacy, err := dirLayout(dir); err != nil || legacy {
+		return err
+	}
+	var gone []string
+	if _, err := os.Stat(filepath.Join(dir, indexName)); err == nil {
+		gone = append(gone, filepath.Join(dir, indexName))
+	}
+	des, err := os.ReadDir(filepath.Join(dir, packsDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, de := range des {
+		if _, ok := parsePackName(de.Name()); ok && de.Type().IsRegular() {
+			gone = append(gone, filepath.Join(dir, packsDir, de.Name()))
+		}
+	}
+	for _, p := range gone {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s: removing what the format upgrade left: %w", dir, err)
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	if len(des) > 0 {
+		return syncDir(filepath.Join(dir, packsDir))
+	}
+	return nil
+}

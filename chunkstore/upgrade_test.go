@@ -1,0 +1,256 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The fixture testdata/v1store is a directory store of format 1 written by
+// the FileStore of a127518 (TestWriteV1Fixture, before FileStore was
+// removed): three PutMany batches in packs of 16 KiB, blocks of 4 KiB,
+// one metadata bucket, and a GC that dropped the odd chunks of the first
+// batch and rewrote what fell under its threshold.
+const v1Fixture = "testdata/v1store"
+
+func v1Batches() [][]Chunk {
+	return [][]Chunk{mkChunks(100, 12, 1000), mkChunks(200, 12, 1500), mkChunks(300, 6, 3000)}
+}
+
+// v1Live says which fixture chunks survived its GC.
+func v1Live(i, j int) bool { return i > 0 || j%2 == 0 }
+
+var v1Meta = map[string]string{"a/1": "one", "b/2": "two", "c": strings.Repeat("x", 5000)}
+
+func TestWriteV1Fixture(t *testing.T) {
+	if os.Getenv("ENGRAM_WRITE_V1_FIXTURE") == "" {
+		t.Skip("set ENGRAM_WRITE_V1_FIXTURE=1 to rewrite " + v1Fixture + " (needs the format-1 writer)")
+	}
+	ctx := context.Background()
+	_ = os.RemoveAll(v1Fixture)
+	if err := initFileStore(v1Fixture, InitOptions{PackSize: 16 << 10, BlockSize: 4 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := openFileStore(ctx, v1Fixture, OpenOptions{Command: "fixture"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	live := map[ID]bool{}
+	for i, b := range v1Batches() {
+		if _, err := s.PutMany(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		for j, c := range b {
+			live[c.ID] = v1Live(i, j)
+		}
+	}
+	err = s.Update(ctx, func(tx MetaTx) error {
+		for k, v := range v1Meta {
+			if err := tx.Put([]byte("records"), []byte(k), []byte(v)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx, func(id ID) bool { return live[id] }, GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Remove(filepath.Join(v1Fixture, lockName))
+}
+
+// copyTree copies the fixture to a fresh directory.
+func copyTree(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	err := filepath.WalkDir(src, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if de.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// checkUpgraded checks that s holds everything the fixture holds.
+func checkUpgraded(t *testing.T, s *BlobStore) {
+	t.Helper()
+	ctx := context.Background()
+	for i, b := range v1Batches() {
+		for j, c := range b {
+			got, err := s.Get(ctx, c.ID)
+			if v1Live(i, j) && (err != nil || !bytes.Equal(got, c.Data)) {
+				t.Fatalf("chunk %d/%d after the upgrade: %v", i, j, err)
+			}
+			if !v1Live(i, j) && err == nil {
+				t.Fatalf("chunk %d/%d, dropped by gc before the upgrade, is back", i, j)
+			}
+		}
+	}
+	err := s.View(ctx, func(tx MetaTx) error {
+		n := 0
+		err := tx.ForEach([]byte("records"), nil, func(k, v []byte) error {
+			n++
+			if v1Meta[string(k)] != string(v) {
+				t.Errorf("metadata %q = %q", k, v)
+			}
+			return nil
+		})
+		if n != len(v1Meta) {
+			t.Errorf("%d metadata keys, want %d", n, len(v1Meta))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Verify(ctx, func(p Problem) { t.Errorf("verify: %s", p) })
+	if err != nil || st.Problems > 0 {
+		t.Fatalf("verify after the upgrade: %+v %v", st, err)
+	}
+}
+
+// checkNoLegacy checks that the format-1 files are gone and config.json
+// says blob-1.
+func checkNoLegacy(t *testing.T, dir string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(dir, indexName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("index.db left after the upgrade: %v", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, packsDir, "*.pack")); len(m) > 0 {
+		t.Errorf("format-1 packs left after the upgrade: %v", m)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, configName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c blobConfig
+	if err := json.Unmarshal(b, &c); err != nil || c.Layout != blobLayout || c.Version != configVersion || c.BlockSize != 4<<10 || c.PackSize != 16<<10 {
+		t.Errorf("config after the upgrade: %s (%v)", b, err)
+	}
+}
+
+func TestUpgradeV1(t *testing.T) {
+	ctx := context.Background()
+	dir := copyTree(t, v1Fixture)
+	// Read-only: refused with one line naming the fix, nothing changed.
+	if _, err := Open(ctx, dir, OpenOptions{ReadOnly: true}); !errors.Is(err, ErrNeedsUpgrade) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("read-only open of a format-1 store: %v", err)
+	}
+	if legacy, err := dirLayout(dir); err != nil || !legacy {
+		t.Fatalf("read-only open changed the store: %v %v", legacy, err)
+	}
+	s, err := Open(ctx, dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkUpgraded(t, s)
+	checkNoLegacy(t, dir)
+	// The upgraded store takes new chunks, and opens read-only.
+	extra := mkChunks(900, 5, 2000)
+	if _, err := s.PutMany(ctx, extra); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	r, err := Open(ctx, dir, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	checkUpgraded(t, r)
+	for _, c := range extra {
+		if got, err := r.Get(ctx, c.ID); err != nil || !bytes.Equal(got, c.Data) {
+			t.Fatalf("chunk put after the upgrade: %v", err)
+		}
+	}
+	// The cache is a cache: without it the store opens whole.
+	r.Close()
+	if err := os.RemoveAll(filepath.Join(dir, dirCacheName)); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(ctx, dir, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	checkUpgraded(t, r2)
+}
+
+// TestUpgradeV1Interrupted stops the upgrade after each step, as a crash
+// there would: the store that opens next holds everything.
+func TestUpgradeV1Interrupted(t *testing.T) {
+	ctx := context.Background()
+	for _, step := range []string{"packs", "journal", "config"} {
+		t.Run(step, func(t *testing.T) {
+			dir := copyTree(t, v1Fixture)
+			crash := errors.New("crash at " + step)
+			upgradeHook = func(s string) error {
+				if s == step {
+					return crash
+				}
+				return nil
+			}
+			_, err := Open(ctx, dir, OpenOptions{})
+			upgradeHook = nil
+			if !errors.Is(err, crash) {
+				t.Fatalf("Open = %v, want the injected crash", err)
+			}
+			legacy, err := dirLayout(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if legacy != (step != "config") {
+				t.Fatalf("after a crash at %s: format 1 = %v", step, legacy)
+			}
+			// Killed again at the same step, then left to finish.
+			upgradeHook = func(s string) error {
+				if s == step {
+					return crash
+				}
+				return nil
+			}
+			if s, err := Open(ctx, dir, OpenOptions{}); err == nil {
+				s.Close() // committed before: nothing left to upgrade
+			}
+			upgradeHook = nil
+			s, err := Open(ctx, dir, OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			checkUpgraded(t, s)
+			checkNoLegacy(t, dir)
+			if got := countJournals(t, dir); got != 1 {
+				t.Errorf("%d journal objects after the upgrade, want 1 (the old attempts' must go)", got)
+			}
+		})
+	}
+}
+
+func countJournals(t *testing.T, dir string) int {
+	m, err := filepath.Glob(filepath.Join(dir, "meta", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
