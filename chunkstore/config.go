@@ -120,38 +120,6 @@ func (c config) check() error {
 	return nil
 }
 
-// initFileStore creates a chunk store of format 1 in dir (created if
-// missing). It fails with ErrStoreExists when dir already holds one.
-func initFileStore(dir string, opts InitOptions) error {
-	cfg, err := opts.config()
-	cfg.Version = 1
-	if err != nil {
-		return fmt.Errorf("chunkstore init %s: %w", dir, err)
-	}
-	for _, name := range []string{configName, indexName} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
-			return fmt.Errorf("chunkstore init %s: %s exists: %w", dir, name, ErrStoreExists)
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("chunkstore init: %w", err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Join(dir, packsDir), 0o755); err != nil {
-		return fmt.Errorf("chunkstore init: %w", err)
-	}
-	if err := createIndex(filepath.Join(dir, indexName), nil); err != nil {
-		return fmt.Errorf("chunkstore init %s: %w", dir, err)
-	}
-	// config.json last: its presence marks a complete store.
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := writeFileAtomic(filepath.Join(dir, configName), append(b, '\n')); err != nil {
-		return fmt.Errorf("chunkstore init: %w", err)
-	}
-	return nil
-}
-
 // createIndex creates a fresh index.db at path holding the internal buckets;
 // fill, if not nil, runs in the same transaction.
 func createIndex(path string, fill func(tx *bolt.Tx) error) error {

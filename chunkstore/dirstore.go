@@ -214,9 +214,6 @@ func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport,
 	if err != nil {
 		return rep, err
 	}
-	if err := s.salvage(ctx, &rep); err != nil {
-		return rep, err
-	}
 	// Every commit writes a journal entry, so chunks without any entry
 	// mean the catalog's journal was lost: the caller rebuilds it from
 	// catalog chunks (engram repair).

@@ -11,25 +11,32 @@ import (
 	"time"
 )
 
+// Writers share the lock; gc (exclusive) waits for them, and its error
+// names who holds it.
 func TestLockTimeoutNamesHolder(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	initFileStore(dir, InitOptions{})
-	w, err := openFileStore(ctx, dir, OpenOptions{Command: "engram ingest vm.qcow2"})
+	Init(dir, InitOptions{})
+	w, err := Open(ctx, dir, OpenOptions{Command: "engram ingest vm.qcow2"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	w2, err := Open(ctx, dir, OpenOptions{LockTimeout: -1, Command: "engram ingest other.qcow2"})
+	if err != nil {
+		t.Fatalf("second writer beside the first: %v", err)
+	}
+	w2.Close()
 	start := time.Now()
-	_, err = openFileStore(ctx, dir, OpenOptions{LockTimeout: 300 * time.Millisecond})
+	_, err = Open(ctx, dir, OpenOptions{Exclusive: true, LockTimeout: 300 * time.Millisecond})
 	var le *LockedError
 	if !errors.Is(err, ErrLocked) || !errors.As(err, &le) {
 		t.Fatalf("second writer: %v", err)
 	}
 	if time.Since(start) < 300*time.Millisecond {
-		t.Fatal("second writer did not wait")
+		t.Fatal("gc did not wait")
 	}
-	if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "engram ingest vm.qcow2") {
+	if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "engram ingest") {
 		t.Fatalf("error does not name the holder: %v", err)
 	}
 	t.Log(err)
@@ -38,8 +45,8 @@ func TestLockTimeoutNamesHolder(t *testing.T) {
 func TestLockWaits(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	initFileStore(dir, InitOptions{})
-	w, err := openFileStore(ctx, dir, OpenOptions{})
+	Init(dir, InitOptions{})
+	w, err := Open(ctx, dir, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,9 +54,13 @@ func TestLockWaits(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		w.Close()
 	}()
-	w2, err := openFileStore(ctx, dir, OpenOptions{LockTimeout: 20 * time.Second})
+	w2, err := Open(ctx, dir, OpenOptions{Exclusive: true, LockTimeout: 20 * time.Second})
 	if err != nil {
-		t.Fatalf("waiting writer: %v", err)
+		t.Fatalf("waiting gc: %v", err)
+	}
+	// While gc holds it, a writer waits too.
+	if _, err := Open(ctx, dir, OpenOptions{LockTimeout: -1}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("writer beside gc: %v", err)
 	}
 	w2.Close()
 }
@@ -59,8 +70,8 @@ func TestLockWaits(t *testing.T) {
 func TestReadOnlyBesideWriter(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	initFileStore(dir, InitOptions{PackSize: 1 << 20})
-	w, err := openFileStore(ctx, dir, OpenOptions{})
+	Init(dir, InitOptions{PackSize: 1 << 20})
+	w, err := Open(ctx, dir, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +97,7 @@ func TestReadOnlyBesideWriter(t *testing.T) {
 			}
 		}
 	}()
-	r, err := openFileStore(ctx, dir, OpenOptions{ReadOnly: true, LockTimeout: 10 * time.Second})
+	r, err := Open(ctx, dir, OpenOptions{ReadOnly: true, LockTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

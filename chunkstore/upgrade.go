@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -296,4 +298,16 @@ func removeLegacy(dir string) error {
 		return syncDir(filepath.Join(dir, packsDir))
 	}
 	return nil
+}
+
+// packName is the file name of format-1 pack num under packs/: 8 hex digits.
+func packName(num uint32) string { return fmt.Sprintf("%08x.pack", num) }
+
+func parsePackName(name string) (uint32, bool) {
+	hexPart, ok := strings.CutSuffix(name, ".pack")
+	if !ok || len(hexPart) != 8 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(hexPart, 16, 32)
+	return uint32(n), err == nil
 }

@@ -13,10 +13,11 @@ import (
 )
 
 // The fixture testdata/v1store is a directory store of format 1 written by
-// the FileStore of a127518 (TestWriteV1Fixture, before FileStore was
-// removed): three PutMany batches in packs of 16 KiB, blocks of 4 KiB,
-// one metadata bucket, and a GC that dropped the odd chunks of the first
-// batch and rewrote what fell under its threshold.
+// the FileStore of a127518 (the last code that wrote format 1): it was
+// initialised with packs of 16 KiB and blocks of 4 KiB, given the three
+// PutMany batches of v1Batches and the v1Meta keys in bucket "records",
+// then collected with GC (threshold 0.5) keeping the chunks v1Live says,
+// which dropped entries and rewrote packs.
 const v1Fixture = "testdata/v1store"
 
 func v1Batches() [][]Chunk {
@@ -27,46 +28,6 @@ func v1Batches() [][]Chunk {
 func v1Live(i, j int) bool { return i > 0 || j%2 == 0 }
 
 var v1Meta = map[string]string{"a/1": "one", "b/2": "two", "c": strings.Repeat("x", 5000)}
-
-func TestWriteV1Fixture(t *testing.T) {
-	if os.Getenv("ENGRAM_WRITE_V1_FIXTURE") == "" {
-		t.Skip("set ENGRAM_WRITE_V1_FIXTURE=1 to rewrite " + v1Fixture + " (needs the format-1 writer)")
-	}
-	ctx := context.Background()
-	_ = os.RemoveAll(v1Fixture)
-	if err := initFileStore(v1Fixture, InitOptions{PackSize: 16 << 10, BlockSize: 4 << 10}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := openFileStore(ctx, v1Fixture, OpenOptions{Command: "fixture"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	live := map[ID]bool{}
-	for i, b := range v1Batches() {
-		if _, err := s.PutMany(ctx, b); err != nil {
-			t.Fatal(err)
-		}
-		for j, c := range b {
-			live[c.ID] = v1Live(i, j)
-		}
-	}
-	err = s.Update(ctx, func(tx MetaTx) error {
-		for k, v := range v1Meta {
-			if err := tx.Put([]byte("records"), []byte(k), []byte(v)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.GC(ctx, func(id ID) bool { return live[id] }, GCOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	_ = os.Remove(filepath.Join(v1Fixture, lockName))
-}
 
 // copyTree copies the fixture to a fresh directory.
 func copyTree(t *testing.T, src string) string {
