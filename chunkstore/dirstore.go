@@ -146,7 +146,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*BlobStore, error)
 		return nil, err
 	}
 	if legacy && opts.ReadOnly {
-		return nil, fmt.Errorf("%s: a store of format 1 (numbered packs); run a command that writes to it (engram upgrade) once to convert it in place: %w", dir, ErrNeedsUpgrade)
+		return nil, fmt.Errorf("%s: a store of format 1 (numbered packs); run `engram upgrade` (or any command that writes to it) once to convert it in place: %w", dir, ErrNeedsUpgrade)
 	}
 	var lock *storeLock
 	if !opts.ReadOnly {
@@ -229,3 +229,7 @@ func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport,
 	rep.MetadataLost = journals == 0 && st.Chunks > 0
 	return rep, nil
 }
+
+// NeedsUpgrade reports whether the directory store in dir is of format 1,
+// which the first writable Open converts.
+func NeedsUpgrade(dir string) (bool, error) { return dirLayout(dir) }

@@ -151,6 +151,9 @@ func upgradeV1(ctx context.Context, dir string) error {
 		if err := copyLegacyPack(ctx, bs, dir, num, byPack[num], cfg.PackSize); err != nil {
 			return fail(err)
 		}
+		if err := upgradeStep("pack"); err != nil {
+			return fail(err)
+		}
 	}
 	if err := upgradeStep("packs"); err != nil {
 		return fail(err)

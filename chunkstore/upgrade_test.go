@@ -161,7 +161,7 @@ func TestUpgradeV1(t *testing.T) {
 // there would: the store that opens next holds everything.
 func TestUpgradeV1Interrupted(t *testing.T) {
 	ctx := context.Background()
-	for _, step := range []string{"packs", "journal", "config"} {
+	for _, step := range []string{"pack", "packs", "journal", "config"} {
 		t.Run(step, func(t *testing.T) {
 			dir := copyTree(t, v1Fixture)
 			crash := errors.New("crash at " + step)
@@ -182,6 +182,9 @@ func TestUpgradeV1Interrupted(t *testing.T) {
 			}
 			if legacy != (step != "config") {
 				t.Fatalf("after a crash at %s: format 1 = %v", step, legacy)
+			}
+			if legacy {
+				sameFiles(t, v1Fixture, dir) // the old store, byte for byte
 			}
 			// Killed again at the same step, then left to finish.
 			upgradeHook = func(s string) error {
@@ -214,4 +217,24 @@ func countJournals(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return len(m)
+}
+
+// sameFiles checks that every file of the fixture is in dir unchanged.
+func sameFiles(t *testing.T, fixture, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(fixture, func(p string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(fixture, p)
+		want, _ := os.ReadFile(p)
+		got, err := os.ReadFile(filepath.Join(dir, rel))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s of the format-1 store changed by an interrupted upgrade (%v)", rel, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
