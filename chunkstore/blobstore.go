@@ -510,6 +510,7 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk) (int, error) 
 			boff += uint32(len(c.Data))
 		}
 	}
+	releaseFrames(frames) // copied into pack: their buffers serve the next call
 	seg := encodeSegment(ents)
 	segOff := uint64(len(pack))
 	pack = append(pack, seg...)

@@ -27,12 +27,12 @@ var (
 	}
 	cacheDirFlag = &cli.StringFlag{
 		Name:    "cache-dir",
-		Usage:   "where s3:// stores keep this host's index cache, one directory per store (default: $XDG_CACHE_HOME/engram)",
+		Usage:   "where this host keeps a store's index cache, one directory per store (default: $XDG_CACHE_HOME/engram for s3://, DIR/cache for a directory store)",
 		EnvVars: []string{"ENGRAM_CACHE_DIR"},
 	}
 	jsonFlag  = &cli.BoolFlag{Name: "json", Usage: "print results as JSON"}
 	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs), no progress"}
-	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for another writer to release the store"}
+	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for the store lock (ingests share it, gc and repair take it alone)"}
 
 	globalFlags = []cli.Flag{storeFlag, cacheDirFlag, jsonFlag, quietFlag, lockFlag}
 )
