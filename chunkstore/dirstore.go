@@ -155,7 +155,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*BlobStore, error)
 			return nil, err
 		}
 		if legacy {
-			err = upgradeV1(ctx, dir)
+			_, err = upgradeV1(ctx, dir, UpgradeOptions{})
 			if err == nil && !opts.Exclusive {
 				err = lock.take(ctx, dir, timeout, opts.Command, false)
 			}

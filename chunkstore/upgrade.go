@@ -60,7 +60,60 @@ func upgradeStep(step string) error {
 
 // upgradeV1 converts the format-1 store in dir; the caller holds the
 // store lock exclusively.
-func upgradeV1(ctx context.Context, dir string) error {
+func upgradeV1(ctx context.Context, dir string, opts UpgradeOptions) (UpgradeReport, error) {
+	var rep UpgradeReport
+	err := upgradeV1Report(ctx, dir, opts, &rep)
+	return rep, err
+}
+
+// UpgradeOptions control Upgrade.
+type UpgradeOptions struct {
+	// DropUnreadable upgrades a store whose packs lack frames index.db
+	// points at (a pack file gone or cut short), leaving those chunks
+	// out (they could not be read anyway); without it the upgrade refuses
+	// and changes nothing. The engrams that need them are then named by
+	// verify and repair, and re-ingesting their sources stores them again.
+	DropUnreadable bool
+	// LockTimeout, Command: as in OpenOptions.
+	LockTimeout time.Duration
+	Command     string
+}
+
+// UpgradeReport says what Upgrade did.
+type UpgradeReport struct {
+	Upgraded bool  `json:"upgraded"` // false: the store was current already
+	Packs    int64 `json:"packs"`    // format-1 packs copied
+	Chunks   int64 `json:"chunks"`
+	Dropped  int64 `json:"dropped"` // chunks left out (DropUnreadable)
+}
+
+// Upgrade converts the format-1 directory store in dir in place (what the
+// first writable Open does, with options), holding the store lock
+// exclusively.
+func Upgrade(ctx context.Context, dir string, opts UpgradeOptions) (UpgradeReport, error) {
+	legacy, err := dirLayout(dir)
+	if err != nil || !legacy {
+		return UpgradeReport{}, err
+	}
+	timeout := opts.LockTimeout
+	if timeout == 0 {
+		timeout = DefaultLockTimeout
+	} else if timeout < 0 {
+		timeout = 0
+	}
+	lock, err := acquireLock(ctx, dir, timeout, opts.Command, true)
+	if err != nil {
+		return UpgradeReport{}, err
+	}
+	defer lock.release()
+	rep, err := upgradeV1(ctx, dir, opts)
+	if err == nil {
+		err = removeLegacy(dir)
+	}
+	return rep, err
+}
+
+func upgradeV1Report(ctx context.Context, dir string, opts UpgradeOptions, rep *UpgradeReport) error {
 	legacy, err := dirLayout(dir) // again, under the lock
 	if err != nil || !legacy {
 		return err
@@ -99,58 +152,22 @@ func upgradeV1(ctx context.Context, dir string) error {
 	if _, err := os.Stat(idx); err != nil {
 		return fail(fmt.Errorf("%s: %w (a format-1 store needs it to be upgraded: restore it from a backup)", idx, err))
 	}
-	db, err := bolt.Open(idx, 0o644, &bolt.Options{ReadOnly: true, Timeout: DefaultLockTimeout})
-	if err != nil {
-		return fail(fmt.Errorf("%s: %w: %w", idx, ErrIndexDamaged, err))
-	}
-	defer db.Close()
-	byPack := map[uint32][]indexed{}
-	var ops []journalOp
-	err = db.View(func(tx *bolt.Tx) error {
-		chunks, _, err := buckets(tx)
-		if err != nil {
-			return err
-		}
-		err = chunks.ForEach(func(k, v []byte) error {
-			if len(k) != len(ID{}) {
-				return fmt.Errorf("%s: chunk key %x is not %d bytes: %w", indexName, k, len(ID{}), ErrIndexDamaged)
-			}
-			e, err := decodeEntry(ID(k), v)
-			if err != nil {
-				return err
-			}
-			byPack[e.Pack] = append(byPack[e.Pack], indexed{ID(k), e})
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		u := tx.Bucket(bucketUser)
-		if u == nil {
-			return nil
-		}
-		return u.ForEach(func(name, v []byte) error {
-			b := u.Bucket(name)
-			if v != nil || b == nil {
-				return nil
-			}
-			return b.ForEach(func(k, v []byte) error {
-				if v == nil {
-					return nil // MetaTx never nests deeper
-				}
-				ops = append(ops, journalOp{Op: "put", Bucket: bytes.Clone(name), Key: bytes.Clone(k), Value: bytes.Clone(v)})
-				return nil
-			})
-		})
-	})
+	byPack, ops, err := readLegacyIndex(idx)
 	if err != nil {
 		return fail(err)
 	}
 	nums := sortedNums(byPack)
 	for _, num := range nums {
-		if err := copyLegacyPack(ctx, bs, dir, num, byPack[num], cfg.PackSize); err != nil {
+		dropped, err := copyLegacyPack(ctx, bs, dir, num, byPack[num], cfg.PackSize, opts.DropUnreadable)
+		if err != nil {
+			if errors.Is(err, errUnreadable) {
+				err = fmt.Errorf("%w; `engram upgrade --drop-unreadable` upgrades without those chunks", err)
+			}
 			return fail(err)
 		}
+		rep.Packs++
+		rep.Chunks += int64(len(byPack[num]) - dropped)
+		rep.Dropped += int64(dropped)
 		if err := upgradeStep("pack"); err != nil {
 			return fail(err)
 		}
@@ -189,21 +206,88 @@ func upgradeV1(ctx context.Context, dir string) error {
 	if err := writeFileAtomic(filepath.Join(dir, configName), append(b, '\n')); err != nil {
 		return fail(err)
 	}
+	rep.Upgraded = true
 	if err := upgradeStep("config"); err != nil {
 		return fmt.Errorf("%s: upgrade: %w", dir, err)
 	}
 	return nil
 }
 
+// errUnreadable marks a frame index.db points at that its pack lacks.
+var errUnreadable = errors.New("frames index.db points at are not there")
+
+// readLegacyIndex reads format 1's index.db: the chunk entries by pack and
+// the metadata buckets as journal puts. bbolt panics on some damaged
+// files; that is an error naming the file here, as in dbPool.
+func readLegacyIndex(idx string) (byPack map[uint32][]indexed, ops []journalOp, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			byPack, ops, err = nil, nil, fmt.Errorf("%s: %v: %w", idx, r, ErrIndexDamaged)
+		}
+	}()
+	db, err := bolt.Open(idx, 0o644, &bolt.Options{ReadOnly: true, Timeout: DefaultLockTimeout})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w: %w", idx, ErrIndexDamaged, err)
+	}
+	defer db.Close()
+	byPack = map[uint32][]indexed{}
+	err = db.View(func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		err = chunks.ForEach(func(k, v []byte) error {
+			if len(k) != len(ID{}) {
+				return fmt.Errorf("%s: chunk key %x is not %d bytes: %w", indexName, k, len(ID{}), ErrIndexDamaged)
+			}
+			e, err := decodeEntry(ID(k), v)
+			if err != nil {
+				return err
+			}
+			byPack[e.Pack] = append(byPack[e.Pack], indexed{ID(k), e})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		u := tx.Bucket(bucketUser)
+		if u == nil {
+			return nil
+		}
+		return u.ForEach(func(name, v []byte) error {
+			b := u.Bucket(name)
+			if v != nil || b == nil {
+				return nil
+			}
+			return b.ForEach(func(k, v []byte) error {
+				if v == nil {
+					return nil // MetaTx never nests deeper
+				}
+				ops = append(ops, journalOp{Op: "put", Bucket: bytes.Clone(name), Key: bytes.Clone(k), Value: bytes.Clone(v)})
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", idx, err)
+	}
+	return byPack, ops, nil
+}
+
 // copyLegacyPack copies the frames that ents (the index entries of pack
-// num) point at into pack objects of at most about packSize bytes.
-func copyLegacyPack(ctx context.Context, bs blob.Store, dir string, num uint32, ents []indexed, packSize int64) error {
+// num) point at into pack objects of at most about packSize bytes. Frames
+// the pack file lacks are an error, or with drop left out (and counted).
+func copyLegacyPack(ctx context.Context, bs blob.Store, dir string, num uint32, ents []indexed, packSize int64, drop bool) (int, error) {
 	path := filepath.Join(dir, packsDir, packName(num))
 	f, size, err := openPack(path)
 	if err != nil {
-		return fmt.Errorf("%s: %w (index.db points %d chunks at it)", path, err, len(ents))
+		if drop && errors.Is(err, fs.ErrNotExist) {
+			return len(ents), nil
+		}
+		return 0, fmt.Errorf("%s: %w (index.db points %d chunks at it): %w", path, err, len(ents), errUnreadable)
 	}
 	defer f.Close()
+	dropped := 0
 	sort.Slice(ents, func(i, j int) bool {
 		if ents[i].e.FrameOff != ents[j].e.FrameOff {
 			return ents[i].e.FrameOff < ents[j].e.FrameOff
@@ -226,26 +310,30 @@ func copyLegacyPack(ctx context.Context, bs blob.Store, dir string, num uint32, 
 		if x.e.FrameOff != lastOff {
 			end := x.e.FrameOff + int64(x.e.FrameLen)
 			if end > size {
-				return fmt.Errorf("%s: index.db points chunk %s at 0x%x+%d, past the end of the pack (%d bytes)", path, x.id.Short(), x.e.FrameOff, x.e.FrameLen, size)
+				if drop {
+					dropped++
+					continue // (the frame's other chunks follow: dropped too)
+				}
+				return 0, fmt.Errorf("%s: index.db points chunk %s at 0x%x+%d, past the end of the pack (%d bytes): %w", path, x.id.Short(), x.e.FrameOff, x.e.FrameLen, size, errUnreadable)
 			}
 			if int64(len(pack)) > packHeaderSize && int64(len(pack))+int64(x.e.FrameLen) > packSize {
 				if err := flush(); err != nil {
-					return err
+					return 0, err
 				}
 			}
 			frame = make([]byte, x.e.FrameLen)
 			if _, err := f.ReadAt(frame, x.e.FrameOff); err != nil {
-				return fmt.Errorf("%s: %w", path, err)
+				return 0, fmt.Errorf("%s: %w", path, err)
 			}
 			lastOff, newOff = x.e.FrameOff, int64(len(pack))
 			pack = append(pack, frame...)
 		} else if x.e.FrameLen != uint32(len(frame)) {
-			return fmt.Errorf("%s: index.db gives the frame at 0x%x two lengths (%d, %d)", path, x.e.FrameOff, len(frame), x.e.FrameLen)
+			return 0, fmt.Errorf("%s: index.db gives the frame at 0x%x two lengths (%d, %d)", path, x.e.FrameOff, len(frame), x.e.FrameLen)
 		}
 		x.e.FrameOff = newOff
 		seg = append(seg, x)
 	}
-	return flush()
+	return dropped, flush()
 }
 
 // putPackObject completes pack (header and frames) with the copy of its

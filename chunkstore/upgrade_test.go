@@ -238,3 +238,73 @@ func sameFiles(t *testing.T, fixture, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// TestUpgradeV1Damaged: a format-1 store whose index.db or a pack it
+// needs is damaged is refused with one line naming the file, and left as
+// it was.
+func TestUpgradeV1Damaged(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name, file string
+		harm       func(string) error
+	}{
+		{"garbage index", indexName, func(p string) error {
+			b, _ := os.ReadFile(p)
+			for i := range min(len(b), 16384) {
+				b[i] = byte(i * 13)
+			}
+			return os.WriteFile(p, b, 0o644)
+		}},
+		{"truncated index", indexName, func(p string) error { return os.Truncate(p, 4096) }},
+		{"missing index", indexName, os.Remove},
+		{"missing pack", filepath.Join(packsDir, packName(2)), os.Remove},
+		{"truncated pack", filepath.Join(packsDir, packName(2)), func(p string) error { return os.Truncate(p, 100) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyTree(t, v1Fixture)
+			if err := c.harm(filepath.Join(dir, c.file)); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Open(ctx, dir, OpenOptions{})
+			if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, c.file)) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("Open = %v", err)
+			}
+			t.Log(err)
+			if legacy, err := dirLayout(dir); err != nil || !legacy {
+				t.Fatalf("a refused upgrade changed the store: %v %v", legacy, err)
+			}
+		})
+	}
+}
+
+// TestUpgradeV1DropUnreadable: with DropUnreadable, a store missing a
+// pack is upgraded without that pack's chunks, everything else intact.
+func TestUpgradeV1DropUnreadable(t *testing.T) {
+	ctx := context.Background()
+	dir := copyTree(t, v1Fixture)
+	if err := os.Remove(filepath.Join(dir, packsDir, packName(2))); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(ctx, dir, OpenOptions{})
+	if !errors.Is(err, errUnreadable) || !strings.Contains(err.Error(), "--drop-unreadable") {
+		t.Fatalf("Open = %v", err)
+	}
+	rep, err := Upgrade(ctx, dir, UpgradeOptions{DropUnreadable: true})
+	if err != nil || !rep.Upgraded || rep.Dropped == 0 || rep.Chunks == 0 {
+		t.Fatalf("Upgrade = %+v, %v", rep, err)
+	}
+	checkNoLegacy(t, dir)
+	s, err := Open(ctx, dir, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	verifyClean(t, s)
+	st, _ := s.Stats(ctx)
+	if st.Chunks != rep.Chunks {
+		t.Fatalf("stats %+v after an upgrade that kept %d chunks", st, rep.Chunks)
+	}
+	if again, err := Upgrade(ctx, dir, UpgradeOptions{}); err != nil || again.Upgraded {
+		t.Fatalf("Upgrade of a current store = %+v, %v", again, err)
+	}
+}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -20,6 +22,9 @@ var upgradeCommand = &cli.Command{
 	Description: "Copies every frame the old index points at into pack objects, the catalog into the\n" +
 		"journal, then switches config.json and removes the old files. Killed at any point, the old\n" +
 		"store or the new one opens and holds everything; running it again finishes the job.",
+	Flags: []cli.Flag{
+		&cli.BoolFlag{Name: "drop-unreadable", Usage: "upgrade even when packs lack frames the old index points at (a pack file gone or cut short): those chunks are left out, and verify and repair name the engrams that need them"},
+	},
 	Action: func(c *cli.Context) error {
 		if c.NArg() != 0 {
 			return usagef("upgrade takes no arguments")
@@ -28,13 +33,15 @@ var upgradeCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		need := false
+		var rep chunkstore.UpgradeReport
 		if !storeurl.IsBucket(dir) {
-			if need, err = chunkstore.NeedsUpgrade(dir); err != nil {
+			rep, err = chunkstore.Upgrade(c.Context, dir, chunkstore.UpgradeOptions{DropUnreadable: c.Bool("drop-unreadable"),
+				LockTimeout: c.Duration(lockFlag.Name), Command: strings.Join(os.Args, " ")})
+			if err != nil {
 				return err
 			}
 		}
-		st, err := openStore(c, true, false) // a writable open upgrades
+		st, err := openStore(c, true, false) // checks the result (and the bucket) opens
 		if err != nil {
 			return err
 		}
@@ -42,14 +49,17 @@ var upgradeCommand = &cli.Command{
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {
-			return printJSON(c.App.Writer, map[string]any{"store": dir, "upgraded": need})
+			return printJSON(c.App.Writer, map[string]any{"store": dir, "upgrade": rep})
 		}
 		if !c.Bool(quietFlag.Name) {
-			if need {
-				fmt.Fprintf(c.App.Writer, "upgraded store %s to the current format\n", escapeControl(dir))
+			if rep.Upgraded {
+				fmt.Fprintf(c.App.Writer, "upgraded store %s to the current format: %d packs, %d chunks copied\n", escapeControl(dir), rep.Packs, rep.Chunks)
 			} else {
 				fmt.Fprintf(c.App.Writer, "store %s is in the current format already\n", escapeControl(dir))
 			}
+		}
+		if rep.Dropped > 0 {
+			fmt.Fprintf(c.App.ErrWriter, "engram: %d chunks the old index pointed at were not in their packs and were left out; `engram repair` names the engrams that lack them\n", rep.Dropped)
 		}
 		return nil
 	},
