@@ -47,6 +47,12 @@ import (
 // upgrade where it returns an error, as a crash there would.
 var upgradeHook func(step string) error
 
+// maxUpgradePack cuts the copies of format-1 packs (up to pack_size, 64
+// MiB by default) into objects a bucket takes in one PUT (minio-go goes
+// multipart above 16 MiB), so the store can be copied to one as it is,
+// and the upgrade holds less in memory.
+const maxUpgradePack = 12 << 20
+
 // maxUpgradeJournal is the size at which the catalog's copy is split into
 // several journal objects (each far below maxJournalObject).
 const maxUpgradeJournal = 16 << 20
@@ -158,7 +164,7 @@ func upgradeV1Report(ctx context.Context, dir string, opts UpgradeOptions, rep *
 	}
 	nums := sortedNums(byPack)
 	for _, num := range nums {
-		dropped, err := copyLegacyPack(ctx, bs, dir, num, byPack[num], cfg.PackSize, opts.DropUnreadable)
+		dropped, err := copyLegacyPack(ctx, bs, dir, num, byPack[num], min(cfg.PackSize, maxUpgradePack), opts.DropUnreadable)
 		if err != nil {
 			if errors.Is(err, errUnreadable) {
 				err = fmt.Errorf("%w; `engram upgrade --drop-unreadable` upgrades without those chunks", err)
