@@ -96,11 +96,13 @@ func TestCrashChild(t *testing.T) {
 func gcLive(id ID) bool { return id[0]&1 == 0 }
 
 type child struct {
-	cmd   *exec.Cmd
-	mu    sync.Mutex
-	ids   []ID
-	lines []string
-	done  chan struct{}
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	ids     []ID
+	lines   []string
+	done    chan struct{}
+	acked   chan struct{} // closed at the first acknowledged batch
+	ackSeen bool
 }
 
 func startChild(t *testing.T, mode, dir string, base uint64) *child {
@@ -115,7 +117,7 @@ func startChild(t *testing.T, mode, dir string, base uint64) *child {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, done: make(chan struct{})}
+	c := &child{cmd: cmd, done: make(chan struct{}), acked: make(chan struct{})}
 	go func() {
 		defer close(c.done)
 		sc := bufio.NewScanner(out)
@@ -125,6 +127,10 @@ func startChild(t *testing.T, mode, dir string, base uint64) *child {
 			c.mu.Lock()
 			c.lines = append(c.lines, line)
 			if rest, ok := strings.CutPrefix(line, "ok "); ok {
+				if !c.ackSeen {
+					c.ackSeen = true
+					close(c.acked)
+				}
 				for _, h := range strings.Fields(rest) {
 					if id, err := ParseID(h); err == nil {
 						c.ids = append(c.ids, id)
@@ -174,7 +180,13 @@ func TestCrashDuringPut(t *testing.T) {
 	var acked []ID
 	for round := range crashRounds() {
 		c := startChild(t, "put", dir, uint64(round)<<32)
-		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		// Kill at a random moment after the first batch is acknowledged,
+		// however long a loaded machine (or -race) takes to start the child.
+		select {
+		case <-c.acked:
+		case <-c.done:
+		}
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
 		c.kill(t)
 		acked = append(acked, c.ids...)
 		s, err := Open(ctx, dir, OpenOptions{})
