@@ -80,6 +80,11 @@ type UpgradeOptions struct {
 	// and changes nothing. The engrams that need them are then named by
 	// verify and repair, and re-ingesting their sources stores them again.
 	DropUnreadable bool
+	// FromPacks rebuilds the index from the packs (every intact frame)
+	// when index.db is lost or damaged; the catalog, which lived in it,
+	// is then empty (UpgradeReport.CatalogLost): engram rebuilds it from
+	// its catalog chunks (engram repair, engram.RecoverCatalog).
+	FromPacks bool
 	// LockTimeout, Command: as in OpenOptions.
 	LockTimeout time.Duration
 	Command     string
@@ -91,6 +96,9 @@ type UpgradeReport struct {
 	Packs    int64 `json:"packs"`    // format-1 packs copied
 	Chunks   int64 `json:"chunks"`
 	Dropped  int64 `json:"dropped"` // chunks left out (DropUnreadable)
+	// CatalogLost: FromPacks indexed the packs; no metadata was copied.
+	CatalogLost bool  `json:"catalog_lost,omitempty"`
+	BadFrames   int64 `json:"bad_frames,omitempty"` // damaged regions FromPacks skipped
 }
 
 // Upgrade converts the format-1 directory store in dir in place (what the
@@ -155,12 +163,18 @@ func upgradeV1Report(ctx context.Context, dir string, opts UpgradeOptions, rep *
 		return fail(err)
 	}
 	idx := filepath.Join(dir, indexName)
-	if _, err := os.Stat(idx); err != nil {
-		return fail(fmt.Errorf("%s: %w (a format-1 store needs it to be upgraded: restore it from a backup)", idx, err))
-	}
-	byPack, ops, err := readLegacyIndex(idx)
-	if err != nil {
-		return fail(err)
+	const hint = "; `engram upgrade --from-packs` indexes the packs instead (the catalog then comes back from its catalog chunks)"
+	var byPack map[uint32][]indexed
+	var ops []journalOp
+	if opts.FromPacks {
+		if byPack, rep.BadFrames, err = scanLegacyPacks(ctx, dir); err != nil {
+			return fail(err)
+		}
+		rep.CatalogLost = true
+	} else if _, err := os.Stat(idx); err != nil {
+		return fail(fmt.Errorf("%s: %w%s", idx, err, hint))
+	} else if byPack, ops, err = readLegacyIndex(idx); err != nil {
+		return fail(fmt.Errorf("%w%s", err, hint))
 	}
 	nums := sortedNums(byPack)
 	for _, num := range nums {
@@ -278,6 +292,49 @@ func readLegacyIndex(idx string) (byPack map[uint32][]indexed, ops []journalOp, 
 		return nil, nil, fmt.Errorf("%s: %w", idx, err)
 	}
 	return byPack, ops, nil
+}
+
+// scanLegacyPacks indexes every intact frame of the format-1 packs in
+// dir (what format 1's repair did when index.db was lost); a chunk in
+// several frames keeps its first. It returns the damaged regions skipped.
+func scanLegacyPacks(ctx context.Context, dir string) (map[uint32][]indexed, int64, error) {
+	des, err := os.ReadDir(filepath.Join(dir, packsDir))
+	if err != nil {
+		return nil, 0, err
+	}
+	byPack := map[uint32][]indexed{}
+	seen := map[ID]bool{}
+	var bad int64
+	for _, de := range des {
+		num, ok := parsePackName(de.Name())
+		if !ok || !de.Type().IsRegular() {
+			continue
+		}
+		f, size, err := openPack(filepath.Join(dir, packsDir, de.Name()))
+		if err != nil {
+			return nil, 0, err
+		}
+		_, err = scanPack(ctx, f, num, size, func(off int64, fr *frame, raw []byte) error {
+			lens := make([]int, len(fr.Chunks))
+			for i, c := range fr.Chunks {
+				lens[i] = int(c.Len)
+			}
+			sh := shares(int64(len(raw)), lens)
+			for i, c := range fr.Chunks {
+				if seen[c.ID] {
+					continue
+				}
+				seen[c.ID] = true
+				byPack[num] = append(byPack[num], indexed{c.ID, entry{Pack: num, FrameOff: off, FrameLen: uint32(len(raw)), BlockOff: c.Off, RawLen: c.Len, Share: sh[i]}})
+			}
+			return nil
+		}, func(int64, error) { bad++ })
+		f.Close()
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", filepath.Join(dir, packsDir, de.Name()), err)
+		}
+	}
+	return byPack, bad, nil
 }
 
 // copyLegacyPack copies the frames that ents (the index entries of pack

@@ -308,3 +308,47 @@ func TestUpgradeV1DropUnreadable(t *testing.T) {
 		t.Fatalf("Upgrade of a current store = %+v, %v", again, err)
 	}
 }
+
+// TestUpgradeV1FromPacks: with index.db lost, FromPacks indexes the
+// packs; every chunk the packs hold intact is there, the catalog is not.
+func TestUpgradeV1FromPacks(t *testing.T) {
+	ctx := context.Background()
+	dir := copyTree(t, v1Fixture)
+	if err := os.Remove(filepath.Join(dir, indexName)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, dir, OpenOptions{}); err == nil || !strings.Contains(err.Error(), "--from-packs") {
+		t.Fatalf("Open without index.db = %v", err)
+	}
+	rep, err := Upgrade(ctx, dir, UpgradeOptions{FromPacks: true})
+	if err != nil || !rep.Upgraded || !rep.CatalogLost || rep.Chunks == 0 {
+		t.Fatalf("Upgrade = %+v, %v", rep, err)
+	}
+	checkNoLegacy(t, dir)
+	s, err := Open(ctx, dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	verifyClean(t, s)
+	for i, b := range v1Batches() {
+		for j, c := range b {
+			// Every live chunk; dead ones may come back (their frames were
+			// intact), as format 1's repair brought them back too.
+			if got, err := s.Get(ctx, c.ID); v1Live(i, j) && (err != nil || !bytes.Equal(got, c.Data)) {
+				t.Fatalf("chunk %d/%d after the upgrade from packs: %v", i, j, err)
+			}
+		}
+	}
+	_ = s.View(ctx, func(tx MetaTx) error {
+		if tx.Get([]byte("records"), []byte("a/1")) != nil {
+			t.Error("metadata from nowhere")
+		}
+		return nil
+	})
+	s.Close()
+	rr, err := RepairDir(ctx, dir, OpenOptions{})
+	if err != nil || !rr.MetadataLost {
+		t.Fatalf("RepairDir after an upgrade from packs: %+v %v", rr, err)
+	}
+}

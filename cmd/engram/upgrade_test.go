@@ -53,6 +53,21 @@ func TestUpgradeFormat1Store(t *testing.T) {
 		t.Errorf("ls after an ingest into a format-1 store: %q", out)
 	}
 	ok(t, store2, "verify")
+	// index.db lost: --from-packs indexes the packs and brings the
+	// catalog back from its catalog chunks.
+	store3 := filepath.Join(t.TempDir(), "store3")
+	copyTestTree(t, "testdata/v1store", store3)
+	if err := os.Remove(filepath.Join(store3, "index.db")); err != nil {
+		t.Fatal(err)
+	}
+	fails(t, store3, 1, []string{"upgrade"}, "index.db", "--from-packs")
+	if out := ok(t, store3, "upgrade", "--from-packs"); !strings.Contains(out, "1 engrams") {
+		t.Errorf("upgrade --from-packs: %q", out)
+	}
+	if out := ok(t, store3, "ls"); !strings.Contains(out, "small") {
+		t.Errorf("ls after upgrade --from-packs: %q", out)
+	}
+	ok(t, store3, "verify")
 }
 
 func copyTestTree(t *testing.T, src, dst string) {
