@@ -164,7 +164,12 @@ func BenchmarkHasMillion(b *testing.B) {
 	if err := Init(dir, InitOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, indexName), 0o644, nil)
+	s0, err := Open(ctx, dir, OpenOptions{}) // creates the cache
+	if err != nil {
+		b.Fatal(err)
+	}
+	s0.Close()
+	db, err := bolt.Open(filepath.Join(dir, dirCacheName, indexName), 0o644, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -219,6 +219,11 @@ func (s *BlobStore) Repair(ctx context.Context) (RepairReport, error) {
 	if err := s.Refresh(ctx); err != nil {
 		return rep, err
 	}
+	if s.local.exclusive() { // a directory no one else writes: dirrepair.go
+		if err := s.salvage(ctx, &rep); err != nil {
+			return rep, err
+		}
+	}
 	st, err := s.Stats(ctx)
 	rep.Chunks = st.Chunks
 	return rep, err

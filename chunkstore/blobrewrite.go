@@ -15,6 +15,9 @@ import (
 	"github.com/engram-vm/engram/chunkstore/blob"
 )
 
+// gcBatchRaw bounds the raw bytes gc holds in memory while moving chunks.
+const gcBatchRaw = 32 << 20
+
 // Rewriting mostly-dead packs of a bucket store (GC with a threshold).
 //
 // A pack whose live bytes fall under the threshold has its live chunks

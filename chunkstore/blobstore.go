@@ -55,6 +55,9 @@ type BlobStore struct {
 	// soleWriter turns it off.
 	news       *newsState
 	soleWriter bool
+
+	// local is set for a store in a directory (dirstore.go).
+	local *dirLocal
 }
 
 func (s *BlobStore) now() int64 {
@@ -127,6 +130,9 @@ type BlobOpenOptions struct {
 	// CacheRoot holds one cache directory per store (named by its store
 	// ID); "" means DefaultCacheRoot().
 	CacheRoot string
+	// CacheDir, when set, is the cache directory itself (a directory
+	// store keeps its cache inside); CacheRoot is then ignored.
+	CacheDir string
 	// TrustIDs: see OpenOptions.TrustIDs.
 	TrustIDs bool
 	// LockTimeout bounds waits for the cache's index.db held by another
@@ -258,13 +264,16 @@ func OpenBlob(ctx context.Context, bs blob.Store, opts BlobOpenOptions) (*BlobSt
 	if err != nil {
 		return nil, err
 	}
-	root := opts.CacheRoot
-	if root == "" {
-		if root, err = DefaultCacheRoot(); err != nil {
-			return nil, err
+	dir := opts.CacheDir
+	if dir == "" {
+		root := opts.CacheRoot
+		if root == "" {
+			if root, err = DefaultCacheRoot(); err != nil {
+				return nil, err
+			}
 		}
+		dir = filepath.Join(root, cfg.StoreID)
 	}
-	dir := filepath.Join(root, cfg.StoreID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
@@ -347,7 +356,11 @@ func (s *BlobStore) Close() error {
 		return nil
 	}
 	s.db.close()
-	return s.bs.Close()
+	err := s.bs.Close()
+	if lerr := s.local.close(); err == nil {
+		err = lerr
+	}
+	return err
 }
 
 func (s *BlobStore) check(write bool) error {
@@ -562,6 +575,7 @@ func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, er
 			boff += uint32(len(c.Data))
 		}
 	}
+	releaseFrames(frames) // copied into pack: their buffers serve the next call
 	seg := encodeSegment(ents)
 	segOff := uint64(len(pack))
 	pack = append(pack, seg...)

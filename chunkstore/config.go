@@ -14,8 +14,12 @@ import (
 
 // Store format identity, recorded in config.json.
 const (
-	configFormat  = "engram-chunkstore"
-	configVersion = 1
+	configFormat = "engram-chunkstore"
+	// configVersion 2: the blob-1 layout in a directory (docs/FORMAT.md
+	// section 2), so a program that knows only format 1 refuses the
+	// directory instead of taking it for an empty format-1 store. Buckets
+	// of version 1 (blob-1 from before) read the same.
+	configVersion = 2
 	// indexVersion is the layout of index.db (meta bucket key "version").
 	indexVersion = 1
 )
@@ -112,37 +116,6 @@ func (c config) check() error {
 	}
 	if c.PackSize < 4096 {
 		return fmt.Errorf("pack size %d is below 4096", c.PackSize)
-	}
-	return nil
-}
-
-// Init creates a chunk store in dir (created if missing). It fails with
-// ErrStoreExists when dir already holds one.
-func Init(dir string, opts InitOptions) error {
-	cfg, err := opts.config()
-	if err != nil {
-		return fmt.Errorf("chunkstore init %s: %w", dir, err)
-	}
-	for _, name := range []string{configName, indexName} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
-			return fmt.Errorf("chunkstore init %s: %s exists: %w", dir, name, ErrStoreExists)
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("chunkstore init: %w", err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Join(dir, packsDir), 0o755); err != nil {
-		return fmt.Errorf("chunkstore init: %w", err)
-	}
-	if err := createIndex(filepath.Join(dir, indexName), nil); err != nil {
-		return fmt.Errorf("chunkstore init %s: %w", dir, err)
-	}
-	// config.json last: its presence marks a complete store.
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := writeFileAtomic(filepath.Join(dir, configName), append(b, '\n')); err != nil {
-		return fmt.Errorf("chunkstore init: %w", err)
 	}
 	return nil
 }

@@ -211,13 +211,6 @@ func runConformance(t *testing.T, newStore func(t *testing.T) testable) {
 		if added.Load() != int64(len(cs)) || st.Chunks != int64(len(cs)) {
 			t.Fatalf("added %d, stats %+v; want %d", added.Load(), st, len(cs))
 		}
-		if fs, ok := s.(*FileStore); ok {
-			// Stored once: no dead bytes in the packs.
-			if st.StoredBytes+packHeaderSize*st.Packs != st.PackBytes {
-				t.Fatalf("stats %+v: dead bytes in packs", st)
-			}
-			_ = fs
-		}
 	})
 	t.Run("MetaTx", func(t *testing.T) {
 		s := newStore(t)
@@ -290,11 +283,14 @@ func runConformance(t *testing.T, newStore func(t *testing.T) testable) {
 	})
 	t.Run("GC", func(t *testing.T) {
 		s := newStore(t)
-		if _, ok := s.(*BlobStore); ok {
+		// A directory store whose lock this test holds exclusively deletes
+		// dead packs at once; a bucket store waits out a margin.
+		bs, isBlob := s.(*BlobStore)
+		if isBlob && !bs.local.exclusive() {
 			t.Skip("a bucket store collects in two phases with a margin: blobgc_test.go")
 		}
 		var all []Chunk
-		for i := range 6 {
+		for i := range 7 { // the 7th batch all dead: its packs are freed
 			cs := mkChunks(uint64(1000+i*50), 50, 8000)
 			if _, err := s.PutMany(ctx, cs); err != nil {
 				t.Fatal(err)
@@ -305,7 +301,7 @@ func runConformance(t *testing.T, newStore func(t *testing.T) testable) {
 		for i, c := range all {
 			// Packs of the first batches become mostly dead, of the last
 			// ones mostly live.
-			if (i < 150 && i%5 == 0) || (i >= 150 && i%5 != 0) {
+			if (i < 150 && i%5 == 0) || (i >= 150 && i < 300 && i%5 != 0) {
 				live[c.ID] = true
 			}
 		}
@@ -328,27 +324,29 @@ func runConformance(t *testing.T, newStore func(t *testing.T) testable) {
 		if gs.DeadChunks != int64(len(all)-len(live)) {
 			t.Fatalf("GC stats %+v", gs)
 		}
-		for _, c := range all {
+		for i, c := range all {
 			got, err := s.Get(ctx, c.ID)
 			if live[c.ID] {
 				if err != nil || !bytes.Equal(got, c.Data) {
 					t.Fatalf("live chunk %s after GC: %v", c.ID.Short(), err)
 				}
-			} else if !errors.Is(err, ErrNotFound) {
+			} else if !errors.Is(err, ErrNotFound) && (!isBlob || i >= 300) {
+				// (A blob store keeps the dead chunks of packs that hold
+				// live ones until they are rewritten: not the 7th batch.)
 				t.Fatalf("dead chunk %s after GC: %v", c.ID.Short(), err)
 			}
 		}
 		after, _ := s.Stats(ctx)
-		if after.Chunks != int64(len(live)) {
+		if after.Chunks != int64(len(live)) && !isBlob {
 			t.Fatalf("after GC: %+v, want %d chunks", after, len(live))
 		}
-		if _, ok := s.(*FileStore); ok {
+		if isBlob {
 			if after.PackBytes >= before.PackBytes || gs.BytesFreed == 0 || progressed == 0 {
 				t.Fatalf("GC freed nothing: before %+v after %+v, %+v", before, after, gs)
 			}
 		}
 		// Putting a collected chunk again works.
-		c := all[1]
+		c := all[301] // dead, in a pack with nothing live
 		if added, err := s.Put(ctx, c.ID, c.Data); err != nil || !added {
 			t.Fatalf("re-Put after GC = %v, %v", added, err)
 		}
@@ -366,13 +364,13 @@ func runConformance(t *testing.T, newStore func(t *testing.T) testable) {
 	})
 }
 
-func TestConformanceFileStore(t *testing.T) {
+func TestConformanceDirStore(t *testing.T) {
 	runConformance(t, func(t *testing.T) testable {
 		return NewTestStore(t, InitOptions{PackSize: 256 << 10, BlockSize: 64 << 10})
 	})
 }
 
-func TestConformanceFileStorePerChunk(t *testing.T) {
+func TestConformanceDirStorePerChunk(t *testing.T) {
 	runConformance(t, func(t *testing.T) testable {
 		return NewTestStore(t, InitOptions{PackSize: 1 << 20, BlockSize: 1, Compression: "fastest"})
 	})

@@ -1,59 +1,73 @@
 // Package chunkstore keeps content-addressed chunks (key: BLAKE3-256 of
-// the uncompressed bytes) in append-only pack files indexed by bbolt.
+// the uncompressed bytes) in write-once pack objects, indexed by a bbolt
+// cache.
 //
-// It imports nothing of the project but its own subpackages. FileStore
-// is the on-disk store; BlobStore keeps a store in a bucket (package
-// blob: S3, or a directory of write-once objects) with a bbolt cache per
-// host, described in docs/FORMAT.md section 3;
-// MemStore has the same semantics in memory for other packages' tests;
-// NewTestStore makes a FileStore in t.TempDir that is verified in
-// t.Cleanup.
+// It imports nothing of the project but its own subpackages. BlobStore is
+// the one store: its logic (packs, frames, index, gc, verify, repair)
+// sits above a blob.Store, an S3 bucket (OpenBlob) or a directory of
+// objects (Open, Init: blob/dir, the default), in the layout of
+// docs/FORMAT.md section 3. MemStore has the same semantics in memory for
+// other packages' tests; NewTestStore makes a directory store in
+// t.TempDir that is verified in t.Cleanup.
 //
 // # Invariants
 //
-//   - Durability order: pack bytes are written and fsynced (and the packs
-//     directory fsynced when a pack is new) before the bbolt transaction
-//     that indexes them commits. PutMany returns nil only after that
-//     commit. A crash leaves at most bytes no entry points at; the next
-//     writer Open trims them (pack tail past the recorded size) or removes
-//     them (a pack file with no record).
+//   - Every object is written once (create-only Put, atomic) and never
+//     changed; names are fixed by content. Writes go pack → index
+//     segment → catalog journal entry, so whatever an object names exists
+//     already, and a writer killed in between leaves only objects nothing
+//     names (gc removes them). PutMany returns nil only after its pack and
+//     segment are durable and the cache indexes them.
 //   - Everything read is checked: Get verifies the BLAKE3 of what it
 //     returns (*CorruptChunkError names chunk, pack and frame offset);
-//     frames carry an xxh3 checksum; every length read from disk is
-//     bounded before it sizes an allocation.
-//   - Every frame is self-describing, so Repair rebuilds index.db from the
-//     packs alone.
-//   - One writing process per store: an flock on dir/lock, held for the
-//     life of a writable FileStore; its content names the holder for the
-//     ErrLocked message of whoever waits. Read-only opens take no lock.
+//     frames carry an xxh3 checksum; every length read from a pack,
+//     segment or journal is bounded before it sizes an allocation.
+//   - Every frame is self-describing and every pack ends with a copy of
+//     its segment, so the index can be rebuilt from the packs alone; the
+//     cache (index.db) is rebuilt from the segments and journal entries
+//     whenever it is missing or damaged: it is never the only copy.
+//   - A directory store: writers hold an flock on dir/lock shared (any
+//     number of ingests at once), gc and repair exclusively (its content
+//     names the holder for the ErrLocked message of whoever waits).
+//     Read-only opens take no lock. Holding it exclusively, gc deletes
+//     dead packs at once and repair replaces damaged packs by their intact
+//     frames; a bucket has no lock, so gc there is two-phase with a margin
+//     and repair records damage lists (blobgc.go, blobrepair.go).
 //   - index.db is open only while transactions run (bbolt locks the file
 //     exclusively for a writer, shared for readers): a process shares one
 //     handle among its goroutines, closes it when idle, and gives it up
 //     for 120 ms after holding it for 1 s (short idle gaps count as holding), so a restore or verify in another
 //     process can read during an ingest, and an ingest can commit during a
 //     restore. Waiters retry bbolt's open until OpenOptions.LockTimeout.
-//   - Within a process, PutMany calls run concurrently (hashing and zstd
-//     in the callers' goroutines); appends and commits are serialized by
-//     a mutex; a chunk being stored by one call is waited for, not stored
-//     again, by another. GC and Repair exclude PutMany.
+//   - A directory store of format 1 (numbered packs, authoritative
+//     index.db) is upgraded in place by the first writable Open
+//     (upgrade.go); killed at any point, the old store or the new one
+//     opens and holds everything. A read-only Open of one fails with
+//     ErrNeedsUpgrade.
 //
-// # Store directory (format version 1)
+// # Store directory (format version 2, layout blob-1)
 //
-//	config.json        what Init fixed (JSON, written atomically, last)
-//	index.db           bbolt index
-//	packs/%08x.pack    pack files, numbered from 1, lowercase hex
-//	lock               writer lock file: "pid N on host H since RFC3339 (command)\n"
+//	config.json        what Init fixed (JSON, written last)
+//	packs/HH/H         pack objects, H = BLAKE3 of the object
+//	index/H            index segment of pack H
+//	meta/T-C           catalog journal entries (the commit points)
+//	gc/, damaged/      gc lists, damage lists (bucket gc and repair)
+//	cache/index.db     the cache (unless a cache root is given)
+//	lock               store lock: "pid N on host H since RFC3339 (command)\n"
+//	.tmp/              objects being written (blob/dir)
 //
 // config.json:
 //
-//	{"format": "engram-chunkstore", "version": 1, "created": RFC 3339 time,
+//	{"format": "engram-chunkstore", "version": 2, "created": RFC 3339 time,
 //	 "params": {"compression": "fastest"|"default"|"better"|"best",
 //	            "chunking": {"algorithm", "align", "min", "avg", "max"}},
 //	 "block_size": raw bytes per block (1 = one chunk per block),
-//	 "pack_size": bytes at which a pack is closed}
+//	 "pack_size": bytes at which a pack is cut,
+//	 "layout": "blob-1", "store_id": 32 hex digits}
 //
-// A version above 1 is refused with ErrFormatVersion. Without config.json
-// a directory is not a store (ErrNotStore).
+// A version above 2 is refused with ErrFormatVersion; version 1 without a
+// layout is format 1 (upgraded); without config.json a directory is not a
+// store (ErrNotStore). docs/FORMAT.md has every object byte by byte.
 //
 // # Pack file
 //
@@ -62,8 +76,10 @@
 //	offset size  pack header
 //	0      8     magic "EGRMPACK"
 //	8      4     pack format version (1)
-//	12     4     pack number (matches the file name)
+//	12     4     a random number (format 1: the pack number)
 //	16     ...   frames, back to back
+//	S      L     a copy of the pack's index segment
+//	S+L    16    uint64 S, magic "EGRMPIDX"
 //
 // A frame is one block: 1..4096 consecutive new chunks of one PutMany
 // call (their concatenation is the raw block), compressed together.
@@ -89,31 +105,11 @@
 // frame, a scan resynchronises on the next "EGFR" that starts an intact
 // frame.
 //
-// # index.db (index format version 1)
+// # Cache (index.db)
 //
-// Top-level buckets:
-//
-//	meta    "version"   -> uint32 LE index format version (1)
-//	        "next_pack" -> uint32 LE number the next new pack gets (pack
-//	                       numbers are never reused, so a block cache in a
-//	                       long-running reader never mixes two packs)
-//	chunks  ID (32 bytes) -> 28 bytes:
-//	          0  uint32 pack number
-//	          4  uint64 frame offset in the pack
-//	         12  uint32 frame length
-//	         16  uint32 chunk offset in the raw block
-//	         20  uint32 chunk raw length
-//	         24  uint32 share: the chunk's part of the frame length,
-//	                    frameLen*cum(i+1)/raw - frameLen*cum(i)/raw, so the
-//	                    shares of a frame add up to its length
-//	packs   pack number (uint32 big-endian, so keys sort) -> 32 bytes:
-//	          0  uint64 committed size (bytes past it are garbage)
-//	          8  uint64 live bytes (sum of shares of indexed chunks)
-//	         16  uint64 indexed chunks
-//	         24  uint64 their raw bytes
-//	user    one nested bucket per MetaTx bucket name (engram's records)
-//
-// Stats sums the packs bucket.
+// The buckets of format 1's index.db (meta, chunks, packs, user), local
+// pack numbers standing for pack hashes, plus the blob.* buckets of
+// docs/FORMAT.md section 3 ("Cache"). Stats sums the packs bucket.
 //
 // # Blocks: measured
 //
@@ -121,7 +117,7 @@
 // zstd; a random (cold) Get then reads and decompresses a whole block,
 // while a sequential restore decompresses each block once thanks to a
 // block cache (16 MiB unless OpenOptions.BlockCacheBytes says otherwise;
-// mount and serve size it from --cache-size). Uncompressed blocks are read one chunk at a time. On
+// mount and serve size it from --cache-size). On
 // 24 MiB of Go toolchain files in 64 KiB chunks (BenchmarkBlockSize,
 // 2 cores), stored/raw and cold Get:
 //
@@ -136,14 +132,12 @@
 //
 // # GC
 //
-// GC(live) first deletes the index entries of dead chunks (their bytes stay
-// in the packs; Repair would bring them back as valid unreferenced
-// chunks), then rewrites each pack whose live bytes fall under the
-// threshold: frames whose chunks are all live are copied verbatim, the
-// live chunks of others are recompressed into new blocks, the new packs are
-// fsynced, one transaction re-points the entries and drops the old pack's
-// record, and only then is the old file removed. Killed at any point, the
-// store verifies and holds every live chunk.
+// Dead chunks stay indexed (and deduplicated against) until their pack
+// goes: a pack with no live chunk is deleted, segment first. In a
+// directory held exclusively that happens in the same run (dirgc.go);
+// in a bucket, a pack is first condemned and deleted by a later run
+// after the margin (blobgc.go). Rewriting the live chunks of mostly dead
+// packs (GCOptions.Threshold) is not done yet.
 //
 // # Caveats
 //
@@ -152,9 +146,9 @@
 //     entries so the next ingest stores them again.
 //   - GC must not run while another caller stores chunks its live
 //     function does not know about yet (an ingest whose manifest is not
-//     recorded); the writer lock keeps other processes out, the caller
-//     must order its own goroutines.
-//   - If index.db is lost, Repair rebuilds the chunk index but the MetaTx
-//     buckets are gone (RepairReport.MetadataLost); engram keeps a copy of
-//     its catalog in catalog chunks and rebuilds it (engram repair).
+//     recorded); in a directory the store lock keeps other processes out,
+//     the caller must order its own goroutines.
+//   - The catalog lives in meta/ journal objects; if they are lost,
+//     RepairDir reports MetadataLost and engram rebuilds the catalog from
+//     its catalog chunks (engram repair).
 package chunkstore

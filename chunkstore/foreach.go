@@ -5,7 +5,7 @@ import (
 	"sort"
 )
 
-// Lister enumerates a store's index. FileStore and MemStore implement it;
+// Lister enumerates a store's index. BlobStore and MemStore implement it;
 // engram.RecoverCatalog uses it to find catalog chunks after a repair.
 type Lister interface {
 	// ForEach calls fn for every indexed chunk, in ID order, until fn
@@ -15,23 +15,7 @@ type Lister interface {
 	ForEach(ctx context.Context, fn func(Entry) error) error
 }
 
-var (
-	_ Lister = (*FileStore)(nil)
-	_ Lister = (*MemStore)(nil)
-)
-
-// ForEach implements Lister.
-func (s *FileStore) ForEach(ctx context.Context, fn func(Entry) error) error {
-	if err := s.check(false); err != nil {
-		return err
-	}
-	return s.forEachEntry(ctx, func(id ID, e entry) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		return fn(Entry{ID: id, RawLen: int(e.RawLen), StoredLen: int64(e.Share)})
-	})
-}
+var _ Lister = (*MemStore)(nil)
 
 // ForEach implements Lister; StoredLen is the raw length. It visits a
 // snapshot taken when it starts.

@@ -3,8 +3,6 @@ package chunkstore
 import (
 	"context"
 	"fmt"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // ManyGetter is a Reader that fetches many chunks into the caller's
@@ -50,67 +48,6 @@ func GetMany(ctx context.Context, r Reader, ids []ID, bufs [][]byte) error {
 			return &LengthError{ID: id, Len: len(data), Want: len(bufs[i])}
 		}
 		copy(bufs[i], data)
-	}
-	return nil
-}
-
-var _ ManyGetter = (*FileStore)(nil)
-
-// GetMany implements ManyGetter.
-func (s *FileStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error {
-	if err := s.check(false); err != nil {
-		return err
-	}
-	if len(ids) != len(bufs) {
-		return fmt.Errorf("chunkstore: GetMany of %d IDs into %d buffers", len(ids), len(bufs))
-	}
-	ents := make([]entry, len(ids))
-	found := make([]bool, len(ids))
-	err := s.db.view(ctx, func(tx *bolt.Tx) error {
-		chunks, _, err := buckets(tx)
-		if err != nil {
-			return err
-		}
-		for i, id := range ids {
-			if v := chunks.Get(id[:]); v != nil {
-				if ents[i], err = decodeEntry(id, v); err != nil {
-					return err
-				}
-				found[i] = true
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for i, id := range ids {
-		if !found[i] {
-			return &NotFoundError{ID: id}
-		}
-		data, err := s.readChunk(id, ents[i], bufs[i])
-		if err == nil && bufs[i] == nil {
-			bufs[i] = data
-		}
-		if err != nil {
-			if _, ok := err.(*LengthError); ok {
-				return err
-			}
-			// GC may have moved the chunk since the lookup: Get looks
-			// again before calling it corrupt.
-			data, err := s.Get(ctx, id)
-			if err != nil {
-				return err
-			}
-			if bufs[i] == nil {
-				bufs[i] = data
-				continue
-			}
-			if len(data) != len(bufs[i]) {
-				return &LengthError{ID: id, Len: len(data), Want: len(bufs[i])}
-			}
-			copy(bufs[i], data)
-		}
 	}
 	return nil
 }

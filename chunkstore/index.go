@@ -17,6 +17,9 @@ var (
 	bucketPacks  = []byte("packs")
 	bucketUser   = []byte("user") // MetaTx buckets are nested in here
 	keyVersion   = []byte("version")
+	// keyNextPack (meta bucket): the number the next pack gets; numbers
+	// are never reused, so a block cache never mixes two packs.
+	keyNextPack = []byte("next_pack")
 )
 
 const (
@@ -243,4 +246,35 @@ func packStats(ctx context.Context, db *dbPool) (Stats, error) {
 		return err
 	})
 	return st, err
+}
+
+// addDelta adds (sign 1) or removes (-1) e's share of its pack's record.
+func addDelta(m map[uint32]*packRec, e entry, sign int64) {
+	d := m[e.Pack]
+	if d == nil {
+		d = &packRec{}
+		m[e.Pack] = d
+	}
+	d.Live += sign * int64(e.Share)
+	d.Chunks += sign
+	d.Raw += sign * int64(e.RawLen)
+}
+
+func applyDeltas(packs *bolt.Bucket, deltas map[uint32]*packRec) error {
+	for num, d := range deltas {
+		rec, ok, err := getPackRec(packs, num)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		rec.Live += d.Live
+		rec.Chunks += d.Chunks
+		rec.Raw += d.Raw
+		if err := packs.Put(packKey(num), rec.encode()); err != nil {
+			return err
+		}
+	}
+	return nil
 }

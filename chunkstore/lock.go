@@ -12,64 +12,86 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultLockTimeout is how long Open waits for the writer lock (and for
+// DefaultLockTimeout is how long Open waits for the store lock (and for
 // index.db) when OpenOptions.LockTimeout is zero.
 const DefaultLockTimeout = time.Minute
 
-// writerLock is the flock on dir/lock held by the one writing process.
+// storeLock is the flock on dir/lock. Writers of a directory store hold it
+// shared (any number of ingests at once, as in a bucket), gc and the format
+// upgrade exclusively (nothing writes meanwhile, so gc may delete at once).
 // The kernel drops it when the process dies, so it is never stale; the
-// file's content only says who holds it, for the waiting side's message.
-type writerLock struct {
-	f *os.File
+// file's content only says who took it last, for the waiting side's
+// message.
+type storeLock struct {
+	f         *os.File
+	exclusive bool
 }
 
-func acquireLock(ctx context.Context, dir string, timeout time.Duration, command string) (*writerLock, error) {
+func acquireLock(ctx context.Context, dir string, timeout time.Duration, command string, exclusive bool) (*storeLock, error) {
 	path := filepath.Join(dir, lockName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: open lock: %w", err)
 	}
+	l := &storeLock{f: f}
+	if err := l.take(ctx, dir, timeout, command, exclusive); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// take (re)locks in the mode asked for; a conversion between modes is not
+// atomic in flock, which is why gc opens the store exclusively from the
+// start rather than upgrading a shared lock.
+func (l *storeLock) take(ctx context.Context, dir string, timeout time.Duration, command string, exclusive bool) error {
+	path := filepath.Join(dir, lockName)
+	how := unix.LOCK_SH
+	if exclusive {
+		how = unix.LOCK_EX
+	}
 	start := time.Now()
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(int(l.f.Fd()), how|unix.LOCK_NB)
 		if err == nil {
 			break
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("chunkstore: lock %s: %w", path, err)
+			return fmt.Errorf("chunkstore: lock %s: %w", path, err)
 		}
 		waited := time.Since(start)
 		if waited >= timeout || ctx.Err() != nil {
 			holder, _ := os.ReadFile(path)
-			f.Close()
 			le := &LockedError{Dir: dir, Holder: strings.TrimSpace(string(holder)), Waited: waited.Round(time.Millisecond).String()}
 			if ctx.Err() != nil && waited < timeout {
-				return nil, fmt.Errorf("%w (%w)", le, ctx.Err())
+				return fmt.Errorf("%w (%w)", le, ctx.Err())
 			}
-			return nil, le
+			return le
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(min(100*time.Millisecond, timeout-waited)):
 		}
 	}
+	l.exclusive = exclusive
 	host, _ := os.Hostname()
 	if command == "" {
 		command = strings.Join(os.Args, " ")
 	}
 	info := fmt.Sprintf("pid %d on host %s since %s (%s)\n", os.Getpid(), host, time.Now().Format(time.RFC3339), command)
-	if err := f.Truncate(0); err == nil {
-		_, _ = f.WriteAt([]byte(info), 0)
+	if err := l.f.Truncate(0); err == nil {
+		_, _ = l.f.WriteAt([]byte(info), 0)
 	}
-	return &writerLock{f: f}, nil
+	return nil
 }
 
-func (l *writerLock) release() error {
+func (l *storeLock) release() error {
 	if l == nil || l.f == nil {
 		return nil
 	}
-	_ = l.f.Truncate(0)
+	if l.exclusive {
+		_ = l.f.Truncate(0) // a shared holder cannot know it is the last
+	}
 	err := l.f.Close() // closing drops the flock
 	l.f = nil
 	return err

@@ -11,6 +11,8 @@ import (
 	"time"
 )
 
+// Writers share the lock; gc (exclusive) waits for them, and its error
+// names who holds it.
 func TestLockTimeoutNamesHolder(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -20,16 +22,21 @@ func TestLockTimeoutNamesHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	w2, err := Open(ctx, dir, OpenOptions{LockTimeout: -1, Command: "engram ingest other.qcow2"})
+	if err != nil {
+		t.Fatalf("second writer beside the first: %v", err)
+	}
+	w2.Close()
 	start := time.Now()
-	_, err = Open(ctx, dir, OpenOptions{LockTimeout: 300 * time.Millisecond})
+	_, err = Open(ctx, dir, OpenOptions{Exclusive: true, LockTimeout: 300 * time.Millisecond})
 	var le *LockedError
 	if !errors.Is(err, ErrLocked) || !errors.As(err, &le) {
 		t.Fatalf("second writer: %v", err)
 	}
 	if time.Since(start) < 300*time.Millisecond {
-		t.Fatal("second writer did not wait")
+		t.Fatal("gc did not wait")
 	}
-	if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "engram ingest vm.qcow2") {
+	if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "engram ingest") {
 		t.Fatalf("error does not name the holder: %v", err)
 	}
 	t.Log(err)
@@ -47,9 +54,13 @@ func TestLockWaits(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		w.Close()
 	}()
-	w2, err := Open(ctx, dir, OpenOptions{LockTimeout: 20 * time.Second})
+	w2, err := Open(ctx, dir, OpenOptions{Exclusive: true, LockTimeout: 20 * time.Second})
 	if err != nil {
-		t.Fatalf("waiting writer: %v", err)
+		t.Fatalf("waiting gc: %v", err)
+	}
+	// While gc holds it, a writer waits too.
+	if _, err := Open(ctx, dir, OpenOptions{LockTimeout: -1}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("writer beside gc: %v", err)
 	}
 	w2.Close()
 }

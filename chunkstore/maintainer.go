@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Maintainer checks and compacts a store. FileStore and MemStore implement it.
+// Maintainer checks and compacts a store. BlobStore and MemStore implement it.
 type Maintainer interface {
 	// Verify re-reads every frame, recomputes every chunk's BLAKE3, checks
 	// the index against the packs, and calls report for each problem

@@ -9,7 +9,7 @@ import (
 )
 
 // MemStore is an in-memory Store and Maintainer for tests of other
-// packages. It keeps the FileStore's semantics: Put checks IDs, Get
+// packages. It keeps the directory store's semantics: Put checks IDs, Get
 // verifies BLAKE3, MetaTx buckets and keys behave the same, GC drops dead
 // chunks, Verify rehashes everything.
 type MemStore struct {
@@ -86,7 +86,7 @@ func (m *MemStore) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
 	return out, nil
 }
 
-// Get implements Reader; it verifies BLAKE3 like FileStore.
+// Get implements Reader; it verifies BLAKE3 like BlobStore.
 func (m *MemStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

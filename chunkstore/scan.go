@@ -7,8 +7,6 @@ import (
 	"io"
 	"os"
 	"sort"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // scanPack walks the frames of a pack file from its header to end. Intact
@@ -92,76 +90,19 @@ func findMagic(f io.ReaderAt, from, end int64) (int64, error) {
 	return -1, nil
 }
 
+// scannedFrame is what Verify learned about one intact frame.
+type scannedFrame struct {
+	n      int64
+	chunks []frameChunk
+	bad    map[int]error // chunk index -> BLAKE3 mismatch or decompression error
+}
+
 // chunkOK checks one chunk of a decoded block.
 func chunkOK(block []byte, c frameChunk) error {
 	if got := Sum(block[c.Off : c.Off+c.Len]); got != c.ID {
 		return fmt.Errorf("content hashes to %s", got.Short())
 	}
 	return nil
-}
-
-// forEachEntry visits every index entry, a page of keys per read
-// transaction, calling fn outside the transaction so it may take its time
-// without keeping index.db from other processes.
-func (s *FileStore) forEachEntry(ctx context.Context, fn func(id ID, e entry) error) error {
-	const page = 8192
-	var after []byte
-	type kv struct {
-		id ID
-		e  entry
-	}
-	for {
-		batch := make([]kv, 0, page)
-		err := s.db.view(ctx, func(tx *bolt.Tx) error {
-			chunks, _, err := buckets(tx)
-			if err != nil {
-				return err
-			}
-			c := chunks.Cursor()
-			k, v := c.First()
-			if after != nil {
-				k, v = c.Seek(after)
-				if k != nil && bytes.Equal(k, after) {
-					k, v = c.Next()
-				}
-			}
-			for ; k != nil && len(batch) < page; k, v = c.Next() {
-				if len(k) != len(ID{}) {
-					return fmt.Errorf("%s: chunk key %x is not %d bytes: %w", indexName, k, len(ID{}), ErrIndexDamaged)
-				}
-				id := ID(k)
-				e, err := decodeEntry(id, v)
-				if err != nil {
-					return err
-				}
-				batch = append(batch, kv{id, e})
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, x := range batch {
-			if err := fn(x.id, x.e); err != nil {
-				return err
-			}
-		}
-		if len(batch) < page {
-			return nil
-		}
-		last := batch[len(batch)-1].id
-		after = last[:]
-	}
-}
-
-func (s *FileStore) packRecs(ctx context.Context) (map[uint32]packRec, error) {
-	var recs map[uint32]packRec
-	err := s.db.view(ctx, func(tx *bolt.Tx) error {
-		var err error
-		recs, err = allPackRecs(tx)
-		return err
-	})
-	return recs, err
 }
 
 func sortedNums[V any](m map[uint32]V) []uint32 {

@@ -5,10 +5,12 @@ import (
 	"testing"
 )
 
-// NewTestStore creates a store in t.TempDir and opens it for writing. In
+// NewTestStore creates a directory store in t.TempDir and opens it for
+// writing, holding the store lock exclusively (so GC deletes at once, as
+// the CLI's gc does). In
 // t.Cleanup it runs Verify, failing the test on any problem, and closes
 // the store. Pass opts to change the Init options (small packs, say).
-func NewTestStore(t testing.TB, opts ...InitOptions) *FileStore {
+func NewTestStore(t testing.TB, opts ...InitOptions) *BlobStore {
 	t.Helper()
 	var o InitOptions
 	if len(opts) > 0 {
@@ -18,7 +20,7 @@ func NewTestStore(t testing.TB, opts ...InitOptions) *FileStore {
 	if err := Init(dir, o); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(context.Background(), dir, OpenOptions{Command: "test " + t.Name()})
+	s, err := Open(context.Background(), dir, OpenOptions{Exclusive: true, Command: "test " + t.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -162,7 +162,7 @@ func CatalogChunkIDs(ctx context.Context, r chunkstore.Reader, fn func(chunkstor
 }
 
 // RecoverStore is what RecoverCatalog needs: a writable store whose index
-// can be enumerated (chunkstore.FileStore and MemStore).
+// can be enumerated (chunkstore.BlobStore and MemStore).
 type RecoverStore interface {
 	chunkstore.Reader
 	chunkstore.Writer

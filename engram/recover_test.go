@@ -166,11 +166,16 @@ func TestRecoverCatalogAfterIndexLoss(t *testing.T) {
 	}
 	st.Close()
 
-	if err := os.WriteFile(filepath.Join(dir, "index.db"), []byte("garbage"), 0o644); err != nil {
+	// The catalog lives in the store's journal objects (meta/); the cache
+	// is rebuilt from them. Lose both, and a garbage cache on top.
+	if err := os.RemoveAll(filepath.Join(dir, "meta")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cache", "index.db"), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	rr, err := chunkstore.RepairDir(ctx, dir, chunkstore.OpenOptions{})
-	if err != nil || !rr.MetadataLost {
+	if err != nil || rr.Problems != nil || !rr.MetadataLost {
 		t.Fatalf("RepairDir: %+v, %v", rr, err)
 	}
 	st, err = chunkstore.Open(ctx, dir, chunkstore.OpenOptions{})
@@ -179,7 +184,7 @@ func TestRecoverCatalogAfterIndexLoss(t *testing.T) {
 	}
 	defer st.Close()
 	if l, _ := List(ctx, st); len(l) != 0 {
-		t.Fatalf("catalog survived a garbage index.db: %d engrams", len(l))
+		t.Fatalf("catalog survived the loss of its journal: %d engrams", len(l))
 	}
 	rep, err = RecoverCatalog(ctx, st)
 	if err != nil {

@@ -35,7 +35,7 @@ func BenchmarkSignatureCatalog10k(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		st := chunkstore.NewTestStore(b)
-		path := filepath.Join(st.Dir(), "index.db")
+		path := filepath.Join(st.CacheDir(), "index.db")
 		before, err := os.Stat(path)
 		if err != nil {
 			b.Fatal(err)

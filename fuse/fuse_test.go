@@ -25,7 +25,7 @@ import (
 // env is a store, a view of it and a mount, all in this process.
 type env struct {
 	dir string // scratch directory
-	st  *chunkstore.FileStore
+	st  *chunkstore.BlobStore
 	set *view.Set
 	mnt string
 	srv *Server

@@ -14,7 +14,7 @@ import (
 )
 
 // gcLikeCLI runs gc the way `engram gc` does: catalog plus pins.
-func gcLikeCLI(t *testing.T, st *chunkstore.FileStore) chunkstore.GCStats {
+func gcLikeCLI(t *testing.T, st *chunkstore.BlobStore) chunkstore.GCStats {
 	t.Helper()
 	ctx := context.Background()
 	live := map[chunkstore.ID]bool{}

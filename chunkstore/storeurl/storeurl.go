@@ -18,19 +18,20 @@ type Store interface {
 	chunkstore.Lister
 }
 
-var (
-	_ Store = (*chunkstore.FileStore)(nil)
-	_ Store = (*chunkstore.BlobStore)(nil)
-)
+var _ Store = (*chunkstore.BlobStore)(nil)
 
 // Options control Open.
 type Options struct {
-	ReadOnly    bool
-	LockTimeout time.Duration // directory store: the writer lock; bucket: the cache
+	ReadOnly bool
+	// Exclusive: directory store only, hold its lock exclusively (gc: dead
+	// packs are then deleted at once; see chunkstore.OpenOptions).
+	Exclusive   bool
+	LockTimeout time.Duration // directory store: the store lock and the cache; bucket: the cache
 	Command     string        // directory store: recorded in the lock file
 	TrustIDs    bool
 	// CacheRoot holds the per-store caches of bucket stores ("": the
-	// default, chunkstore.DefaultCacheRoot).
+	// default, chunkstore.DefaultCacheRoot), and of directory stores when
+	// set ("": inside the store).
 	CacheRoot string
 	// BlockCacheBytes bounds the decompressed blocks kept
 	// (chunkstore.OpenOptions.BlockCacheBytes).
@@ -51,7 +52,12 @@ func openBucket(ctx context.Context, loc string, createBucket bool) (*s3.Store, 
 // Open opens the store at loc.
 func Open(ctx context.Context, loc string, opts Options) (Store, error) {
 	if !IsBucket(loc) {
-		return chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, LockTimeout: opts.LockTimeout, Command: opts.Command, TrustIDs: opts.TrustIDs, BlockCacheBytes: opts.BlockCacheBytes})
+		st, err := chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, Exclusive: opts.Exclusive, LockTimeout: opts.LockTimeout, Command: opts.Command,
+			TrustIDs: opts.TrustIDs, BlockCacheBytes: opts.BlockCacheBytes, CacheRoot: opts.CacheRoot})
+		if err != nil {
+			return nil, err
+		}
+		return st, nil
 	}
 	bs, err := openBucket(ctx, loc, false)
 	if err != nil {
@@ -101,8 +107,11 @@ func InitIfEmpty(ctx context.Context, loc string) (bool, error) {
 // Describe names a store for messages.
 func Describe(st Store) string {
 	switch s := st.(type) {
-	case *chunkstore.FileStore:
-		return s.Dir()
+	case *chunkstore.BlobStore:
+		if d := s.Dir(); d != "" {
+			return d
+		}
+		return s.String()
 	case fmt.Stringer:
 		return s.String()
 	}

@@ -22,7 +22,9 @@ var gcCommand = &cli.Command{
 		&cli.DurationFlag{Name: "margin", Value: chunkstore.DefaultGCMargin, Usage: "s3:// stores: how long a pack one gc condemned waits before a later gc deletes it (ingests must finish within it)"},
 	},
 	Action: func(c *cli.Context) error {
-		st, err := openStore(c, true, false)
+		// A directory store is locked against ingests for the whole run,
+		// so its dead packs go at once; a bucket waits out --margin.
+		st, err := openStoreLocked(c, true, false, true)
 		if err != nil {
 			return err
 		}

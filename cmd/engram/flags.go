@@ -27,12 +27,12 @@ var (
 	}
 	cacheDirFlag = &cli.StringFlag{
 		Name:    "cache-dir",
-		Usage:   "where s3:// stores keep this host's index cache, one directory per store (default: $XDG_CACHE_HOME/engram)",
+		Usage:   "where this host keeps a store's index cache, one directory per store (default: $XDG_CACHE_HOME/engram for s3://, DIR/cache for a directory store)",
 		EnvVars: []string{"ENGRAM_CACHE_DIR"},
 	}
 	jsonFlag  = &cli.BoolFlag{Name: "json", Usage: "print results as JSON"}
 	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs), no progress"}
-	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for another writer to release the store"}
+	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for the store lock (ingests share it, gc and repair take it alone)"}
 
 	globalFlags = []cli.Flag{storeFlag, cacheDirFlag, jsonFlag, quietFlag, lockFlag}
 )
@@ -58,6 +58,12 @@ func storeDir(c *cli.Context) (string, error) {
 // directory, or an empty prefix of an existing bucket, becomes a new store
 // with default parameters.
 func openStore(c *cli.Context, write, create bool) (storeurl.Store, error) {
+	return openStoreLocked(c, write, create, false)
+}
+
+// openStoreLocked is openStore; exclusive takes a directory store's lock
+// exclusively (gc), so that no ingest runs until it is closed.
+func openStoreLocked(c *cli.Context, write, create, exclusive bool) (storeurl.Store, error) {
 	dir, err := storeDir(c)
 	if err != nil {
 		return nil, err
@@ -83,6 +89,7 @@ func openStore(c *cli.Context, write, create bool) (storeurl.Store, error) {
 	}
 	return storeurl.Open(c.Context, dir, storeurl.Options{
 		ReadOnly:    !write,
+		Exclusive:   exclusive,
 		LockTimeout: c.Duration(lockFlag.Name),
 		Command:     strings.Join(os.Args, " "),
 		TrustIDs:    true, // every chunk the CLI puts was hashed just before
@@ -109,10 +116,10 @@ func openOne(c *cli.Context) (storeurl.Store, engram.ID, error) {
 // directory, or for a bucket store this host's cache directory (pins are
 // per host there; gc on another host is held off by its margin instead).
 func pinDir(st storeurl.Store) string {
-	switch s := st.(type) {
-	case *chunkstore.FileStore:
-		return s.Dir()
-	case *chunkstore.BlobStore:
+	if s, ok := st.(*chunkstore.BlobStore); ok {
+		if d := s.Dir(); d != "" {
+			return d
+		}
 		return s.CacheDir()
 	}
 	return ""

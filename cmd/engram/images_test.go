@@ -285,7 +285,7 @@ func TestVersion(t *testing.T) {
 			}
 		}
 	}
-	if _, err := os.Stat(filepath.Join(store, "index.db")); err == nil {
+	if _, err := os.Stat(filepath.Join(store, "config.json")); err == nil {
 		t.Error("version touched the store")
 	}
 }

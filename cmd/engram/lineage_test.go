@@ -318,13 +318,15 @@ func TestLineageAndThinRestore(t *testing.T) {
 		}
 		total += fi.Size()
 	}
-	// index.db lost: repair brings the catalog back from its chunks and
-	// the signatures from the manifests.
-	if err := os.Remove(filepath.Join(flatStore, "index.db")); err != nil {
-		t.Fatal(err)
+	// The catalog's journal and the cache lost: repair brings the catalog
+	// back from its chunks and the signatures from the manifests.
+	for _, d := range []string{"meta", "cache"} {
+		if err := os.RemoveAll(filepath.Join(flatStore, d)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if out := ok(t, flatStore, "repair"); !strings.Contains(out, "signatures: 5 rebuilt") {
-		t.Errorf("repair after losing index.db:\n%s", out)
+		t.Errorf("repair after losing the catalog:\n%s", out)
 	}
 	if rows := lineageOf(t, flatStore, "cc"); rows[0].Parent == nil || rows[0].Parent.Name != "c0" {
 		t.Errorf("after repair, cc: %+v", rows[0])

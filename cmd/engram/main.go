@@ -103,6 +103,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			gcCommand,
 			verifyCommand,
 			repairCommand,
+			upgradeCommand,
 			statsCommand,
 			diffCommand,
 			inspectCommand,
