@@ -22,19 +22,6 @@ func (s *BlobStore) gcNow(ctx context.Context, live func(ID) bool, opts GCOption
 	if err != nil {
 		return st, err
 	}
-	// Packs under the threshold get their live chunks written into new
-	// packs and segments (the bucket gc's code); then nothing live is left
-	// in them and they are deleted below with the dead ones. Deleting
-	// them before the final Refresh is safe: it finds them gone and
-	// rebuilds the index from the segments, new copies included; a reader
-	// elsewhere that still points at an old pack refreshes on ErrNotExist.
-	rewritten, damaged, err := s.rewriteSparse(ctx, packs, nil, live, opts, &st)
-	if err != nil {
-		return st, errors.Join(err, damaged)
-	}
-	for _, h := range rewritten {
-		packs[h].live = false
-	}
 	var orphans []ID
 	var orphanBytes int64
 	err = s.bs.List(ctx, blobPacksPrefix, func(in blob.Info) error {
@@ -58,6 +45,20 @@ func (s *BlobStore) gcNow(ctx context.Context, live func(ID) bool, opts GCOption
 	})
 	if err != nil {
 		return st, err
+	}
+	// After the orphans are listed, so the new packs are not taken for
+	// orphans: packs under the threshold get their live chunks written into new
+	// packs and segments (the bucket gc's code); then nothing live is left
+	// in them and they are deleted below with the dead ones. Deleting
+	// them before the final Refresh is safe: it finds them gone and
+	// rebuilds the index from the segments, new copies included; a reader
+	// elsewhere that still points at an old pack refreshes on ErrNotExist.
+	rewritten, damaged, err := s.rewriteSparse(ctx, packs, nil, live, opts, &st)
+	if err != nil {
+		return st, errors.Join(err, damaged)
+	}
+	for _, h := range rewritten {
+		packs[h].live = false
 	}
 	var dead []ID
 	for h, pi := range packs {
