@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,20 +79,21 @@ type chunkJob struct {
 }
 
 // readBuf is a read buffer that chunks borrow from (see
-// NewBorrowingSplitter): it goes back to its pool, and its read token is
-// returned, when the last chunk that borrowed from it is done.
+// NewBorrowingSplitter): it goes back to its pool (or, mapped, its pages
+// are released), and its read token is returned, when the last chunk that
+// borrowed from it is done.
 type readBuf struct {
-	b    *[]byte
-	refs atomic.Int32
-	done func(*[]byte)
-	full bool // a whole readSize read: worth lending out
+	refs   atomic.Int32
+	done   func()
+	full   bool // a whole readSize read: worth lending out
+	mapped bool // a slice of the image file's mapping (see qcow2.Image.Mapped)
 }
 
 func (r *readBuf) hold() { r.refs.Add(1) }
 
 func (r *readBuf) release() {
 	if r.refs.Add(-1) == 0 {
-		r.done(r.b)
+		r.done()
 	}
 }
 
@@ -146,8 +148,10 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 		n        int
 	}
 	type readResult struct {
-		job readJob
-		buf *[]byte
+		job  readJob
+		buf  *[]byte // nil: data is mapped
+		data []byte
+		cls  []byte // Classify of data
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	jobs := make(chan readJob, n)
@@ -158,10 +162,7 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 	// all of them and it always gets the chunks that complete it.
 	tokens := make(chan struct{}, 2*n+batchOwners+2)
 	pool := sync.Pool{New: func() any { b := make([]byte, readSize); return &b }}
-	recycle := func(b *[]byte) {
-		pool.Put(b)
-		<-tokens
-	}
+	ms, _ := src.(mappedSource)
 
 	g.Go(func() error {
 		defer close(jobs)
@@ -184,25 +185,43 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 	var readers sync.WaitGroup
 	for range n {
 		readers.Add(1)
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			defer readers.Done()
 			for j := range jobs {
+				if ms != nil {
+					// Zero-copy: hash (and look up) the chunks straight
+					// from the file's pages; only new chunks are copied,
+					// when they are stored.
+					b, ok, err := ms.Mapped(j.off, int64(j.n))
+					if err != nil {
+						return fmt.Errorf("read guest %#x+%#x: %w", j.off, j.n, err)
+					}
+					if ok {
+						qcow2.Prefault(b)
+						cls := ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+						if err := send(ctx, results, readResult{job: j, data: b, cls: cls}); err != nil {
+							return err
+						}
+						continue
+					}
+				}
 				bp := pool.Get().(*[]byte)
 				b := (*bp)[:j.n]
 				if _, err := src.ReadAt(b, j.off); err != nil && !(errors.Is(err, io.EOF) && j.off+int64(j.n) >= size) {
 					return fmt.Errorf("read guest %#x+%#x: %w", j.off, j.n, err)
 				}
-				if err := send(ctx, results, readResult{job: j, buf: bp}); err != nil {
+				cls := ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+				if err := send(ctx, results, readResult{job: j, buf: bp, data: b, cls: cls}); err != nil {
 					return err
 				}
 			}
 			return nil
-		})
+		}))
 	}
 	go func() { readers.Wait(); close(results) }()
 
 	var read int64
-	g.Go(func() error {
+	g.Go(guard(func() error {
 		var cur *readBuf
 		sp := ch.NewBorrowingSplitter(func(off int64, data []byte, borrowed bool) error {
 			j := chunkJob{off: off, data: data, n: uint32(len(data))}
@@ -234,9 +253,14 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 				}
 				delete(pending, next)
 				next++
-				cur = &readBuf{b: r.buf, done: recycle, full: r.job.n == readSize}
+				cur = &readBuf{full: r.job.n == readSize, mapped: r.buf == nil}
+				if bp, data := r.buf, r.data; bp != nil {
+					cur.done = func() { pool.Put(bp); <-tokens }
+				} else {
+					cur.done = func() { qcow2.Release(data); <-tokens }
+				}
 				cur.hold() // the splitter's, while it cuts this buffer
-				err := sp.Write(r.job.off, (*r.buf)[:r.job.n])
+				err := sp.WriteClassified(r.job.off, r.data, r.cls)
 				cur.release()
 				if err != nil {
 					return err
@@ -251,7 +275,7 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 			return ctx.Err()
 		}
 		return sp.Flush()
-	})
+	}))
 	err := g.Wait()
 	return read, err
 }
@@ -300,7 +324,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	var hashers sync.WaitGroup
 	for range n {
 		hashers.Add(1)
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			defer hashers.Done()
 			for c := range chunks {
 				if !c.reuse {
@@ -311,16 +335,16 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				}
 			}
 			return nil
-		})
+		}))
 	}
 	go func() { hashers.Wait(); close(hashed) }()
 
 	var newChunks, newBytes int64
 	var statMu sync.Mutex
 	for range n {
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			for b := range batches {
-				added, nb, err := storeBatch(ctx, st, b.chunks)
+				added, nb, err := storeBatch(ctx, st, ch, b)
 				for i, c := range b.chunks {
 					releaseData(ch, c.Data, b.owners[i])
 				}
@@ -333,7 +357,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				statMu.Unlock()
 			}
 			return nil
-		})
+		}))
 	}
 
 	var res Result
@@ -454,10 +478,13 @@ type batch struct {
 }
 
 // storeBatch stores the chunks of b the store does not hold yet and
-// returns how many it added and their raw bytes.
-func storeBatch(ctx context.Context, st chunkstore.Store, b []chunkstore.Chunk) (int, int64, error) {
-	ids := make([]chunkstore.ID, len(b))
-	for i, c := range b {
+// returns how many it added and their raw bytes. New chunks borrowed from
+// the image's mapping are copied first: the store must never touch mapped
+// pages (a file that shrinks under them faults, and only ingest's own
+// goroutines turn that into an error).
+func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch) (int, int64, error) {
+	ids := make([]chunkstore.ID, len(b.chunks))
+	for i, c := range b.chunks {
 		ids[i] = c.ID
 	}
 	// A bucket store counts a chunk whose only copy gc has condemned as
@@ -473,15 +500,25 @@ func storeBatch(ctx context.Context, st chunkstore.Store, b []chunkstore.Chunk) 
 		return 0, 0, err
 	}
 	var missing []chunkstore.Chunk
+	var copied [][]byte
 	var nb int64
-	seen := make(map[chunkstore.ID]bool, len(b))
-	for i, c := range b {
+	seen := make(map[chunkstore.ID]bool, len(b.chunks))
+	for i, c := range b.chunks {
 		if !have[i] && !seen[c.ID] {
 			seen[c.ID] = true
+			if o := b.owners[i]; o != nil && o.mapped {
+				c.Data = ch.sizedCopy(c.Data)
+				copied = append(copied, c.Data)
+			}
 			missing = append(missing, c)
 			nb += int64(len(c.Data))
 		}
 	}
+	defer func() {
+		for _, d := range copied {
+			ch.PutBuf(d)
+		}
+	}()
 	if len(missing) == 0 {
 		return 0, 0, nil
 	}
@@ -494,6 +531,31 @@ func storeBatch(ctx context.Context, st chunkstore.Store, b []chunkstore.Chunk) 
 		nb = nb * int64(added) / int64(len(missing))
 	}
 	return added, nb, nil
+}
+
+// mappedSource is a Source that can hand out guest bytes without a copy
+// (*qcow2.Image).
+type mappedSource interface {
+	Mapped(off, n int64) ([]byte, bool, error)
+}
+
+// guard runs fn with memory faults turned into an error instead of a
+// crash: chunks are read straight from the image file's mapping, and a
+// file truncated under it faults (SIGBUS) when the lost pages are touched.
+func guard(fn func() error) func() error {
+	return func() (err error) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if r := recover(); r != nil {
+				f, ok := r.(interface{ Addr() uintptr })
+				if !ok {
+					panic(r)
+				}
+				err = fmt.Errorf("memory fault reading the mapped image file at %#x (did it shrink while it was read?): %v", f.Addr(), r)
+			}
+		}()
+		return fn()
+	}
 }
 
 // forDataSpans calls fn for each guest range that holds data (not zero,
