@@ -44,8 +44,7 @@ const (
 
 // InitOptions are the parameters fixed when a store is created.
 type InitOptions struct {
-	// Compression is "fastest", "default", "better" or "best" (""
-	// = DefaultCompression).
+	// Compression is one of Compressions ("" = DefaultCompression).
 	Compression string
 	// Chunking is recorded for ingest; the zero value means DefaultChunkParams.
 	Chunking ChunkParams
@@ -104,7 +103,7 @@ func (c config) check() error {
 	if c.Version < 1 {
 		return fmt.Errorf("format version %d is invalid", c.Version)
 	}
-	if _, err := compressionLevel(c.Params.Compression); err != nil {
+	if _, err := encoderOptions(c.Params.Compression); err != nil {
 		return err
 	}
 	if c.BlockSize < 1 || c.BlockSize > MaxBlockSize {
