@@ -27,11 +27,11 @@ const (
 	DefaultBlockSize = 1 << 20
 	// DefaultPackSize is the size at which a pack file is closed.
 	DefaultPackSize = 64 << 20
-	// DefaultCompression is the zstd level of a store made without one:
+	// DefaultCompression is the zstd setting of a store made without one:
 	// chosen by measurement on the bench fleet (docs/DESIGN.md,
-	// "Compression"). Stores record their level, so changing it never
+	// "Compression"). Stores record their setting, so changing it never
 	// touches existing stores.
-	DefaultCompression = "fastest"
+	DefaultCompression = "fastest-noentropy"
 )
 
 // File and directory names inside a store.
