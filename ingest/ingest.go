@@ -44,11 +44,11 @@ type Options struct {
 }
 
 const (
-	readSize    = 4 << 20  // bytes per read job: big sequential reads
-	mapWindow   = 1 << 30  // guest range asked of the extent map at once
-	batchChunks = 512      // chunks per store batch
-	batchBytes  = 16 << 20 // raw bytes per store batch: each is one store commit (fsyncs), so not too small
-	inFlight    = 256      // chunks between the producer and the collector
+	readSize    = 4 << 20 // bytes per read job: big sequential reads
+	mapWindow   = 1 << 30 // guest range asked of the extent map at once
+	batchChunks = 256     // chunks per store batch
+	batchBytes  = 8 << 20 // raw bytes per store batch: each is one store commit (fsyncs), so not too small
+	inFlight    = 256     // chunks between the producer and the collector
 	// batchOwners is how many read buffers one batch may borrow from (so
 	// batches of borrowed chunks close at 8-12 MiB; batchBytes bounds
 	// those of copied chunks, an overlay's).
