@@ -49,9 +49,7 @@ const (
 	batchChunks = 256     // chunks per store batch
 	batchBytes  = 8 << 20 // raw bytes per store batch: each is one store commit (fsyncs), so not too small
 	inFlight    = 256     // chunks between the producer and the collector
-	// batchOwners is how many read buffers one batch may borrow from (so
-	// batches of borrowed chunks close at 8-12 MiB; batchBytes bounds
-	// those of copied chunks, an overlay's).
+	// batchOwners is how many read buffers one batch may borrow from.
 	batchOwners = 3
 	// pageBatchBytes is manifest pages per store batch: the store still
 	// cuts them into blocks of block_size, one commit holds all the pages
