@@ -212,12 +212,27 @@ func (p *incr) step(sp *Splitter, pos, de, align int64) (int64, error) {
 		end = min(end, max((e.Start+e.Length+align-1)/align*align, pos+align))
 	}
 	n := int(end - pos)
-	if cap(p.buf) < n {
-		p.buf = make([]byte, 1<<20)
+	var b []byte
+	if ms, ok := p.src.(mappedSource); ok {
+		// The splitter copies every chunk it cuts from here, so the
+		// mapped pages are done with once this step returns.
+		m, ok, err := ms.Mapped(pos, int64(n))
+		if err != nil {
+			return 0, fmt.Errorf("read guest %#x+%#x: %w", pos, n, err)
+		}
+		if ok {
+			b = m
+			defer qcow2.Release(m)
+		}
 	}
-	b := p.buf[:n]
-	if _, err := p.src.ReadAt(b, pos); err != nil && !(errors.Is(err, io.EOF) && end >= size) {
-		return 0, fmt.Errorf("read guest %#x+%#x: %w", pos, n, err)
+	if b == nil {
+		if cap(p.buf) < n {
+			p.buf = make([]byte, 1<<20)
+		}
+		b = p.buf[:n]
+		if _, err := p.src.ReadAt(b, pos); err != nil && !(errors.Is(err, io.EOF) && end >= size) {
+			return 0, fmt.Errorf("read guest %#x+%#x: %w", pos, n, err)
+		}
 	}
 	p.read += int64(n)
 	if p.prog != nil {

@@ -308,7 +308,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	batches := make(chan batch, n)
 
 	var read int64
-	g.Go(func() error {
+	g.Go(guard(func() error { // an incremental producer reads mapped bytes
 		defer close(chunks)
 		var seq int64
 		var err error
@@ -321,7 +321,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 			return send(ctx, chunks, c)
 		})
 		return err
-	})
+	}))
 
 	var hashers sync.WaitGroup
 	for range n {
