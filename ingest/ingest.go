@@ -127,8 +127,9 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 	if err != nil {
 		return nil, err
 	}
-	return pipeline(ctx, st, ch, src.Size(), total, opts, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
-		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress)
+	pol := &mapPolicy{always: opts.HashOnly}
+	return pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
+		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress, pol)
 	})
 }
 
@@ -142,7 +143,7 @@ func workers(opts Options) int {
 // produceFlat plans 4 MiB aligned reads over the data extents, runs them on
 // n readers (decompression of compressed clusters happens here, in
 // parallel), puts them back in order and cuts them into chunks.
-func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress) (int64, error) {
+func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress, pol *mapPolicy) (int64, error) {
 	size := src.Size()
 	align := int64(ch.p.Align)
 	type readJob struct {
@@ -190,7 +191,7 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 		g.Go(guard(func() error {
 			defer readers.Done()
 			for j := range jobs {
-				if ms != nil {
+				if ms != nil && pol.useMap() {
 					// Zero-copy: hash (and look up) the chunks straight
 					// from the file's pages; only new chunks are copied,
 					// when they are stored.
@@ -294,7 +295,7 @@ func send[T any](ctx context.Context, c chan<- T, v T) error {
 
 // pipeline runs produce and, behind it, hashes new chunks on all cores,
 // builds the manifest in guest order and stores new chunks in batches.
-func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total int64, opts Options, produce producer) (*Result, error) {
+func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total int64, opts Options, pol *mapPolicy, produce producer) (*Result, error) {
 	start := time.Now()
 	n := workers(opts)
 	if opts.Progress != nil {
@@ -346,7 +347,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	for range n {
 		g.Go(guard(func() error {
 			for b := range batches {
-				added, nb, err := storeBatch(ctx, st, ch, b)
+				added, nb, err := storeBatch(ctx, st, ch, b, pol)
 				for i, c := range b.chunks {
 					releaseData(ch, c.Data, b.owners[i])
 				}
@@ -484,7 +485,7 @@ type batch struct {
 // the image's mapping are copied first: the store must never touch mapped
 // pages (a file that shrinks under them faults, and only ingest's own
 // goroutines turn that into an error).
-func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch) (int, int64, error) {
+func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch, pol *mapPolicy) (int, int64, error) {
 	ids := make([]chunkstore.ID, len(b.chunks))
 	for i, c := range b.chunks {
 		ids[i] = c.ID
@@ -503,24 +504,36 @@ func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch) 
 	}
 	var missing []chunkstore.Chunk
 	var copied [][]byte
-	var nb int64
-	seen := make(map[chunkstore.ID]bool, len(b.chunks))
-	for i, c := range b.chunks {
-		if !have[i] && !seen[c.ID] {
-			seen[c.ID] = true
-			if o := b.owners[i]; o != nil && o.mapped {
-				c.Data = ch.sizedCopy(c.Data)
-				copied = append(copied, c.Data)
-			}
-			missing = append(missing, c)
-			nb += int64(len(c.Data))
-		}
-	}
 	defer func() {
 		for _, d := range copied {
 			ch.PutBuf(d)
 		}
 	}()
+	var nb, known int64
+	seen := make(map[chunkstore.ID]bool, len(b.chunks))
+	for i, c := range b.chunks {
+		if have[i] {
+			known += int64(len(c.Data))
+		}
+		if !have[i] && !seen[c.ID] {
+			seen[c.ID] = true
+			if o := b.owners[i]; o != nil && o.mapped {
+				// The file may be changing under us (an image in use):
+				// what is stored must be what was hashed, so hash the
+				// private copy again.
+				c.Data = ch.sizedCopy(c.Data)
+				copied = append(copied, c.Data)
+				if got := chunkstore.Sum(c.Data); got != c.ID {
+					return 0, 0, fmt.Errorf("guest data changed while it was read (chunk %s now hashes to %s): is the image in use?", c.ID.Short(), got.Short())
+				}
+			}
+			missing = append(missing, c)
+			nb += int64(len(c.Data))
+		}
+	}
+	if pol != nil {
+		pol.record(known, nb)
+	}
 	if len(missing) == 0 {
 		return 0, 0, nil
 	}
@@ -533,6 +546,30 @@ func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch) 
 		nb = nb * int64(added) / int64(len(missing))
 	}
 	return added, nb, nil
+}
+
+// mapPolicy decides whether flat reads use the file's mapping. Mapped
+// reads save pread's copy of every byte, but a new chunk must then be
+// copied out and hashed again before it is stored (see storeBatch): a win
+// when most chunks are known (re-ingest, similar images), a loss when most
+// are new (a first ingest). So reads are mapped while less than 2/5 of
+// the bytes stored so far were new (and always when nothing is stored).
+type mapPolicy struct {
+	always          bool
+	known, newBytes atomic.Int64
+}
+
+func (p *mapPolicy) useMap() bool {
+	if p == nil || p.always {
+		return true
+	}
+	k, n := p.known.Load(), p.newBytes.Load()
+	return 5*n < 2*(k+n) || k+n == 0
+}
+
+func (p *mapPolicy) record(known, newBytes int64) {
+	p.known.Add(known)
+	p.newBytes.Add(newBytes)
 }
 
 // mappedSource is a Source that can hand out guest bytes without a copy

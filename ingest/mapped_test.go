@@ -63,6 +63,18 @@ func TestRunMappedMatchesRead(t *testing.T) {
 	if src.ok.Load() == 0 {
 		t.Fatal("no read was served from the mapping")
 	}
+	// Known data again: every 4 MiB read comes from the mapping.
+	src.ok.Store(0)
+	again, err := Run(ctx, st, src, Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ID != res.ID || again.Stats.NewChunks != 0 {
+		t.Fatalf("re-ingest: ID %s vs %s, %d new chunks", again.ID.Short(), res.ID.Short(), again.Stats.NewChunks)
+	}
+	if got, want := src.ok.Load(), int64(len(disk)/readSize); got != want {
+		t.Fatalf("re-ingest: %d reads from the mapping, want %d", got, want)
+	}
 	want, err := Run(ctx, chunkstore.NewMemory(st.Params()), &memSource{disk}, Options{Workers: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -90,10 +102,39 @@ func TestRunMappedMatchesRead(t *testing.T) {
 func TestRunMappedFileShrinks(t *testing.T) {
 	disk := makeDisk(4, 24<<20)
 	p, im := openRaw(t, disk)
-	src := &mapCounter{Image: im, path: p, truncate: true}
+	src := &mapCounter{Image: im, path: p}
 	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	// Stored once, so the re-ingest reads everything from the mapping.
+	if _, err := Run(context.Background(), st, src, Options{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	src.ok.Store(0)
+	src.truncate = true
 	_, err := Run(context.Background(), st, src, Options{Workers: 2})
 	if err == nil || !strings.Contains(err.Error(), "did it shrink") {
 		t.Fatalf("ingest of a file truncated under it: %v, want a memory fault error", err)
+	}
+}
+
+// TestStoreBatchMappedChanged: a new chunk borrowed from the mapping whose
+// bytes no longer hash to its ID (the image changed between hashing and
+// storing) is refused, not stored under the old ID.
+func TestStoreBatchMappedChanged(t *testing.T) {
+	ctx := context.Background()
+	ch, err := NewChunker(chunkstore.DefaultChunkParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	data := []byte(strings.Repeat("guest bytes ", 2000))
+	id := chunkstore.Sum(data)
+	data[0] = 'G' // changed after hashing
+	owner := &readBuf{mapped: true, done: func() {}}
+	_, _, err = storeBatch(ctx, st, ch, batch{chunks: []chunkstore.Chunk{{ID: id, Data: data}}, owners: []*readBuf{owner}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "changed while it was read") {
+		t.Fatalf("storeBatch of a changed mapped chunk: %v", err)
+	}
+	if have, _ := st.HasMany(ctx, []chunkstore.ID{id}); have[0] {
+		t.Fatal("the changed chunk was stored under its old ID")
 	}
 }
