@@ -238,7 +238,21 @@ func (p *incr) step(sp *Splitter, pos, de, align int64) (int64, error) {
 	if p.prog != nil {
 		p.prog.Add(int64(n))
 	}
-	for off := 0; off < n; off += int(align) {
+	// Before de no resync is possible: write that part at once, so the
+	// chunks inside it are copied once (not grown block by block in the
+	// splitter's work buffer and copied again). Where writes split the
+	// data does not change the cut.
+	start := 0
+	if de > pos {
+		start = int(min(de, end) - pos)
+		if err := sp.Write(pos, b[:start]); err != nil {
+			return 0, err
+		}
+		if at := pos + int64(start); sp.Fresh() && at >= de && at < end {
+			return at, nil
+		}
+	}
+	for off := start; off < n; off += int(align) {
 		blk := b[off:min(off+int(align), n)]
 		if err := sp.Write(pos+int64(off), blk); err != nil {
 			return 0, err
