@@ -2,12 +2,13 @@ package chunkstore
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
 
-// codec compresses blocks at one zstd level. One Encoder and one Decoder
+// codec compresses blocks at one zstd setting. One Encoder and one Decoder
 // are shared by every store in the process: EncodeAll and DecodeAll are
 // safe for concurrent use and keep per-goroutine state internally.
 type codec struct {
@@ -23,22 +24,32 @@ var (
 	decErr  error
 )
 
-func compressionLevel(name string) (zstd.EncoderLevel, error) {
+// Compressions are the store compression names, cheapest first.
+var Compressions = []string{"fastest-noentropy", "fastest", "default", "better", "best"}
+
+// encoderOptions maps a store's compression name to zstd encoder options.
+// "fastest-noentropy" is SpeedFastest with literals left raw
+// (WithNoEntropyCompression): the frames are ordinary zstd frames, any
+// decoder reads them (faster, with no Huffman stage), for ~17% less encode
+// CPU and a ~11% bigger store (docs/DESIGN.md, "Compression").
+func encoderOptions(name string) ([]zstd.EOption, error) {
 	switch name {
+	case "fastest-noentropy":
+		return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithNoEntropyCompression(true)}, nil
 	case "fastest":
-		return zstd.SpeedFastest, nil
+		return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest)}, nil
 	case "default", "":
-		return zstd.SpeedDefault, nil
+		return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedDefault)}, nil
 	case "better":
-		return zstd.SpeedBetterCompression, nil
+		return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedBetterCompression)}, nil
 	case "best":
-		return zstd.SpeedBestCompression, nil
+		return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedBestCompression)}, nil
 	}
-	return 0, fmt.Errorf("unknown compression %q: want fastest, default, better or best", name)
+	return nil, fmt.Errorf("unknown compression %q: want %s", name, strings.Join(Compressions, ", "))
 }
 
 func getCodec(name string) (*codec, error) {
-	lvl, err := compressionLevel(name)
+	opts, err := encoderOptions(name)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +59,7 @@ func getCodec(name string) (*codec, error) {
 		return c, nil
 	}
 	// CRC off: BLAKE3 of every chunk and xxh3 of every frame check content.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true))
+	enc, err := zstd.NewWriter(nil, append(opts, zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true))...)
 	if err != nil {
 		return nil, err
 	}

@@ -31,11 +31,11 @@ const (
 	DefaultBlockSize = 1 << 20
 	// DefaultPackSize is the size at which a pack file is closed.
 	DefaultPackSize = 64 << 20
-	// DefaultCompression is the zstd level of a store made without one:
+	// DefaultCompression is the zstd setting of a store made without one:
 	// chosen by measurement on the bench fleet (docs/DESIGN.md,
-	// "Compression"). Stores record their level, so changing it never
+	// "Compression"). Stores record their setting, so changing it never
 	// touches existing stores.
-	DefaultCompression = "fastest"
+	DefaultCompression = "fastest-noentropy"
 )
 
 // File and directory names inside a store.
@@ -48,8 +48,7 @@ const (
 
 // InitOptions are the parameters fixed when a store is created.
 type InitOptions struct {
-	// Compression is "fastest", "default", "better" or "best" (""
-	// = DefaultCompression).
+	// Compression is one of Compressions ("" = DefaultCompression).
 	Compression string
 	// Chunking is recorded for ingest; the zero value means DefaultChunkParams.
 	Chunking ChunkParams
@@ -108,7 +107,7 @@ func (c config) check() error {
 	if c.Version < 1 {
 		return fmt.Errorf("format version %d is invalid", c.Version)
 	}
-	if _, err := compressionLevel(c.Params.Compression); err != nil {
+	if _, err := encoderOptions(c.Params.Compression); err != nil {
 		return err
 	}
 	if c.BlockSize < 1 || c.BlockSize > MaxBlockSize {

@@ -59,7 +59,7 @@
 // config.json:
 //
 //	{"format": "engram-chunkstore", "version": 2, "created": RFC 3339 time,
-//	 "params": {"compression": "fastest"|"default"|"better"|"best",
+//	 "params": {"compression": "fastest-noentropy"|"fastest"|"default"|"better"|"best",
 //	            "chunking": {"algorithm", "align", "min", "avg", "max"}},
 //	 "block_size": raw bytes per block (1 = one chunk per block),
 //	 "pack_size": bytes at which a pack is cut,

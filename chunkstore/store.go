@@ -24,7 +24,7 @@ var DefaultChunkParams = ChunkParams{Algorithm: "aligned-cdc-xxh3", Align: 4096,
 
 // Params are fixed when a store is created.
 type Params struct {
-	Compression string      `json:"compression"` // "fastest", "default", "better" or "best"
+	Compression string      `json:"compression"` // one of Compressions
 	Chunking    ChunkParams `json:"chunking"`
 }
 

@@ -105,10 +105,41 @@ func (c *Chunker) NewBorrowingSplitter(emit func(off int64, data []byte, borrowe
 	return &Splitter{c: c, borrow: emit, next: -1}
 }
 
+// Block classes, from Classify.
+const (
+	blockData  = 0 // ordinary data
+	blockZero  = 1 // all zero: never stored, ends a chunk
+	blockBound = 2 // data whose hash may end a chunk (once it is Min long)
+)
+
+// Classify appends the class of each Align-sized block of data to cls and
+// returns it: the per-block work of the cut (a zero test and an xxh3),
+// which depends on the block alone, so readers run it in parallel and the
+// one goroutine that cuts (WriteClassified) only scans the classes.
+func (c *Chunker) Classify(data, cls []byte) []byte {
+	align := c.p.Align
+	for p := 0; p < len(data); p += align {
+		blk := data[p:min(p+align, len(data))]
+		switch {
+		case c.IsZero(blk):
+			cls = append(cls, blockZero)
+		case xxh3.Hash(blk) < c.threshold:
+			cls = append(cls, blockBound)
+		default:
+			cls = append(cls, blockData)
+		}
+	}
+	return cls
+}
+
 // Write adds guest bytes at off; off must be a multiple of Align and at or
 // after the end of the previous write. Only the last write of an image may
 // end off the Align grid.
-func (s *Splitter) Write(off int64, data []byte) error {
+func (s *Splitter) Write(off int64, data []byte) error { return s.WriteClassified(off, data, nil) }
+
+// WriteClassified is Write with the blocks of data already classified
+// (Classify); cls nil classifies them here.
+func (s *Splitter) WriteClassified(off int64, data, cls []byte) error {
 	align := s.c.p.Align
 	if off%int64(align) != 0 || off < s.next {
 		return fmt.Errorf("chunker: write at %#x is unaligned or goes backwards (next %#x)", off, s.next)
@@ -120,10 +151,21 @@ func (s *Splitter) Write(off int64, data []byte) error {
 	}
 	// The chunk in progress is s.buf (carried over from earlier writes)
 	// followed by data[from:p]; it is copied once, when it is cut.
+	if cls != nil && len(cls) != (len(data)+align-1)/align {
+		return fmt.Errorf("chunker: %d block classes for %d bytes", len(cls), len(data))
+	}
 	from := -1
-	for p := 0; p < len(data); p += align {
+	for i, p := 0, 0; p < len(data); i, p = i+1, p+align {
 		blk := data[p:min(p+align, len(data))]
-		if s.c.IsZero(blk) {
+		var class byte
+		if cls != nil {
+			class = cls[i]
+		} else if s.c.IsZero(blk) {
+			class = blockZero
+		} else if xxh3.Hash(blk) < s.c.threshold {
+			class = blockBound
+		}
+		if class == blockZero {
 			if err := s.cutAt(data, &from, p); err != nil {
 				return err
 			}
@@ -136,7 +178,7 @@ func (s *Splitter) Write(off int64, data []byte) error {
 			}
 		}
 		n := len(s.buf) + p + len(blk) - from
-		if n >= s.c.p.Max || (n >= s.c.p.Min && xxh3.Hash(blk) < s.c.threshold) {
+		if n >= s.c.p.Max || (n >= s.c.p.Min && class == blockBound) {
 			if err := s.cutAt(data, &from, p+len(blk)); err != nil {
 				return err
 			}

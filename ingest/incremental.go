@@ -42,7 +42,7 @@ func RunIncremental(ctx context.Context, st chunkstore.Store, src Layer, parent 
 	for _, r := range regions {
 		total += r.end - r.start
 	}
-	return pipeline(ctx, st, ch, src.Size(), total, opts, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
+	return pipeline(ctx, st, ch, src.Size(), total, opts, nil, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
 		p := &incr{ctx: ctx, st: st, src: src, ch: ch, emit: emit, prog: opts.Progress, parent: engram.NewCursor(ctx, st, parent)}
 		err := p.run(regions)
 		return p.read, err
@@ -212,18 +212,47 @@ func (p *incr) step(sp *Splitter, pos, de, align int64) (int64, error) {
 		end = min(end, max((e.Start+e.Length+align-1)/align*align, pos+align))
 	}
 	n := int(end - pos)
-	if cap(p.buf) < n {
-		p.buf = make([]byte, 1<<20)
+	var b []byte
+	if ms, ok := p.src.(mappedSource); ok {
+		// The splitter copies every chunk it cuts from here, so the
+		// mapped pages are done with once this step returns.
+		m, ok, err := ms.Mapped(pos, int64(n))
+		if err != nil {
+			return 0, fmt.Errorf("read guest %#x+%#x: %w", pos, n, err)
+		}
+		if ok {
+			b = m
+			defer qcow2.Release(m)
+		}
 	}
-	b := p.buf[:n]
-	if _, err := p.src.ReadAt(b, pos); err != nil && !(errors.Is(err, io.EOF) && end >= size) {
-		return 0, fmt.Errorf("read guest %#x+%#x: %w", pos, n, err)
+	if b == nil {
+		if cap(p.buf) < n {
+			p.buf = make([]byte, 1<<20)
+		}
+		b = p.buf[:n]
+		if _, err := p.src.ReadAt(b, pos); err != nil && !(errors.Is(err, io.EOF) && end >= size) {
+			return 0, fmt.Errorf("read guest %#x+%#x: %w", pos, n, err)
+		}
 	}
 	p.read += int64(n)
 	if p.prog != nil {
 		p.prog.Add(int64(n))
 	}
-	for off := 0; off < n; off += int(align) {
+	// Before de no resync is possible: write that part at once, so the
+	// chunks inside it are copied once (not grown block by block in the
+	// splitter's work buffer and copied again). Where writes split the
+	// data does not change the cut.
+	start := 0
+	if de > pos {
+		start = int(min(de, end) - pos)
+		if err := sp.Write(pos, b[:start]); err != nil {
+			return 0, err
+		}
+		if at := pos + int64(start); sp.Fresh() && at >= de && at < end {
+			return at, nil
+		}
+	}
+	for off := start; off < n; off += int(align) {
 		blk := b[off:min(off+int(align), n)]
 		if err := sp.Write(pos+int64(off), blk); err != nil {
 			return 0, err

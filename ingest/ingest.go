@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,13 +46,15 @@ type Options struct {
 const (
 	readSize    = 4 << 20 // bytes per read job: big sequential reads
 	mapWindow   = 1 << 30 // guest range asked of the extent map at once
-	batchChunks = 128     // chunks per store batch
-	batchBytes  = 4 << 20 // raw bytes per store batch
+	batchChunks = 256     // chunks per store batch
+	batchBytes  = 8 << 20 // raw bytes per store batch: each is one store commit (fsyncs), so not too small
 	inFlight    = 256     // chunks between the producer and the collector
 	// batchOwners is how many read buffers one batch may borrow from.
 	batchOwners = 3
-	// pageBatchBytes is about one compressed block of manifest pages.
-	pageBatchBytes = 1 << 20
+	// pageBatchBytes is manifest pages per store batch: the store still
+	// cuts them into blocks of block_size, one commit holds all the pages
+	// of an image up to ~24 GiB.
+	pageBatchBytes = 4 << 20
 )
 
 // Result is what Run produced: the manifest and what it cost.
@@ -78,20 +81,21 @@ type chunkJob struct {
 }
 
 // readBuf is a read buffer that chunks borrow from (see
-// NewBorrowingSplitter): it goes back to its pool, and its read token is
-// returned, when the last chunk that borrowed from it is done.
+// NewBorrowingSplitter): it goes back to its pool (or, mapped, its pages
+// are released), and its read token is returned, when the last chunk that
+// borrowed from it is done.
 type readBuf struct {
-	b    *[]byte
-	refs atomic.Int32
-	done func(*[]byte)
-	full bool // a whole readSize read: worth lending out
+	refs   atomic.Int32
+	done   func()
+	full   bool // a whole readSize read: worth lending out
+	mapped bool // a slice of the image file's mapping (see qcow2.Image.Mapped)
 }
 
 func (r *readBuf) hold() { r.refs.Add(1) }
 
 func (r *readBuf) release() {
 	if r.refs.Add(-1) == 0 {
-		r.done(r.b)
+		r.done()
 	}
 }
 
@@ -123,8 +127,9 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 	if err != nil {
 		return nil, err
 	}
-	return pipeline(ctx, st, ch, src.Size(), total, opts, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
-		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress)
+	pol := &mapPolicy{always: opts.HashOnly}
+	return pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
+		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress, pol)
 	})
 }
 
@@ -138,7 +143,7 @@ func workers(opts Options) int {
 // produceFlat plans 4 MiB aligned reads over the data extents, runs them on
 // n readers (decompression of compressed clusters happens here, in
 // parallel), puts them back in order and cuts them into chunks.
-func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress) (int64, error) {
+func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress, pol *mapPolicy) (int64, error) {
 	size := src.Size()
 	align := int64(ch.p.Align)
 	type readJob struct {
@@ -146,8 +151,10 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 		n        int
 	}
 	type readResult struct {
-		job readJob
-		buf *[]byte
+		job  readJob
+		buf  *[]byte // nil: data is mapped
+		data []byte
+		cls  []byte // Classify of data
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	jobs := make(chan readJob, n)
@@ -158,10 +165,7 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 	// all of them and it always gets the chunks that complete it.
 	tokens := make(chan struct{}, 2*n+batchOwners+2)
 	pool := sync.Pool{New: func() any { b := make([]byte, readSize); return &b }}
-	recycle := func(b *[]byte) {
-		pool.Put(b)
-		<-tokens
-	}
+	ms, _ := src.(mappedSource)
 
 	g.Go(func() error {
 		defer close(jobs)
@@ -184,25 +188,43 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 	var readers sync.WaitGroup
 	for range n {
 		readers.Add(1)
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			defer readers.Done()
 			for j := range jobs {
+				if ms != nil && pol.useMap() {
+					// Zero-copy: hash (and look up) the chunks straight
+					// from the file's pages; only new chunks are copied,
+					// when they are stored.
+					b, ok, err := ms.Mapped(j.off, int64(j.n))
+					if err != nil {
+						return fmt.Errorf("read guest %#x+%#x: %w", j.off, j.n, err)
+					}
+					if ok {
+						qcow2.Prefault(b)
+						cls := ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+						if err := send(ctx, results, readResult{job: j, data: b, cls: cls}); err != nil {
+							return err
+						}
+						continue
+					}
+				}
 				bp := pool.Get().(*[]byte)
 				b := (*bp)[:j.n]
 				if _, err := src.ReadAt(b, j.off); err != nil && !(errors.Is(err, io.EOF) && j.off+int64(j.n) >= size) {
 					return fmt.Errorf("read guest %#x+%#x: %w", j.off, j.n, err)
 				}
-				if err := send(ctx, results, readResult{job: j, buf: bp}); err != nil {
+				cls := ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+				if err := send(ctx, results, readResult{job: j, buf: bp, data: b, cls: cls}); err != nil {
 					return err
 				}
 			}
 			return nil
-		})
+		}))
 	}
 	go func() { readers.Wait(); close(results) }()
 
 	var read int64
-	g.Go(func() error {
+	g.Go(guard(func() error {
 		var cur *readBuf
 		sp := ch.NewBorrowingSplitter(func(off int64, data []byte, borrowed bool) error {
 			j := chunkJob{off: off, data: data, n: uint32(len(data))}
@@ -234,9 +256,14 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 				}
 				delete(pending, next)
 				next++
-				cur = &readBuf{b: r.buf, done: recycle, full: r.job.n == readSize}
+				cur = &readBuf{full: r.job.n == readSize, mapped: r.buf == nil}
+				if bp, data := r.buf, r.data; bp != nil {
+					cur.done = func() { pool.Put(bp); <-tokens }
+				} else {
+					cur.done = func() { qcow2.Release(data); <-tokens }
+				}
 				cur.hold() // the splitter's, while it cuts this buffer
-				err := sp.Write(r.job.off, (*r.buf)[:r.job.n])
+				err := sp.WriteClassified(r.job.off, r.data, r.cls)
 				cur.release()
 				if err != nil {
 					return err
@@ -251,7 +278,7 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 			return ctx.Err()
 		}
 		return sp.Flush()
-	})
+	}))
 	err := g.Wait()
 	return read, err
 }
@@ -268,7 +295,7 @@ func send[T any](ctx context.Context, c chan<- T, v T) error {
 
 // pipeline runs produce and, behind it, hashes new chunks on all cores,
 // builds the manifest in guest order and stores new chunks in batches.
-func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total int64, opts Options, produce producer) (*Result, error) {
+func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total int64, opts Options, pol *mapPolicy, produce producer) (*Result, error) {
 	start := time.Now()
 	n := workers(opts)
 	if opts.Progress != nil {
@@ -282,7 +309,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 	batches := make(chan batch, n)
 
 	var read int64
-	g.Go(func() error {
+	g.Go(guard(func() error { // an incremental producer reads mapped bytes
 		defer close(chunks)
 		var seq int64
 		var err error
@@ -295,12 +322,12 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 			return send(ctx, chunks, c)
 		})
 		return err
-	})
+	}))
 
 	var hashers sync.WaitGroup
 	for range n {
 		hashers.Add(1)
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			defer hashers.Done()
 			for c := range chunks {
 				if !c.reuse {
@@ -311,16 +338,16 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				}
 			}
 			return nil
-		})
+		}))
 	}
 	go func() { hashers.Wait(); close(hashed) }()
 
 	var newChunks, newBytes int64
 	var statMu sync.Mutex
 	for range n {
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			for b := range batches {
-				added, nb, err := storeBatch(ctx, st, b.chunks)
+				added, nb, err := storeBatch(ctx, st, ch, b, pol)
 				for i, c := range b.chunks {
 					releaseData(ch, c.Data, b.owners[i])
 				}
@@ -333,7 +360,7 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				statMu.Unlock()
 			}
 			return nil
-		})
+		}))
 	}
 
 	var res Result
@@ -454,10 +481,13 @@ type batch struct {
 }
 
 // storeBatch stores the chunks of b the store does not hold yet and
-// returns how many it added and their raw bytes.
-func storeBatch(ctx context.Context, st chunkstore.Store, b []chunkstore.Chunk) (int, int64, error) {
-	ids := make([]chunkstore.ID, len(b))
-	for i, c := range b {
+// returns how many it added and their raw bytes. New chunks borrowed from
+// the image's mapping are copied first: the store must never touch mapped
+// pages (a file that shrinks under them faults, and only ingest's own
+// goroutines turn that into an error).
+func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch, pol *mapPolicy) (int, int64, error) {
+	ids := make([]chunkstore.ID, len(b.chunks))
+	for i, c := range b.chunks {
 		ids[i] = c.ID
 	}
 	// A bucket store counts a chunk whose only copy gc has condemned as
@@ -473,14 +503,36 @@ func storeBatch(ctx context.Context, st chunkstore.Store, b []chunkstore.Chunk) 
 		return 0, 0, err
 	}
 	var missing []chunkstore.Chunk
-	var nb int64
-	seen := make(map[chunkstore.ID]bool, len(b))
-	for i, c := range b {
+	var copied [][]byte
+	defer func() {
+		for _, d := range copied {
+			ch.PutBuf(d)
+		}
+	}()
+	var nb, known int64
+	seen := make(map[chunkstore.ID]bool, len(b.chunks))
+	for i, c := range b.chunks {
+		if have[i] {
+			known += int64(len(c.Data))
+		}
 		if !have[i] && !seen[c.ID] {
 			seen[c.ID] = true
+			if o := b.owners[i]; o != nil && o.mapped {
+				// The file may be changing under us (an image in use):
+				// what is stored must be what was hashed, so hash the
+				// private copy again.
+				c.Data = ch.sizedCopy(c.Data)
+				copied = append(copied, c.Data)
+				if got := chunkstore.Sum(c.Data); got != c.ID {
+					return 0, 0, fmt.Errorf("guest data changed while it was read (chunk %s now hashes to %s): is the image in use?", c.ID.Short(), got.Short())
+				}
+			}
 			missing = append(missing, c)
 			nb += int64(len(c.Data))
 		}
+	}
+	if pol != nil {
+		pol.record(known, nb)
 	}
 	if len(missing) == 0 {
 		return 0, 0, nil
@@ -494,6 +546,55 @@ func storeBatch(ctx context.Context, st chunkstore.Store, b []chunkstore.Chunk) 
 		nb = nb * int64(added) / int64(len(missing))
 	}
 	return added, nb, nil
+}
+
+// mapPolicy decides whether flat reads use the file's mapping. Mapped
+// reads save pread's copy of every byte, but a new chunk must then be
+// copied out and hashed again before it is stored (see storeBatch): a win
+// when most chunks are known (re-ingest, similar images), a loss when most
+// are new (a first ingest). So reads are mapped while less than 2/5 of
+// the bytes stored so far were new (and always when nothing is stored).
+type mapPolicy struct {
+	always          bool
+	known, newBytes atomic.Int64
+}
+
+func (p *mapPolicy) useMap() bool {
+	if p == nil || p.always {
+		return true
+	}
+	k, n := p.known.Load(), p.newBytes.Load()
+	return 5*n < 2*(k+n) || k+n == 0
+}
+
+func (p *mapPolicy) record(known, newBytes int64) {
+	p.known.Add(known)
+	p.newBytes.Add(newBytes)
+}
+
+// mappedSource is a Source that can hand out guest bytes without a copy
+// (*qcow2.Image).
+type mappedSource interface {
+	Mapped(off, n int64) ([]byte, bool, error)
+}
+
+// guard runs fn with memory faults turned into an error instead of a
+// crash: chunks are read straight from the image file's mapping, and a
+// file truncated under it faults (SIGBUS) when the lost pages are touched.
+func guard(fn func() error) func() error {
+	return func() (err error) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if r := recover(); r != nil {
+				f, ok := r.(interface{ Addr() uintptr })
+				if !ok {
+					panic(r)
+				}
+				err = fmt.Errorf("memory fault reading the mapped image file at %#x (did it shrink while it was read?): %v", f.Addr(), r)
+			}
+		}()
+		return fn()
+	}
 }
 
 // forDataSpans calls fn for each guest range that holds data (not zero,

@@ -59,7 +59,10 @@
 //     allocates in proportion to an unchecked number, nothing panics.
 //   - Every error is an *Error carrying the path and unwrapping to its
 //     cause, so messages read "PATH: what is wrong" and errors.Is works.
-//   - An Image is safe for concurrent use: ReadAt uses pread only; L2
+//   - An Image is safe for concurrent use: ReadAt uses pread only (Mapped
+//     hands out slices of a read-only mapping of a data file, made on
+//     first use, valid until Close; touching them faults if the file
+//     shrinks, see Mapped); L2
 //     tables and decompressed clusters live in small bounded LRU caches per
 //     layer; flate readers are pooled and one zstd decoder (memory capped at
 //     the largest cluster size) is shared.

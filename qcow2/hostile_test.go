@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"math/rand"
@@ -32,8 +33,15 @@ func exercise(t testing.TB, p string) error {
 	}
 	buf := make([]byte, 64<<10)
 	for off := int64(0); off < min(im.Size(), 1<<20); off += int64(len(buf)) {
-		if _, err := im.ReadAt(buf, off); err != nil && err != io.EOF {
+		n, err := im.ReadAt(buf, off)
+		if err != nil && err != io.EOF {
 			return typed(err)
+		}
+		// What the mapping hands out is what ReadAt reads.
+		if m, ok, err := im.Mapped(off, int64(n)); err != nil {
+			return typed(err)
+		} else if ok && !bytes.Equal(m, buf[:n]) {
+			t.Fatalf("Mapped(%#x, %#x) differs from ReadAt", off, n)
 		}
 	}
 	if _, err := im.Extents(0, min(im.Size(), 64<<20)); err != nil {

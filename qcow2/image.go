@@ -60,7 +60,8 @@ type Image struct {
 	info    Info
 	backing *Image
 	depth   int
-	q       *qlayer // nil for raw
+	q       *qlayer  // nil for raw
+	dmap    *fileMap // the file holding this layer's guest data, mapped on demand (Mapped)
 }
 
 const defaultMaxChainDepth = 64
@@ -133,6 +134,7 @@ func openLayer(path, referrer, format string, opts Options, level int, seen map[
 		// QEMU sees raw files in whole 512-byte sectors; the tail reads as zero.
 		im.size = (fileSize + 511) &^ 511
 		im.info.VirtualSize = im.size
+		im.dmap = newFileMap(f, fileSize)
 		return im, nil
 	}
 	var magic [4]byte
@@ -297,6 +299,7 @@ func (im *Image) initQcow2(h *header, fileSize int64) error {
 		q.metaPrealloc = looksPreallocated(im.f, fileSize, cs)
 	}
 	im.q = q
+	im.dmap = newFileMap(q.data, q.dataSize)
 	return nil
 }
 
@@ -339,6 +342,11 @@ func (im *Image) Depth() int { return im.depth }
 func (im *Image) Close() error {
 	var first error
 	for l := im; l != nil; l = l.backing {
+		if l.dmap != nil {
+			if err := l.dmap.close(); err != nil && first == nil {
+				first = err
+			}
+		}
 		if l.q != nil && l.q.data != l.f {
 			if err := l.q.data.Close(); err != nil && first == nil {
 				first = err

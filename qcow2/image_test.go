@@ -286,6 +286,7 @@ func checkBytes(t *testing.T, dir string, im *Image, p string) {
 		}
 	}
 	diff(t, got, want)
+	checkMapped(t, im, want)
 
 	// Concurrent unaligned reads.
 	var wg sync.WaitGroup
@@ -444,5 +445,41 @@ func TestOpenErrorsAreTyped(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// checkMapped compares every slice Mapped hands out (aligned windows of
+// several sizes and random ranges) with qemu-img's bytes.
+func checkMapped(t *testing.T, im *Image, want []byte) {
+	t.Helper()
+	try := func(off, n int64) {
+		b, ok, err := im.Mapped(off, n)
+		if err != nil {
+			t.Fatalf("Mapped(%#x, %#x): %v", off, n, err)
+		}
+		if ok && (int64(len(b)) != n || !bytes.Equal(b, want[off:off+n])) {
+			t.Fatalf("Mapped(%#x, %#x) differs from qemu", off, n)
+		}
+		if ok {
+			Release(b)
+			Prefault(b)
+			if !bytes.Equal(b, want[off:off+n]) {
+				t.Fatalf("Mapped(%#x, %#x) differs from qemu after Release", off, n)
+			}
+		}
+	}
+	size := int64(len(want))
+	for _, w := range []int64{4096, 64 << 10, 1 << 20} {
+		for off := int64(0); off < size; off += w {
+			try(off, min(w, size-off))
+		}
+	}
+	r := rand.New(rand.NewSource(1))
+	for range 200 {
+		off := r.Int63n(size)
+		try(off, 1+r.Int63n(min(size-off, 3<<20)))
+	}
+	if _, ok, _ := im.Mapped(size-1, 2); ok {
+		t.Fatal("Mapped past the end succeeded")
 	}
 }

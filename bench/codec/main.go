@@ -5,7 +5,7 @@
 // random chunk reads (a Get whose block is not cached: one pread of the
 // frame, decompression of the whole block, BLAKE3 of the chunk).
 //
-//	go run ./bench/codec [-levels fastest,default,better] [-blocks 1,2,4,8] IMAGE...
+//	go run ./bench/codec [-levels fastest-noentropy,fastest,default,better] [-blocks 1,2,4,8] IMAGE...
 //
 // The first image's CPU seconds are printed on their own: on the bench
 // corpus that is template.qcow2, the "CPU-s per GB ingested" case.
@@ -50,7 +50,7 @@ func cpuSeconds() float64 {
 }
 
 func main() {
-	levels := flag.String("levels", "fastest,default,better", "zstd levels (chunkstore compression names)")
+	levels := flag.String("levels", "fastest-noentropy,fastest,default,better", "zstd settings (chunkstore.Compressions names)")
 	blocks := flag.String("blocks", "1,2,4,8", "block sizes in MiB")
 	reads := flag.Int("reads", 400, "cold random chunk reads per store")
 	jsonOut := flag.String("json", "", "also write the results as JSON here")

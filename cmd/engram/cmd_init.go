@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -14,7 +16,7 @@ var initCommand = &cli.Command{
 	Usage:     "create a store (ingest creates one with defaults when needed); for s3:// also the bucket",
 	ArgsUsage: " ",
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "compression", Value: chunkstore.DefaultCompression, Usage: "zstd level: fastest, default, better or best"},
+		&cli.StringFlag{Name: "compression", Value: chunkstore.DefaultCompression, Usage: "zstd setting: " + strings.Join(chunkstore.Compressions, ", ") + " (fastest-noentropy: fastest without literal entropy coding)"},
 		&cli.StringFlag{Name: "chunking", Value: "64k", Usage: "average chunk size: 32k, 64k or 128k (aligned content-defined, 4 KiB blocks)"},
 		&cli.StringFlag{Name: "block-size", Value: "1M", Usage: "raw size of a compressed block of new chunks, up to 8M (1 = one chunk per block; bigger: a smaller store, slower cold random reads of a mount)"},
 	},
@@ -36,10 +38,8 @@ var initCommand = &cli.Command{
 		default:
 			return usagef("--chunking %q: want 32k, 64k or 128k", c.String("chunking"))
 		}
-		switch c.String("compression") {
-		case "fastest", "default", "better", "best":
-		default:
-			return usagef("--compression %q: want fastest, default, better or best", c.String("compression"))
+		if !slices.Contains(chunkstore.Compressions, c.String("compression")) {
+			return usagef("--compression %q: want %s", c.String("compression"), strings.Join(chunkstore.Compressions, ", "))
 		}
 		bs, err := parseSize(c.String("block-size"))
 		if err != nil || bs < 1 || bs > chunkstore.MaxBlockSize {

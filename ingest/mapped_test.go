@@ -1,0 +1,140 @@
+package ingest
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/qcow2"
+)
+
+// mapCounter is an image that counts the reads Mapped served and can
+// truncate its file under an ingest (after the first mapped read).
+type mapCounter struct {
+	*qcow2.Image
+	path     string
+	ok       atomic.Int64
+	truncate bool
+}
+
+func (m *mapCounter) Mapped(off, n int64) ([]byte, bool, error) {
+	b, ok, err := m.Image.Mapped(off, n)
+	if ok && m.ok.Add(1) == 2 && m.truncate {
+		if err := os.Truncate(m.path, 0); err != nil {
+			return nil, false, err
+		}
+	}
+	return b, ok, err
+}
+
+func openRaw(t *testing.T, disk []byte) (string, *qcow2.Image) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.WriteFile(p, disk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	im, err := qcow2.Open(p, qcow2.Options{Format: "raw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { im.Close() })
+	return p, im
+}
+
+// TestRunMappedMatchesRead: chunks hashed straight from the file's mapping
+// give the manifest that copied reads give, and what is stored rebuilds
+// the disk (new chunks are copied out of the mapping before the store
+// sees them).
+func TestRunMappedMatchesRead(t *testing.T) {
+	ctx := context.Background()
+	disk := makeDisk(3, 24<<20)
+	p, im := openRaw(t, disk)
+	src := &mapCounter{Image: im, path: p}
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	res, err := Run(ctx, st, src, Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.ok.Load() == 0 {
+		t.Fatal("no read was served from the mapping")
+	}
+	// Known data again: every 4 MiB read comes from the mapping.
+	src.ok.Store(0)
+	again, err := Run(ctx, st, src, Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ID != res.ID || again.Stats.NewChunks != 0 {
+		t.Fatalf("re-ingest: ID %s vs %s, %d new chunks", again.ID.Short(), res.ID.Short(), again.Stats.NewChunks)
+	}
+	if got, want := src.ok.Load(), int64(len(disk)/readSize); got != want {
+		t.Fatalf("re-ingest: %d reads from the mapping, want %d", got, want)
+	}
+	want, err := Run(ctx, chunkstore.NewMemory(st.Params()), &memSource{disk}, Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ID != want.ID {
+		t.Fatalf("mapped ingest ID %s, copied reads %s", res.ID.Short(), want.ID.Short())
+	}
+	err = engram.ForEachChunk(ctx, st, res.Root, func(c engram.ChunkRef) error {
+		b, err := st.Get(ctx, c.ID)
+		if err != nil {
+			return err
+		}
+		if string(b) != string(disk[c.Offset:c.Offset+int64(c.Length)]) {
+			t.Fatalf("chunk at %#x differs from the disk", c.Offset)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunMappedFileShrinks: a file truncated while ingest reads it from
+// its mapping gives an error, not a crash (SIGBUS).
+func TestRunMappedFileShrinks(t *testing.T) {
+	disk := makeDisk(4, 24<<20)
+	p, im := openRaw(t, disk)
+	src := &mapCounter{Image: im, path: p}
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	// Stored once, so the re-ingest reads everything from the mapping.
+	if _, err := Run(context.Background(), st, src, Options{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	src.ok.Store(0)
+	src.truncate = true
+	_, err := Run(context.Background(), st, src, Options{Workers: 2})
+	if err == nil || !strings.Contains(err.Error(), "did it shrink") {
+		t.Fatalf("ingest of a file truncated under it: %v, want a memory fault error", err)
+	}
+}
+
+// TestStoreBatchMappedChanged: a new chunk borrowed from the mapping whose
+// bytes no longer hash to its ID (the image changed between hashing and
+// storing) is refused, not stored under the old ID.
+func TestStoreBatchMappedChanged(t *testing.T) {
+	ctx := context.Background()
+	ch, err := NewChunker(chunkstore.DefaultChunkParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	data := []byte(strings.Repeat("guest bytes ", 2000))
+	id := chunkstore.Sum(data)
+	data[0] = 'G' // changed after hashing
+	owner := &readBuf{mapped: true, done: func() {}}
+	_, _, err = storeBatch(ctx, st, ch, batch{chunks: []chunkstore.Chunk{{ID: id, Data: data}}, owners: []*readBuf{owner}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "changed while it was read") {
+		t.Fatalf("storeBatch of a changed mapped chunk: %v", err)
+	}
+	if have, _ := st.HasMany(ctx, []chunkstore.ID{id}); have[0] {
+		t.Fatal("the changed chunk was stored under its old ID")
+	}
+}
