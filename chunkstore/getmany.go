@@ -84,9 +84,14 @@ func (s *FileStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 	if err != nil {
 		return err
 	}
-	for i, id := range ids {
+	for i := 0; i < len(ids); i++ {
+		id := ids[i]
 		if !found[i] {
 			return &NotFoundError{ID: id}
+		}
+		if k, dst := blockRun(ents, bufs, i); k > i && s.readRun(ids[i:k], ents[i:k], dst) {
+			i = k - 1
+			continue
 		}
 		data, err := s.readChunk(id, ents[i], bufs[i])
 		if err == nil && bufs[i] == nil {
@@ -113,4 +118,37 @@ func (s *FileStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 		}
 	}
 	return nil
+}
+
+// readRun decodes the whole-block run ids (see blockRun) straight into dst.
+// false means it did not: the block is in the cache already, the run is
+// not the whole block, or the frame is damaged; the per-chunk path then
+// serves the run (and reports damage after looking the chunk up again, as
+// GC may have moved it).
+func (s *FileStore) readRun(ids []ID, ents []entry, dst []byte) bool {
+	e := ents[0]
+	key := blockKey{e.Pack, e.FrameOff}
+	if s.cache.get(key) != nil {
+		return false
+	}
+	f, err := s.readFrame(e)
+	if err != nil {
+		return false
+	}
+	defer releaseFrame(f, f.buf)
+	ok, _, err := f.decodeRunInto(dst, ids, ents)
+	if ok {
+		return err == nil
+	}
+	// Part of a block (the rest is wanted by the next call, usually):
+	// cache it from the frame read already, for the per-chunk path and
+	// for whoever wants the rest.
+	_, _ = s.cache.load(key, func() (*cachedBlock, error) {
+		block, err := f.block()
+		if err != nil {
+			return nil, &frameError{"decompressing block", err}
+		}
+		return &cachedBlock{key: key, block: block, chunks: f.Chunks}, nil
+	})
+	return false
 }
