@@ -60,6 +60,22 @@ func (o *output) publish(path string) error {
 	return nil
 }
 
+// openDirect opens a second, O_DIRECT descriptor of the output for the
+// qcow2 writer's aligned data writes (qcow2.WriterOptions.Direct), or
+// returns nil where the file system has no O_DIRECT (then everything goes
+// through the page cache, as before).
+func (o *output) openDirect() *os.File {
+	name := o.tmp
+	if name == "" {
+		name = "/proc/self/fd/" + strconv.Itoa(int(o.f.Fd()))
+	}
+	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), o.name)
+}
+
 // discard drops an unfinished output.
 func (o *output) discard() {
 	o.f.Close()
