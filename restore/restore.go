@@ -229,8 +229,6 @@ const (
 	jobChunks = 256
 )
 
-var jobPool = sync.Pool{New: func() any { b := alignedBuf(jobBytes + 256<<10); return &b }}
-
 // alignedBuf returns an empty buffer of capacity n whose memory starts on a
 // qcow2.DirectAlign boundary: chunks are multiples of 4 KiB, so the runs
 // of a job stay aligned and go to disk past the page cache.
@@ -253,6 +251,10 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	jobs := make(chan job, workers)
 	done := make(chan job, workers)
 	tokens := make(chan struct{}, workers+2) // bounds job buffers in flight
+	// Job buffers are kept for the whole restore, not in a sync.Pool: one
+	// that GC empties makes new buffers, which the kernel must fault in
+	// and zero again.
+	free := make(chan *[]byte, workers+2)
 
 	prog := opts.Progress
 	if prog != nil {
@@ -310,7 +312,12 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 				for _, ref := range j.refs {
 					n += int(ref.Length)
 				}
-				j.buf = jobPool.Get().(*[]byte)
+				select {
+				case j.buf = <-free:
+				default:
+					b := alignedBuf(jobBytes + 256<<10)
+					j.buf = &b
+				}
 				if cap(*j.buf) < n {
 					*j.buf = alignedBuf(n)
 				}
@@ -354,7 +361,10 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 					return err
 				}
 				*j.buf = (*j.buf)[:0]
-				jobPool.Put(j.buf)
+				select {
+				case free <- j.buf:
+				default: // cannot happen: tokens bound the buffers
+				}
 				<-tokens
 				if prog != nil {
 					end := j.refs[len(j.refs)-1].End()
