@@ -94,6 +94,10 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			return fmt.Errorf("%s: %w", tmp, err)
 		}
 		out = f
+		if d := o.openDirect(); d != nil {
+			defer d.Close()
+			out = &directSink{f: f, direct: d}
+		}
 		finish = func() error {
 			if err := f.Sync(); err != nil {
 				return fmt.Errorf("sync: %w", err)
