@@ -39,6 +39,27 @@ func blockRun(ents []entry, bufs [][]byte, i int) (k int, dst []byte) {
 	return k, bufs[i][:total]
 }
 
+// wholeRun is blockRun for a GetMany that groups its requests by frame
+// (BlobStore's): idx are the indices, ascending, of the requests for one
+// frame. It returns the memory to decode the block into when they are one
+// run from the block's start (frame.decodeRunInto then says whether the
+// run is the whole block), else nil.
+func wholeRun(ents []entry, bufs [][]byte, idx []int) []byte {
+	if len(idx) == 0 {
+		return nil
+	}
+	i := idx[0]
+	for j, x := range idx {
+		if x != i+j {
+			return nil
+		}
+	}
+	if k, dst := blockRun(ents, bufs, i); k == i+len(idx) {
+		return dst
+	}
+	return nil
+}
+
 // adjacent says whether b starts where a ends, within a's array. Comparing
 // element addresses needs no unsafe: a's capacity must reach past its end.
 func adjacent(a, b []byte) bool {

@@ -122,3 +122,33 @@ func TestGetManyWholeBlockRot(t *testing.T) {
 		t.Log(err)
 	}
 }
+
+func TestWholeRun(t *testing.T) {
+	arr := make([]byte, 300)
+	ents := []entry{
+		{Pack: 1, FrameOff: 16, BlockOff: 0, RawLen: 100},
+		{Pack: 1, FrameOff: 16, BlockOff: 100, RawLen: 100},
+		{Pack: 1, FrameOff: 16, BlockOff: 200, RawLen: 100},
+		{Pack: 1, FrameOff: 16, BlockOff: 0, RawLen: 100}, // the first chunk again
+	}
+	bufs := [][]byte{arr[0:100], arr[100:200], arr[200:300], make([]byte, 100)}
+	if dst := wholeRun(ents, bufs, []int{0, 1, 2}); len(dst) != 300 || &dst[0] != &arr[0] {
+		t.Fatalf("back-to-back run: %d bytes", len(dst))
+	}
+	if dst := wholeRun(ents, bufs, []int{0, 1, 2, 3}); dst != nil {
+		t.Fatal("a repeated chunk in another buffer made a run")
+	}
+	if dst := wholeRun(ents, bufs, []int{1, 2}); dst != nil {
+		t.Fatal("a run not from the block's start")
+	}
+	if dst := wholeRun(ents, bufs, []int{0, 2}); dst != nil {
+		t.Fatal("a run with a gap")
+	}
+	capped := [][]byte{arr[0:100:100], arr[100:200], arr[200:300]}
+	if dst := wholeRun(ents, capped, []int{0, 1, 2}); dst != nil {
+		t.Fatal("capped buffers are not back to back")
+	}
+	if dst := wholeRun(ents[:1], bufs[:1], []int{0}); len(dst) != 100 {
+		t.Fatal("a one-chunk run")
+	}
+}
