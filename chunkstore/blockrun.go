@@ -41,8 +41,9 @@ func blockRun(ents []entry, bufs [][]byte, i int) (k int, dst []byte) {
 
 // wholeRun is blockRun for a GetMany that groups its requests by frame
 // (BlobStore's): idx are the indices, ascending, of the requests for one
-// frame. It returns the memory to decode the block into when they are one
-// run from the block's start (frame.decodeRunInto then says whether the
+// frame. It reads only those requests (others may be filled meanwhile).
+// It returns the memory to decode the block into when they are one run
+// from the block's start (frame.decodeRunInto then says whether the
 // run is the whole block), else nil.
 func wholeRun(ents []entry, bufs [][]byte, idx []int) []byte {
 	if len(idx) == 0 {
@@ -54,7 +55,10 @@ func wholeRun(ents []entry, bufs [][]byte, idx []int) []byte {
 			return nil
 		}
 	}
-	if k, dst := blockRun(ents, bufs, i); k == i+len(idx) {
+	// Look at this frame's requests only: other frames' may be being
+	// filled by other goroutines.
+	n := len(idx)
+	if k, dst := blockRun(ents[i:i+n], bufs[i:i+n], 0); k == n {
 		return dst
 	}
 	return nil
