@@ -75,9 +75,9 @@ func TestGetManyWholeBlocks(t *testing.T) {
 	}
 }
 
-// frameOf encodes cs as one frame (zstd unless it does not shrink) and
+// encodeTestFrame encodes cs as one frame (zstd unless it does not shrink) and
 // returns it with the entries an index would hold for its chunks.
-func frameOf(t *testing.T, cs []Chunk) ([]byte, []ID, []entry, int) {
+func encodeTestFrame(t *testing.T, cs []Chunk) ([]byte, []ID, []entry, int) {
 	t.Helper()
 	c, err := getCodec("default")
 	if err != nil {
@@ -99,7 +99,7 @@ func frameOf(t *testing.T, cs []Chunk) ([]byte, []ID, []entry, int) {
 // when the frame's checksum matches damaged content.
 func TestDecodeRunInto(t *testing.T) {
 	cs := mkChunks(400, 5, 20000)
-	fb, ids, ents, n := frameOf(t, cs)
+	fb, ids, ents, n := encodeTestFrame(t, cs)
 	f, _, err := decodeFrame(fb)
 	if err != nil || f.Codec != codecZstd {
 		t.Fatalf("frame: codec %d, %v", f.Codec, err)
