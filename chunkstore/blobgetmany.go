@@ -353,6 +353,9 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 	}
 	for _, f := range r.frames {
 		fb := buf[f.off-r.off : f.off-r.off+f.len]
+		if dst := wholeRun(ents, bufs, f.idx); dst != nil && s.decodeDirect(f, fb, dst, ids, ents) {
+			continue
+		}
 		cb, fe := decodeBlobFrame(f, fb, len(r.frames) > 1)
 		if fe != nil {
 			s.finishLoad(f, nil, fe)
@@ -367,6 +370,28 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 		}
 	}
 	return nil
+}
+
+// errDecodedDirect tells a caller that waited for a frame that this call
+// decoded it into its own buffers, not into the cache: it reads the chunks
+// again through Get.
+var errDecodedDirect = errors.New("block decoded into another caller's buffers")
+
+// decodeDirect decodes frame f (its bytes fb) straight into dst when the
+// call asks for every chunk of its block, back to back (wholeRun), and
+// checks each chunk; false leaves the frame to the cached path, which also
+// reports any damage.
+func (s *BlobStore) decodeDirect(f *wantFrame, fb, dst []byte, ids []ID, ents []entry) bool {
+	fr, n, err := decodeFrame(fb)
+	if err != nil || n != f.len {
+		return false
+	}
+	i, k := f.idx[0], f.idx[0]+len(f.idx)
+	if ok, _, err := fr.decodeRunInto(dst, ids[i:k], ents[i:k]); !ok || err != nil {
+		return false
+	}
+	s.finishLoad(f, nil, errDecodedDirect)
+	return true
 }
 
 // decodeBlobFrame checks and decodes frame f from fb (exactly its bytes).

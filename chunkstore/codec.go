@@ -75,6 +75,11 @@ func (c *codec) compress(raw []byte) []byte {
 // decompress inflates a zstd payload into a buffer of capacity rawLen; the
 // decoder refuses to grow it, so a lying frame cannot allocate more.
 func decompress(payload []byte, rawLen int) ([]byte, error) {
+	return decompressInto(payload, make([]byte, 0, rawLen))
+}
+
+// decompressInto appends the inflated payload to dst, within its capacity.
+func decompressInto(payload, dst []byte) ([]byte, error) {
 	decOnce.Do(func() {
 		dec, decErr = zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(0),
@@ -85,5 +90,5 @@ func decompress(payload []byte, rawLen int) ([]byte, error) {
 	if decErr != nil {
 		return nil, decErr
 	}
-	return dec.DecodeAll(payload, make([]byte, 0, rawLen))
+	return dec.DecodeAll(payload, dst)
 }

@@ -25,9 +25,27 @@ func FuzzFrame(f *testing.F) {
 			if n > int64(len(b)) {
 				t.Fatalf("frame length %d beyond input %d", n, len(b))
 			}
-			if block, err := fr.block(); err == nil {
+			block, berr := fr.block()
+			if berr == nil {
 				for _, c := range fr.Chunks {
 					_ = chunkOK(block, c)
+				}
+			}
+			// The whole-block run of the frame's own list decodes to the
+			// same bytes straight into a buffer, or fails.
+			if fr.RawLen <= 1<<20 {
+				ids := make([]ID, len(fr.Chunks))
+				ents := make([]entry, len(fr.Chunks))
+				for i, c := range fr.Chunks {
+					ids[i], ents[i] = c.ID, entry{BlockOff: c.Off, RawLen: c.Len}
+				}
+				dst := make([]byte, fr.RawLen)
+				ok, _, err := fr.decodeRunInto(dst, ids, ents)
+				if !ok {
+					t.Fatal("a frame's own chunk list is not its whole block")
+				}
+				if err == nil && (berr != nil || !bytes.Equal(dst, block)) {
+					t.Fatalf("decodeRunInto accepted what block() did not (%v) or differs", berr)
 				}
 			}
 		}

@@ -15,7 +15,10 @@ type ManyGetter interface {
 	// bufs[i] is set to a new buffer of the chunk's length instead (copied
 	// into without being zeroed first: a cache that keeps every chunk in
 	// its own buffer saves a pass over the memory). Errors are those of
-	// Get.
+	// Get. Buffers that lie back to back in one array (bufs[i+1] starting
+	// where bufs[i] ends, within its capacity) and ask for every chunk of
+	// a block get the block decoded straight into them (blockrun.go);
+	// nothing past a buffer's length is written.
 	GetMany(ctx context.Context, ids []ID, bufs [][]byte) error
 }
 

@@ -69,6 +69,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
+	"unsafe"
 
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
@@ -113,15 +115,28 @@ type WriterOptions struct {
 	// ExtendedL2 writes 128-bit L2 entries with subcluster bitmaps
 	// (incompatible feature bit 4); needs ClusterSize >= 16 KiB.
 	ExtendedL2 bool
+	// Direct, when not nil, is a second descriptor of the same file opened
+	// with O_DIRECT. Data writes whose memory, host offset and length are
+	// multiples of DirectAlign go through it, past the page cache (copying
+	// into the page cache cost a restore more CPU than hashing); the rest,
+	// and all metadata, go through the file. The first write the file
+	// system refuses (EINVAL) turns it off. The caller closes it.
+	Direct *os.File
 }
+
+// DirectAlign is the alignment of writes through WriterOptions.Direct: a
+// page, so no page is ever written both through the page cache and past it.
+const DirectAlign = 4096
 
 // Writer writes a sparse qcow2 v3 image. See the layout comment at the top of
 // writer.go. It is safe for concurrent use, but writes are serialized.
 type Writer struct {
-	mu   sync.Mutex
-	f    *os.File
-	name string
-	opts WriterOptions
+	mu      sync.Mutex
+	f       *os.File
+	direct  *os.File // O_DIRECT descriptor for aligned data writes, or nil
+	nDirect int64    // writes that went through direct (tests)
+	name    string
+	opts    WriterOptions
 
 	size        int64
 	clusterBits uint
@@ -270,6 +285,7 @@ func NewWriter(f *os.File, opts WriterOptions) (*Writer, error) {
 	}
 	w := &Writer{
 		f:           f,
+		direct:      opts.Direct,
 		name:        name,
 		opts:        opts,
 		size:        g.size,
@@ -600,12 +616,9 @@ func (w *Writer) wWrite(p []byte, off int64) error {
 		if len(run) == 0 {
 			return nil
 		}
-		_, err := w.f.WriteAt(run, runHost)
+		err := w.wData(run, runHost)
 		run = nil
-		if err != nil {
-			return fmt.Errorf("%s: %w", w.name, err)
-		}
-		return nil
+		return err
 	}
 	start := 0
 	for start < len(p) {
@@ -634,6 +647,29 @@ func (w *Writer) wWrite(p []byte, off int64) error {
 		off += int64(k)
 	}
 	return flush()
+}
+
+// wData writes a run of data bytes at host offset off: past the page cache
+// when it can (see WriterOptions.Direct).
+func (w *Writer) wData(p []byte, off int64) error {
+	if w.direct != nil && off%DirectAlign == 0 && len(p)%DirectAlign == 0 &&
+		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign == 0 {
+		_, err := w.direct.WriteAt(p, off)
+		if err == nil {
+			w.nDirect++
+			return nil
+		}
+		if !errors.Is(err, syscall.EINVAL) {
+			return fmt.Errorf("%s: %w", w.name, err)
+		}
+		// The file system wants another alignment, or no O_DIRECT at
+		// all: the page cache it is (rewriting what may have gone through).
+		w.direct = nil
+	}
+	if _, err := w.f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("%s: %w", w.name, err)
+	}
+	return nil
 }
 
 // wPlace handles one piece inside guest cluster gc. It returns the host

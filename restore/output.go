@@ -6,8 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/engram-vm/engram/qcow2"
 )
 
 // output is the file a restore writes before it becomes the target. Where
@@ -58,6 +61,41 @@ func (o *output) publish(path string) error {
 		return fmt.Errorf("rename %s to %s: %w", o.tmp, path, err)
 	}
 	return nil
+}
+
+// openDirect opens a second, O_DIRECT descriptor of the output for the
+// qcow2 writer's aligned data writes (qcow2.WriterOptions.Direct), or
+// returns nil where the file system has no O_DIRECT (then everything goes
+// through the page cache, as before).
+func (o *output) openDirect() *os.File {
+	name := o.tmp
+	if name == "" {
+		name = "/proc/self/fd/" + strconv.Itoa(int(o.f.Fd()))
+	}
+	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), o.name)
+}
+
+// directSink writes the raw output's aligned runs through the O_DIRECT
+// descriptor, the rest through the file, as qcow2.WriterOptions.Direct
+// does for qcow2 output.
+type directSink struct {
+	f, direct *os.File
+}
+
+func (s *directSink) WriteAt(p []byte, off int64) (int, error) {
+	const a = qcow2.DirectAlign
+	if s.direct != nil && off%a == 0 && len(p)%a == 0 && uintptr(unsafe.Pointer(unsafe.SliceData(p)))%a == 0 {
+		n, err := s.direct.WriteAt(p, off)
+		if !errors.Is(err, unix.EINVAL) {
+			return n, err
+		}
+		s.direct = nil // refused: the page cache from now on
+	}
+	return s.f.WriteAt(p, off)
 }
 
 // discard drops an unfinished output.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 
@@ -93,6 +94,10 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			return fmt.Errorf("%s: %w", tmp, err)
 		}
 		out = f
+		if d := o.openDirect(); d != nil {
+			defer d.Close()
+			out = &directSink{f: f, direct: d}
+		}
 		finish = func() error {
 			if err := f.Sync(); err != nil {
 				return fmt.Errorf("sync: %w", err)
@@ -108,6 +113,9 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		}
 		if opts.Compress {
 			wo.Compression = "zstd"
+		} else if d := o.openDirect(); d != nil {
+			defer d.Close()
+			wo.Direct = d
 		}
 		w, err := qcow2.NewWriter(f, wo)
 		if err != nil {
@@ -225,7 +233,14 @@ const (
 	jobChunks = 256
 )
 
-var jobPool = sync.Pool{New: func() any { b := make([]byte, 0, jobBytes+256<<10); return &b }}
+// alignedBuf returns an empty buffer of capacity n whose memory starts on a
+// qcow2.DirectAlign boundary: chunks are multiples of 4 KiB, so the runs
+// of a job stay aligned and go to disk past the page cache.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+qcow2.DirectAlign)
+	skip := -int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (qcow2.DirectAlign - 1)
+	return b[skip : skip : skip+n]
+}
 
 // stream fetches every chunk of root in parallel and writes them to out in
 // guest order.
@@ -244,6 +259,10 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	jobs := make(chan job, workers)
 	done := make(chan job, workers)
 	tokens := make(chan struct{}, workers+2) // bounds job buffers in flight
+	// Job buffers are kept for the whole restore, not in a sync.Pool: one
+	// that GC empties makes new buffers, which the kernel must fault in
+	// and zero again.
+	free := make(chan *[]byte, workers+2)
 
 	prog := opts.Progress
 	if prog != nil {
@@ -301,16 +320,23 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 				for _, ref := range j.refs {
 					n += int(ref.Length)
 				}
-				j.buf = jobPool.Get().(*[]byte)
+				select {
+				case j.buf = <-free:
+				default:
+					b := alignedBuf(jobBytes + 256<<10)
+					j.buf = &b
+				}
 				if cap(*j.buf) < n {
-					*j.buf = make([]byte, 0, n)
+					*j.buf = alignedBuf(n)
 				}
 				b := (*j.buf)[:n]
 				ids, bufs = ids[:0], bufs[:0]
 				off := 0
 				for _, ref := range j.refs {
 					ids = append(ids, ref.ID)
-					bufs = append(bufs, b[off:off+int(ref.Length):off+int(ref.Length)])
+					// Not capped: GetMany sees the buffers lie back to back
+					// and decodes whole blocks straight into them.
+					bufs = append(bufs, b[off:off+int(ref.Length)])
 					off += int(ref.Length)
 				}
 				if err := chunkstore.GetMany(ctx, r, ids, bufs); err != nil {
@@ -343,7 +369,10 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 					return err
 				}
 				*j.buf = (*j.buf)[:0]
-				jobPool.Put(j.buf)
+				select {
+				case free <- j.buf:
+				default: // cannot happen: tokens bound the buffers
+				}
 				<-tokens
 				if prog != nil {
 					end := j.refs[len(j.refs)-1].End()
