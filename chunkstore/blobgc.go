@@ -269,15 +269,10 @@ func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
 		sort.Slice(hs, func(i, j int) bool { return bytes.Compare(hs[i][:], hs[j][:]) < 0 })
 		for _, h := range hs {
 			b := todo[h]
-			ents, err := decodeSegment(b)
+			ents, size, err := s.parseSegment(h, b)
 			if err != nil {
-				return fmt.Errorf("%s: %s: %w: %w", s.bs, indexObject(h), ErrIndexDamaged, err)
+				return err
 			}
-			size := int64(packHeaderSize)
-			for _, x := range ents {
-				size = max(size, x.e.FrameOff+int64(x.e.FrameLen))
-			}
-			size += int64(len(b)) + packFooterSize
 			if _, err := mergeSegment(tx, h, size, ents, b, cond[h], dmg[h]); err != nil {
 				return err
 			}
@@ -576,4 +571,18 @@ func (s *BlobStore) catalogChangedSinceView(ctx context.Context) (bool, error) {
 		err = nil
 	}
 	return changed, err
+}
+
+// parseSegment decodes the index segment b of pack h and works out the
+// pack's size from it (header, frames, segment copy, footer).
+func (s *BlobStore) parseSegment(h ID, b []byte) ([]indexed, int64, error) {
+	ents, err := decodeSegment(b)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %s: %w: %w", s.bs, indexObject(h), ErrIndexDamaged, err)
+	}
+	size := int64(packHeaderSize)
+	for _, x := range ents {
+		size = max(size, x.e.FrameOff+int64(x.e.FrameLen))
+	}
+	return ents, size + int64(len(b)) + packFooterSize, nil
 }

@@ -383,15 +383,10 @@ func (s *BlobStore) mergeNewPacks(ctx context.Context, packs []ID) (int, error) 
 			if !ok {
 				continue
 			}
-			ents, err := decodeSegment(b)
+			ents, size, err := s.parseSegment(h, b)
 			if err != nil {
-				return fmt.Errorf("%s: %s: %w: %w", s.bs, indexObject(h), ErrIndexDamaged, err)
+				return err
 			}
-			size := int64(packHeaderSize)
-			for _, x := range ents {
-				size = max(size, x.e.FrameOff+int64(x.e.FrameLen))
-			}
-			size += int64(len(b)) + packFooterSize
 			if tx.Bucket(bucketBlobHash).Get(h[:]) == nil {
 				merged++
 			}
