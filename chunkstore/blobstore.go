@@ -46,6 +46,8 @@ type BlobStore struct {
 
 	// refreshMu serialises refreshes in this process.
 	refreshMu sync.Mutex
+	// inflight: chunks this process's PutMany calls are storing (inflight.go).
+	inflight inflight
 	// viewTime is when the last refresh listed the bucket (UnixNano): the
 	// age of this process's view, which gc's margin bounds.
 	viewTime atomic.Int64
@@ -449,26 +451,55 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 			return 0, &TooLargeError{ID: c.ID, Len: len(c.Data)}
 		}
 	}
-	ids := make([]ID, len(chunks))
-	for i, c := range chunks {
-		ids[i] = c.ID
-	}
 	// What other hosts stored since we last looked, before spending
 	// compression and upload on it (blobnews.go).
 	if err := s.pollNews(ctx, false); err != nil {
 		return 0, err
+	}
+	var uniq []Chunk
+	seen := map[ID]bool{}
+	for _, c := range chunks {
+		if !seen[c.ID] {
+			seen[c.ID] = true
+			uniq = append(uniq, c)
+		}
+	}
+	// Taken before the index is asked, so a call that ends in between
+	// has its chunks indexed by then.
+	mine, theirs, waits, call := s.inflight.take(uniq)
+	added, err := s.putMissing(ctx, mine)
+	s.inflight.finish(call, mine, err)
+	if err != nil || len(theirs) == 0 {
+		return added, err
+	}
+	// Chunks another call of this process was storing: once it has
+	// returned they are indexed, unless it failed; store what is missing.
+	if err := wait(ctx, waits); err != nil {
+		return added, err
+	}
+	n, err := s.putMissing(ctx, theirs)
+	return added + n, err
+}
+
+// putMissing stores the chunks of cs (distinct IDs) the cache lacks,
+// leaving to other hosts those they claimed first (blobnews.go).
+func (s *BlobStore) putMissing(ctx context.Context, cs []Chunk) (int, error) {
+	if len(cs) == 0 {
+		return 0, nil
+	}
+	ids := make([]ID, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
 	}
 	have, err := s.has(ctx, ids, true)
 	if err != nil {
 		return 0, err
 	}
 	var fresh []Chunk
-	seen := map[ID]bool{}
-	for i, c := range chunks {
-		if have[i] || seen[c.ID] {
+	for i, c := range cs {
+		if have[i] {
 			continue
 		}
-		seen[c.ID] = true
 		if !s.trustIDs {
 			if got := Sum(c.Data); got != c.ID {
 				return 0, fmt.Errorf("chunkstore: put chunk %s: its data hashes to %s", c.ID, got)
@@ -476,6 +507,12 @@ func (s *BlobStore) PutMany(ctx context.Context, chunks []Chunk) (int, error) {
 		}
 		fresh = append(fresh, c)
 	}
+	return s.putFresh(ctx, fresh)
+}
+
+// putFresh stores chunks the cache lacks, leaving to other hosts those
+// they claimed first (blobnews.go).
+func (s *BlobStore) putFresh(ctx context.Context, fresh []Chunk) (int, error) {
 	if len(fresh) == 0 {
 		return 0, nil
 	}
