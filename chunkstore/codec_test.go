@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -57,5 +58,73 @@ func TestEveryCompressionRoundTrips(t *testing.T) {
 	}
 	if _, err := encoderOptions("fastest-entropy"); err == nil || !strings.Contains(err.Error(), "fastest-noentropy") {
 		t.Fatalf("unknown compression: %v", err)
+	}
+}
+
+// Chunks cut from one buffer are compressed in place; chunks from
+// separate buffers, or out of order, are joined first. Either way the
+// frames decode to the chunks.
+func TestEncodeBlocksContiguousRuns(t *testing.T) {
+	c, err := getCodec(DefaultCompression)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 96<<10)
+	for i := range buf {
+		buf[i] = byte(i * 7 / 3)
+	}
+	mk := func(parts ...[]byte) []Chunk {
+		var out []Chunk
+		for _, p := range parts {
+			out = append(out, Chunk{ID: Sum(p), Data: p})
+		}
+		return out
+	}
+	other := append([]byte(nil), buf[32<<10:64<<10]...)
+	cases := map[string]struct {
+		run    []Chunk
+		inline bool
+	}{
+		"one buffer":      {mk(buf[:32<<10], buf[32<<10:64<<10], buf[64<<10:]), true},
+		"gap":             {mk(buf[:32<<10], buf[33<<10:64<<10]), false},
+		"out of order":    {mk(buf[32<<10:64<<10], buf[:32<<10]), false},
+		"other buffer":    {mk(buf[:32<<10], other), false},
+		"capped at chunk": {mk(buf[:32<<10:32<<10], buf[32<<10:64<<10]), false},
+		"empty chunk":     {mk(buf[:32<<10], buf[32<<10:32<<10], buf[32<<10:64<<10]), false},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			b, ok := contiguous(tc.run)
+			if ok != tc.inline {
+				t.Fatalf("contiguous = %v, want %v", ok, tc.inline)
+			}
+			if ok {
+				var want []byte
+				for _, ch := range tc.run {
+					want = append(want, ch.Data...)
+				}
+				if !bytes.Equal(b, want) {
+					t.Fatal("contiguous block differs from the joined chunks")
+				}
+			}
+			frames := encodeBlocks(tc.run, DefaultBlockSize, c)
+			defer releaseFrames(frames)
+			if len(frames) != 1 {
+				t.Fatalf("%d frames, want 1", len(frames))
+			}
+			f, _, err := decodeFrame(frames[0].data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			block, err := f.block()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, fc := range f.Chunks {
+				if got := block[fc.Off : fc.Off+fc.Len]; fc.ID != tc.run[i].ID || !bytes.Equal(got, tc.run[i].Data) {
+					t.Fatalf("chunk %d differs", i)
+				}
+			}
+		})
 	}
 }

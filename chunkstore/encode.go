@@ -43,8 +43,8 @@ func encodeBlocks(chunks []Chunk, blockSize int, c *codec) []encFrame {
 		run := chunks[start:end]
 		var block []byte
 		var scratch *[]byte
-		if len(run) == 1 {
-			block = run[0].Data
+		if b, ok := contiguous(run); ok {
+			block = b
 		} else {
 			scratch = blockPool.Get().(*[]byte)
 			block = (*scratch)[:0]
@@ -64,6 +64,22 @@ func encodeBlocks(chunks []Chunk, blockSize int, c *codec) []encFrame {
 		start = end
 	}
 	return out
+}
+
+// contiguous returns the run's data as one slice when each chunk follows
+// the previous one in the same buffer (new chunks cut from one read
+// buffer), so the block needs no join copy.
+func contiguous(run []Chunk) ([]byte, bool) {
+	b := run[0].Data
+	for _, ch := range run[1:] {
+		// Within b's capacity, so in the same allocation: slicing b past its
+		// length reaches exactly ch's bytes when they start where b ends.
+		if len(ch.Data) == 0 || cap(b)-len(b) < len(ch.Data) || &b[:len(b)+1][len(b)] != &ch.Data[0] {
+			return nil, false
+		}
+		b = b[:len(b)+len(ch.Data)]
+	}
+	return b, true
 }
 
 // shares splits a frame's length among its chunks in proportion to their
