@@ -1,0 +1,205 @@
+// Command frontier compresses the blocks an ingest really made again with
+// each candidate codec, to place the codecs on the CPU/size frontier
+// without the noise of a whole ingest. Dump the blocks of a store first
+// (chunkstore's TestDumpBlocks), e.g. of one holding the template and of
+// one holding the overlay fleet:
+//
+//	ENGRAM_DUMP_BLOCKS=STORE:tmpl.blocks go test ./chunkstore -run TestDumpBlocks
+//	go run ./bench/frontier [-codecs zstd-fastest-noentropy,s2,...] [-merge 1,4] tmpl.blocks fleet.blocks
+//
+// CPU seconds are the thread's (getrusage RUSAGE_THREAD on one locked
+// thread) to encode, and to decode, every block of the first file: the
+// minimum over -rounds rounds, the codecs alternated within each round so
+// that a busy machine weighs on all of them alike. Sizes are the sum of
+// min(compressed, raw) per block (the store keeps a block raw when it does
+// not shrink), for every file. -merge k joins k consecutive blocks, to see
+// what bigger blocks would save.
+package main
+
+import (
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+)
+
+type codec struct {
+	enc func(dst, src []byte) []byte
+	dec func(dst, src []byte) ([]byte, error)
+}
+
+func zstdCodec(opts ...zstd.EOption) codec {
+	// As chunkstore makes its encoder: no CRC, one encoder per goroutine.
+	e, err := zstd.NewWriter(nil, append(opts, zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true), zstd.WithEncoderConcurrency(1))...)
+	if err != nil {
+		panic(err)
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.IgnoreChecksum(true))
+	if err != nil {
+		panic(err)
+	}
+	return codec{
+		enc: func(dst, src []byte) []byte { return e.EncodeAll(src, dst[:0]) },
+		dec: func(dst, src []byte) ([]byte, error) { return d.DecodeAll(src, dst[:0]) },
+	}
+}
+
+var codecs = map[string]func() codec{
+	"zstd-fastest-noentropy": func() codec {
+		return zstdCodec(zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithNoEntropyCompression(true))
+	},
+	"zstd-fastest": func() codec { return zstdCodec(zstd.WithEncoderLevel(zstd.SpeedFastest)) },
+	"zstd-default-noentropy": func() codec {
+		return zstdCodec(zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithNoEntropyCompression(true))
+	},
+	"zstd-default": func() codec { return zstdCodec(zstd.WithEncoderLevel(zstd.SpeedDefault)) },
+	"zstd-better":  func() codec { return zstdCodec(zstd.WithEncoderLevel(zstd.SpeedBetterCompression)) },
+	"s2": func() codec {
+		return codec{enc: func(dst, src []byte) []byte { return s2.Encode(dst[:cap(dst)], src) }, dec: s2.Decode}
+	},
+	"s2-better": func() codec {
+		return codec{enc: func(dst, src []byte) []byte { return s2.EncodeBetter(dst[:cap(dst)], src) }, dec: s2.Decode}
+	},
+}
+
+func main() {
+	names := flag.String("codecs", "zstd-fastest-noentropy,zstd-fastest,zstd-default-noentropy,s2,s2-better", "codecs to compare")
+	merges := flag.String("merge", "1", "join this many consecutive blocks (comma-separated list)")
+	rounds := flag.Int("rounds", 3, "rounds; CPU is the minimum")
+	flag.Parse()
+	if flag.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: frontier [-codecs C,...] [-merge K,...] [-rounds N] BLOCKS...")
+		os.Exit(2)
+	}
+	runtime.LockOSThread()
+	fmt.Printf("%-24s %5s %10s %10s", "codec", "merge", "enc CPU-s", "dec CPU-s")
+	for _, p := range flag.Args() {
+		fmt.Printf(" %14s", trim(p)+" MB")
+	}
+	fmt.Println()
+	for _, m := range strings.Split(*merges, ",") {
+		k, err := strconv.Atoi(m)
+		if err != nil || k < 1 {
+			fatal(fmt.Errorf("bad -merge %q", m))
+		}
+		var files [][][]byte
+		for _, p := range flag.Args() {
+			blks, err := load(p, k)
+			if err != nil {
+				fatal(err)
+			}
+			files = append(files, blks)
+		}
+		run(strings.Split(*names, ","), k, files, *rounds)
+	}
+}
+
+func run(names []string, k int, files [][][]byte, rounds int) {
+	cs := make([]codec, len(names))
+	for i, n := range names {
+		mk := codecs[n]
+		if mk == nil {
+			fatal(fmt.Errorf("unknown codec %q", n))
+		}
+		cs[i] = mk()
+	}
+	maxRaw := 0
+	for _, b := range files[0] {
+		maxRaw = max(maxRaw, len(b))
+	}
+	buf := make([]byte, 0, s2.MaxEncodedLen(maxRaw)+1<<10)
+	out := make([]byte, 0, maxRaw)
+	enc := make([]float64, len(cs))
+	dec := make([]float64, len(cs))
+	for r := range rounds {
+		for i, c := range cs {
+			// Encoded once outside the timing, to time decoding alone.
+			frames := make([][]byte, len(files[0]))
+			for j, b := range files[0] {
+				frames[j] = append([]byte(nil), c.enc(buf, b)...)
+			}
+			t0 := threadCPU()
+			for _, b := range files[0] {
+				c.enc(buf, b)
+			}
+			t1 := threadCPU()
+			for _, f := range frames {
+				if _, err := c.dec(out[:0:cap(out)], f); err != nil {
+					fatal(fmt.Errorf("%s: %w", names[i], err))
+				}
+			}
+			t2 := threadCPU()
+			if r == 0 || t1-t0 < enc[i] {
+				enc[i] = t1 - t0
+			}
+			if r == 0 || t2-t1 < dec[i] {
+				dec[i] = t2 - t1
+			}
+		}
+	}
+	for i, c := range cs {
+		fmt.Printf("%-24s %5d %10.3f %10.3f", names[i], k, enc[i], dec[i])
+		for _, blks := range files {
+			var n int64
+			for _, b := range blks {
+				n += int64(min(len(c.enc(buf, b)), len(b)))
+			}
+			fmt.Printf(" %14.1f", float64(n)/1e6)
+		}
+		fmt.Println()
+	}
+}
+
+// load reads a TestDumpBlocks file, joining every k blocks into one.
+func load(path string, k int) ([][]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	var cur []byte
+	n := 0
+	for len(b) > 0 {
+		if len(b) < 4 || int64(binary.LittleEndian.Uint32(b)) > int64(len(b)-4) {
+			return nil, fmt.Errorf("%s: truncated block", path)
+		}
+		l := binary.LittleEndian.Uint32(b)
+		blk := b[4 : 4+l]
+		b = b[4+l:]
+		if k == 1 {
+			out = append(out, blk)
+			continue
+		}
+		cur = append(cur, blk...)
+		if n++; n == k {
+			out, cur, n = append(out, cur), nil, 0
+		}
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out, nil
+}
+
+func trim(p string) string {
+	p = p[strings.LastIndex(p, "/")+1:]
+	return strings.TrimSuffix(p, ".blocks")
+}
+
+func threadCPU() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_THREAD, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "frontier:", err)
+	os.Exit(1)
+}
