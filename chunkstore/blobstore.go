@@ -60,6 +60,8 @@ type BlobStore struct {
 
 	// local is set for a store in a directory (dirstore.go).
 	local *dirLocal
+	// staged is set with OpenOptions.DeferSync (blobdefer.go).
+	staged *staging
 }
 
 func (s *BlobStore) now() int64 {
@@ -354,11 +356,17 @@ func (s *BlobStore) Params() Params { return s.cfg.Params }
 
 // Close closes the cache and the blob store.
 func (s *BlobStore) Close() error {
+	// The last durable point, before the store is marked closed.
+	ferr := s.flushStaged(context.Background())
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.dropStaged()
 	s.db.close()
 	err := s.bs.Close()
+	if ferr != nil {
+		err = ferr
+	}
 	if lerr := s.local.close(); err == nil {
 		err = lerr
 	}
@@ -572,13 +580,19 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk, own *claim) (
 	if err != nil || len(frames) == 0 {
 		return 0, yielded, err
 	}
-	added, err := s.writeFrames(ctx, frames)
+	added, err := s.putFrames(ctx, frames, s.staged != nil)
 	return added, yielded, err
 }
 
 // writeFrames uploads frames as one pack with its index segment and
 // indexes them in the cache (gc's rewrite calls it with frames it copied).
 func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, error) {
+	return s.putFrames(ctx, frames, false)
+}
+
+// putFrames is writeFrames; with stage, the pack waits for the next
+// durable point (blobdefer.go).
+func (s *BlobStore) putFrames(ctx context.Context, frames []encFrame, stage bool) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -619,6 +633,9 @@ func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, er
 	pack = binary.LittleEndian.AppendUint64(pack, segOff)
 	pack = append(pack, packFooterMagic...)
 	h := Sum(pack)
+	if stage {
+		return s.stage(ctx, h, pack, seg, ents)
+	}
 	// Pack first, then its segment: a segment never names a pack that is
 	// not there. ErrExist: the same bytes are there already (the name is
 	// their hash), from another writer or our own retried request.
@@ -776,12 +793,16 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 		}
 		return nil
 	})
+	s.stagedHas(ids, out)
 	return out, err
 }
 
 // Lookup returns the entries of the ids the cache knows.
 func (s *BlobStore) Lookup(ctx context.Context, ids []ID) ([]Entry, error) {
 	if err := s.check(false); err != nil {
+		return nil, err
+	}
+	if err := s.flushFor(ctx, ids); err != nil {
 		return nil, err
 	}
 	return lookupEntries(ctx, s.db, ids)
@@ -819,6 +840,9 @@ func (s *BlobStore) lookup(ctx context.Context, id ID) (entry, ID, bool, error) 
 // cache) and checks the chunk's BLAKE3.
 func (s *BlobStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if err := s.check(false); err != nil {
+		return nil, err
+	}
+	if err := s.flushFor(ctx, []ID{id}); err != nil {
 		return nil, err
 	}
 	data, err := s.get(ctx, id)
@@ -899,12 +923,18 @@ func (s *BlobStore) Stats(ctx context.Context) (Stats, error) {
 	if err := s.check(false); err != nil {
 		return Stats{}, err
 	}
+	if err := s.flushStaged(ctx); err != nil {
+		return Stats{}, err
+	}
 	return packStats(ctx, s.db)
 }
 
 // ForEach implements Lister over the cache.
 func (s *BlobStore) ForEach(ctx context.Context, fn func(Entry) error) error {
 	if err := s.check(false); err != nil {
+		return err
+	}
+	if err := s.flushStaged(ctx); err != nil {
 		return err
 	}
 	var all []Entry
@@ -1015,11 +1045,27 @@ func (s *BlobStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 	if err := s.check(true); err != nil {
 		return err
 	}
+	// The durable point of deferred packs (blobdefer.go): the journal
+	// object may name any chunk PutMany returned, so they are durable
+	// first, and indexed in this transaction.
+	staged, done, err := s.publishStaged(ctx)
+	if err != nil {
+		return err
+	}
+	err = s.update(ctx, staged, fn)
+	done(err)
+	return err
+}
+
+func (s *BlobStore) update(ctx context.Context, staged []*stagedPack, fn func(MetaTx) error) error {
 	testPause()
 	if err := s.checkCommit(ctx); err != nil {
 		return err
 	}
 	return s.db.update(ctx, func(tx *bolt.Tx) error {
+		if err := indexStaged(tx, staged); err != nil {
+			return err
+		}
 		var ops []journalOp
 		if err := fn(recordingTx{metaTx{tx}, &ops}); err != nil {
 			return err
@@ -1188,6 +1234,9 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifyStats, error) {
 	var st VerifyStats
 	if err := s.check(false); err != nil {
+		return st, err
+	}
+	if err := s.flushStaged(ctx); err != nil {
 		return st, err
 	}
 	if err := s.Refresh(ctx); err != nil {
