@@ -35,7 +35,7 @@ const (
 
 // stager is the staged write of blob/dir.
 type stager interface {
-	WriteTemp(ctx context.Context, data []byte) (string, error)
+	WriteTemp(ctx context.Context, parts ...[]byte) (string, error)
 	SyncTemps(ctx context.Context, tmps []string) error
 	LinkTemps(ctx context.Context, tmps, names []string) error
 	RemoveTemps(tmps []string)
@@ -61,11 +61,12 @@ type staging struct {
 	oldest time.Time
 }
 
-// stage writes a pack and its segment as temporary files and records them
-// for the next durable point; it returns the number of chunks staged.
-func (s *BlobStore) stage(ctx context.Context, h ID, pack, seg []byte, ents []indexed) (int, error) {
+// stage writes a pack (its parts, size bytes in all) and its segment as
+// temporary files and records them for the next durable point; it returns
+// the number of chunks staged.
+func (s *BlobStore) stage(ctx context.Context, h ID, pack [][]byte, size int64, seg []byte, ents []indexed) (int, error) {
 	g := s.staged
-	pt, err := g.st.WriteTemp(ctx, pack)
+	pt, err := g.st.WriteTemp(ctx, pack...)
 	if err != nil {
 		return 0, err
 	}
@@ -74,10 +75,17 @@ func (s *BlobStore) stage(ctx context.Context, h ID, pack, seg []byte, ents []in
 		g.st.RemoveTemps([]string{pt})
 		return 0, err
 	}
-	p := &stagedPack{h: h, size: int64(len(pack)), ents: ents, seg: seg, packTmp: pt, segTmp: st}
+	p := &stagedPack{h: h, size: size, ents: ents, seg: seg, packTmp: pt, segTmp: st}
 	g.mu.Lock()
 	if len(g.packs) == 0 {
 		g.oldest = time.Now()
+		// A writer that stalls (a long zero run, a slow source) still
+		// makes its packs durable within stageMaxAge.
+		time.AfterFunc(stageMaxAge, func() {
+			if !s.closed.Load() {
+				_ = s.flushStaged(context.Background())
+			}
+		})
 	}
 	g.packs = append(g.packs, p)
 	g.n.Add(1)

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"github.com/zeebo/xxh3"
 	bolt "go.etcd.io/bbolt"
 
@@ -600,21 +601,20 @@ func (s *BlobStore) putFrames(ctx context.Context, frames []encFrame, stage bool
 	for _, fr := range frames {
 		nchunks += len(fr.chunks)
 	}
-	size := int64(packHeaderSize)
-	for _, fr := range frames {
-		size += int64(len(fr.data))
-	}
-	pack := make([]byte, 0, size+int64(nchunks)*segEntry+64)
+	// The pack's parts: header, frames, segment, footer.
+	parts := make([][]byte, 0, len(frames)+3)
 	// A random number where a directory pack has its number: two packs of
 	// the same chunks are two objects, so chunks stored again beside a
 	// condemned copy (gc) never land in the condemned object itself.
 	var nonce [4]byte
 	_, _ = rand.Read(nonce[:])
-	pack = append(pack, packHeader(binary.LittleEndian.Uint32(nonce[:]))...)
-	var ents []indexed
+	parts = append(parts, packHeader(binary.LittleEndian.Uint32(nonce[:])))
+	size := int64(len(parts[0]))
+	ents := make([]indexed, 0, nchunks)
 	for _, fr := range frames {
-		off := int64(len(pack))
-		pack = append(pack, fr.data...)
+		off := size
+		parts = append(parts, fr.data)
+		size += int64(len(fr.data))
 		lens := make([]int, len(fr.chunks))
 		for i, c := range fr.chunks {
 			lens[i] = len(c.Data)
@@ -626,16 +626,30 @@ func (s *BlobStore) putFrames(ctx context.Context, frames []encFrame, stage bool
 			boff += uint32(len(c.Data))
 		}
 	}
-	releaseFrames(frames) // copied into pack: their buffers serve the next call
 	seg := encodeSegment(ents)
-	segOff := uint64(len(pack))
-	pack = append(pack, seg...)
-	pack = binary.LittleEndian.AppendUint64(pack, segOff)
-	pack = append(pack, packFooterMagic...)
-	h := Sum(pack)
+	footer := binary.LittleEndian.AppendUint64(make([]byte, 0, packFooterSize), uint64(size))
+	footer = append(footer, packFooterMagic...)
+	parts = append(parts, seg, footer)
+	size += int64(len(seg) + len(footer))
 	if stage {
-		return s.stage(ctx, h, pack, seg, ents)
+		// Written from the frame buffers, without the copy into one pack
+		// buffer.
+		hs := blake3.New()
+		for _, p := range parts {
+			_, _ = hs.Write(p)
+		}
+		var h ID
+		copy(h[:], hs.Sum(nil))
+		n, err := s.stage(ctx, h, parts, size, seg, ents)
+		releaseFrames(frames)
+		return n, err
 	}
+	pack := make([]byte, 0, size)
+	for _, p := range parts {
+		pack = append(pack, p...)
+	}
+	releaseFrames(frames) // copied into pack: their buffers serve the next call
+	h := Sum(pack)
 	// Pack first, then its segment: a segment never names a pack that is
 	// not there. ErrExist: the same bytes are there already (the name is
 	// their hash), from another writer or our own retried request.

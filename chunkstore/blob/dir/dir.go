@@ -266,8 +266,9 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 // filesystem folds concurrent ones into one journal commit.
 const syncParallel = 16
 
-// WriteTemp writes data to a new temporary file and returns its path.
-func (s *Store) WriteTemp(ctx context.Context, data []byte) (string, error) {
+// WriteTemp writes the concatenation of parts to a new temporary file and
+// returns its path.
+func (s *Store) WriteTemp(ctx context.Context, parts ...[]byte) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", fmt.Errorf("%s: write: %w", s, err)
 	}
@@ -278,7 +279,11 @@ func (s *Store) WriteTemp(ctx context.Context, data []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s: write: %w", s, err)
 	}
-	_, err = f.Write(data)
+	for _, p := range parts {
+		if _, err = f.Write(p); err != nil {
+			break
+		}
+	}
 	if err == nil {
 		startWriteback(f)
 	}
