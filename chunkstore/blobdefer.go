@@ -114,7 +114,7 @@ func (s *BlobStore) stagedHas(ids []ID, out []bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for i, id := range ids {
-		if !out[i] && g.ids[id] > 0 {
+		if g.ids[id] > 0 {
 			out[i] = true
 		}
 	}

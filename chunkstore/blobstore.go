@@ -795,6 +795,10 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 	if len(ids) == 0 {
 		return out, nil
 	}
+	// Staged chunks first: a durable point indexes its packs before it
+	// forgets them, so a chunk it moves meanwhile is seen in one or the
+	// other.
+	s.stagedHas(ids, out)
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
 		chunks, _, err := buckets(tx)
 		if err != nil {
@@ -802,12 +806,14 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 		}
 		cond := tx.Bucket(bucketBlobCond)
 		for i, id := range ids {
+			if out[i] {
+				continue
+			}
 			v := chunks.Get(id[:])
 			out[i] = v != nil && (!forDedup || len(v) < 4 || cond.Get(packKey(binary.LittleEndian.Uint32(v))) == nil)
 		}
 		return nil
 	})
-	s.stagedHas(ids, out)
 	return out, err
 }
 
