@@ -369,6 +369,9 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	if err := s.check(true); err != nil {
 		return st, err
 	}
+	if err := s.flushStaged(ctx); err != nil {
+		return st, err
+	}
 	if s.local.exclusive() {
 		return s.gcNow(ctx, live, opts) // a directory with no other writer: dirgc.go
 	}

@@ -106,6 +106,9 @@ func (s *BlobStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 	if len(ids) != len(bufs) {
 		return fmt.Errorf("chunkstore: GetMany of %d IDs into %d buffers", len(ids), len(bufs))
 	}
+	if err := s.flushFor(ctx, ids); err != nil {
+		return err
+	}
 	errs, err := s.getMany(ctx, ids, bufs)
 	if err != nil {
 		return err

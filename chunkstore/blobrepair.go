@@ -120,6 +120,9 @@ func (s *BlobStore) Repair(ctx context.Context) (RepairReport, error) {
 	if err := s.check(true); err != nil {
 		return rep, err
 	}
+	if err := s.flushStaged(ctx); err != nil {
+		return rep, err
+	}
 	if err := s.Refresh(ctx); err != nil {
 		return rep, err
 	}

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"github.com/zeebo/xxh3"
 	bolt "go.etcd.io/bbolt"
 
@@ -60,6 +61,8 @@ type BlobStore struct {
 
 	// local is set for a store in a directory (dirstore.go).
 	local *dirLocal
+	// staged is set with OpenOptions.DeferSync (blobdefer.go).
+	staged *staging
 }
 
 func (s *BlobStore) now() int64 {
@@ -354,11 +357,17 @@ func (s *BlobStore) Params() Params { return s.cfg.Params }
 
 // Close closes the cache and the blob store.
 func (s *BlobStore) Close() error {
+	// The last durable point, before the store is marked closed.
+	ferr := s.flushStaged(context.Background())
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.dropStaged()
 	s.db.close()
 	err := s.bs.Close()
+	if ferr != nil {
+		err = ferr
+	}
 	if lerr := s.local.close(); err == nil {
 		err = lerr
 	}
@@ -572,13 +581,19 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk, own *claim) (
 	if err != nil || len(frames) == 0 {
 		return 0, yielded, err
 	}
-	added, err := s.writeFrames(ctx, frames)
+	added, err := s.putFrames(ctx, frames, s.staged != nil)
 	return added, yielded, err
 }
 
 // writeFrames uploads frames as one pack with its index segment and
 // indexes them in the cache (gc's rewrite calls it with frames it copied).
 func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, error) {
+	return s.putFrames(ctx, frames, false)
+}
+
+// putFrames is writeFrames; with stage, the pack waits for the next
+// durable point (blobdefer.go).
+func (s *BlobStore) putFrames(ctx context.Context, frames []encFrame, stage bool) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -586,21 +601,20 @@ func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, er
 	for _, fr := range frames {
 		nchunks += len(fr.chunks)
 	}
-	size := int64(packHeaderSize)
-	for _, fr := range frames {
-		size += int64(len(fr.data))
-	}
-	pack := make([]byte, 0, size+int64(nchunks)*segEntry+64)
+	// The pack's parts: header, frames, segment, footer.
+	parts := make([][]byte, 0, len(frames)+3)
 	// A random number where a directory pack has its number: two packs of
 	// the same chunks are two objects, so chunks stored again beside a
 	// condemned copy (gc) never land in the condemned object itself.
 	var nonce [4]byte
 	_, _ = rand.Read(nonce[:])
-	pack = append(pack, packHeader(binary.LittleEndian.Uint32(nonce[:]))...)
-	var ents []indexed
+	parts = append(parts, packHeader(binary.LittleEndian.Uint32(nonce[:])))
+	size := int64(len(parts[0]))
+	ents := make([]indexed, 0, nchunks)
 	for _, fr := range frames {
-		off := int64(len(pack))
-		pack = append(pack, fr.data...)
+		off := size
+		parts = append(parts, fr.data)
+		size += int64(len(fr.data))
 		lens := make([]int, len(fr.chunks))
 		for i, c := range fr.chunks {
 			lens[i] = len(c.Data)
@@ -612,12 +626,29 @@ func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, er
 			boff += uint32(len(c.Data))
 		}
 	}
-	releaseFrames(frames) // copied into pack: their buffers serve the next call
 	seg := encodeSegment(ents)
-	segOff := uint64(len(pack))
-	pack = append(pack, seg...)
-	pack = binary.LittleEndian.AppendUint64(pack, segOff)
-	pack = append(pack, packFooterMagic...)
+	footer := binary.LittleEndian.AppendUint64(make([]byte, 0, packFooterSize), uint64(size))
+	footer = append(footer, packFooterMagic...)
+	parts = append(parts, seg, footer)
+	size += int64(len(seg) + len(footer))
+	if stage {
+		// Written from the frame buffers, without the copy into one pack
+		// buffer.
+		hs := blake3.New()
+		for _, p := range parts {
+			_, _ = hs.Write(p)
+		}
+		var h ID
+		copy(h[:], hs.Sum(nil))
+		n, err := s.stage(ctx, h, parts, size, seg, ents)
+		releaseFrames(frames)
+		return n, err
+	}
+	pack := make([]byte, 0, size)
+	for _, p := range parts {
+		pack = append(pack, p...)
+	}
+	releaseFrames(frames) // copied into pack: their buffers serve the next call
 	h := Sum(pack)
 	// Pack first, then its segment: a segment never names a pack that is
 	// not there. ErrExist: the same bytes are there already (the name is
@@ -764,6 +795,10 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 	if len(ids) == 0 {
 		return out, nil
 	}
+	// Staged chunks first: a durable point indexes its packs before it
+	// forgets them, so a chunk it moves meanwhile is seen in one or the
+	// other.
+	s.stagedHas(ids, out)
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
 		chunks, _, err := buckets(tx)
 		if err != nil {
@@ -771,6 +806,9 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 		}
 		cond := tx.Bucket(bucketBlobCond)
 		for i, id := range ids {
+			if out[i] {
+				continue
+			}
 			v := chunks.Get(id[:])
 			out[i] = v != nil && (!forDedup || len(v) < 4 || cond.Get(packKey(binary.LittleEndian.Uint32(v))) == nil)
 		}
@@ -782,6 +820,9 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 // Lookup returns the entries of the ids the cache knows.
 func (s *BlobStore) Lookup(ctx context.Context, ids []ID) ([]Entry, error) {
 	if err := s.check(false); err != nil {
+		return nil, err
+	}
+	if err := s.flushFor(ctx, ids); err != nil {
 		return nil, err
 	}
 	return lookupEntries(ctx, s.db, ids)
@@ -819,6 +860,9 @@ func (s *BlobStore) lookup(ctx context.Context, id ID) (entry, ID, bool, error) 
 // cache) and checks the chunk's BLAKE3.
 func (s *BlobStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if err := s.check(false); err != nil {
+		return nil, err
+	}
+	if err := s.flushFor(ctx, []ID{id}); err != nil {
 		return nil, err
 	}
 	data, err := s.get(ctx, id)
@@ -899,12 +943,18 @@ func (s *BlobStore) Stats(ctx context.Context) (Stats, error) {
 	if err := s.check(false); err != nil {
 		return Stats{}, err
 	}
+	if err := s.flushStaged(ctx); err != nil {
+		return Stats{}, err
+	}
 	return packStats(ctx, s.db)
 }
 
 // ForEach implements Lister over the cache.
 func (s *BlobStore) ForEach(ctx context.Context, fn func(Entry) error) error {
 	if err := s.check(false); err != nil {
+		return err
+	}
+	if err := s.flushStaged(ctx); err != nil {
 		return err
 	}
 	var all []Entry
@@ -1015,11 +1065,27 @@ func (s *BlobStore) Update(ctx context.Context, fn func(MetaTx) error) error {
 	if err := s.check(true); err != nil {
 		return err
 	}
+	// The durable point of deferred packs (blobdefer.go): the journal
+	// object may name any chunk PutMany returned, so they are durable
+	// first, and indexed in this transaction.
+	staged, done, err := s.publishStaged(ctx)
+	if err != nil {
+		return err
+	}
+	err = s.update(ctx, staged, fn)
+	done(err)
+	return err
+}
+
+func (s *BlobStore) update(ctx context.Context, staged []*stagedPack, fn func(MetaTx) error) error {
 	testPause()
 	if err := s.checkCommit(ctx); err != nil {
 		return err
 	}
 	return s.db.update(ctx, func(tx *bolt.Tx) error {
+		if err := indexStaged(tx, staged); err != nil {
+			return err
+		}
 		var ops []journalOp
 		if err := fn(recordingTx{metaTx{tx}, &ops}); err != nil {
 			return err
@@ -1188,6 +1254,9 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifyStats, error) {
 	var st VerifyStats
 	if err := s.check(false); err != nil {
+		return st, err
+	}
+	if err := s.flushStaged(ctx); err != nil {
 		return st, err
 	}
 	if err := s.Refresh(ctx); err != nil {

@@ -81,6 +81,9 @@ func TestCrashChild(t *testing.T) {
 			}
 			fmt.Println(line.String())
 		}
+	case "deferput":
+		s.Close() // the child opens its own, with DeferSync
+		deferPutChild(ctx, dir)
 	case "gc":
 		for {
 			if _, err := s.GC(ctx, gcLive, GCOptions{Threshold: 0.9}); err != nil {
@@ -107,8 +110,15 @@ type child struct {
 
 func startChild(t *testing.T, mode, dir string, base uint64) *child {
 	t.Helper()
+	return startChildEnv(t, mode, dir, base, nil)
+}
+
+// startChildEnv is startChild with more environment (test hooks).
+func startChildEnv(t *testing.T, mode, dir string, base uint64, env []string) *child {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envChild+"="+mode, "CHUNKSTORE_CRASH_DIR="+dir, fmt.Sprintf("CHUNKSTORE_CRASH_BASE=%d", base))
+	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,13 @@ type OpenOptions struct {
 	// CacheRoot, when set, holds the cache as for a bucket store
 	// (CacheRoot/STORE-ID); "" keeps it in the store (dir/cache).
 	CacheRoot string
+	// DeferSync makes PutMany's packs durable, and visible to other
+	// processes, at the next durable point (Update, a read of the index,
+	// Close) instead of before it returns: one round of fsyncs for many
+	// packs (blobdefer.go). This process sees them at once. For a writer
+	// that commits what it stored with Update (ingest); a chunk PutMany
+	// returned is lost by a crash before that.
+	DeferSync bool
 }
 
 // dirLocal is what a BlobStore over a directory holds besides the bucket
@@ -200,6 +207,9 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*BlobStore, error)
 		return nil, err
 	}
 	s.local = &dirLocal{dir: dir, lock: lock}
+	if opts.DeferSync && !opts.ReadOnly {
+		s.staged = &staging{st: bs, ids: map[ID]int{}}
+	}
 	return s, nil
 }
 

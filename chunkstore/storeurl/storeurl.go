@@ -36,6 +36,8 @@ type Options struct {
 	// BlockCacheBytes bounds the decompressed blocks kept
 	// (chunkstore.OpenOptions.BlockCacheBytes).
 	BlockCacheBytes int64
+	// DeferSync: directory store only, see chunkstore.OpenOptions.
+	DeferSync bool
 }
 
 // IsBucket reports whether loc names a bucket store.
@@ -53,7 +55,7 @@ func openBucket(ctx context.Context, loc string, createBucket bool) (*s3.Store, 
 func Open(ctx context.Context, loc string, opts Options) (Store, error) {
 	if !IsBucket(loc) {
 		st, err := chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, Exclusive: opts.Exclusive, LockTimeout: opts.LockTimeout, Command: opts.Command,
-			TrustIDs: opts.TrustIDs, BlockCacheBytes: opts.BlockCacheBytes, CacheRoot: opts.CacheRoot})
+			TrustIDs: opts.TrustIDs, BlockCacheBytes: opts.BlockCacheBytes, CacheRoot: opts.CacheRoot, DeferSync: opts.DeferSync})
 		if err != nil {
 			return nil, err
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/ingest"
 	"github.com/engram-vm/engram/qcow2"
 )
@@ -65,7 +66,10 @@ var ingestCommand = &cli.Command{
 			}
 			imgs = append(imgs, im)
 		}
-		st, err := openStore(c, true, true)
+		// Packs become durable together at each image's commit (its
+		// journal object), not one by one: see docs/DESIGN.md
+		// "Durability".
+		st, err := openStoreWith(c, true, true, storeurl.Options{DeferSync: true})
 		if err != nil {
 			return err
 		}

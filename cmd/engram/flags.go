@@ -58,12 +58,18 @@ func storeDir(c *cli.Context) (string, error) {
 // directory, or an empty prefix of an existing bucket, becomes a new store
 // with default parameters.
 func openStore(c *cli.Context, write, create bool) (storeurl.Store, error) {
-	return openStoreLocked(c, write, create, false)
+	return openStoreWith(c, write, create, storeurl.Options{})
 }
 
 // openStoreLocked is openStore; exclusive takes a directory store's lock
 // exclusively (gc), so that no ingest runs until it is closed.
 func openStoreLocked(c *cli.Context, write, create, exclusive bool) (storeurl.Store, error) {
+	return openStoreWith(c, write, create, storeurl.Options{Exclusive: exclusive})
+}
+
+// openStoreWith is openStore with the options the flags do not set
+// (Exclusive, DeferSync) taken from o.
+func openStoreWith(c *cli.Context, write, create bool, o storeurl.Options) (storeurl.Store, error) {
 	dir, err := storeDir(c)
 	if err != nil {
 		return nil, err
@@ -89,7 +95,8 @@ func openStoreLocked(c *cli.Context, write, create, exclusive bool) (storeurl.St
 	}
 	return storeurl.Open(c.Context, dir, storeurl.Options{
 		ReadOnly:    !write,
-		Exclusive:   exclusive,
+		Exclusive:   o.Exclusive,
+		DeferSync:   o.DeferSync,
 		LockTimeout: c.Duration(lockFlag.Name),
 		Command:     strings.Join(os.Args, " "),
 		TrustIDs:    true, // every chunk the CLI puts was hashed just before
