@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 
 	"github.com/engram-vm/engram/chunkstore"
@@ -33,6 +34,7 @@ func main() {
 	out := flag.String("o", "cpu.pprof", "CPU profile output")
 	reingest := flag.Bool("reingest", false, "profile a second ingest of the same images")
 	memOut := flag.String("memprofile", "", "also write a heap profile (alloc_space shows the big allocators)")
+	flag.StringVar(&traceOut, "trace", "", "also write an execution trace of the profiled pass (go tool trace -pprof=sync FILE shows where goroutines wait)")
 	restoreFrom := flag.String("restore", "", "profile restores of the given IDs from this store instead of ingest")
 	flag.StringVar(&initOpts.Compression, "compression", "", "store compression (init --compression; default: the store default)")
 	flag.IntVar(&initOpts.BlockSize, "block-size", 0, "store block size in bytes (default: the store default)")
@@ -51,7 +53,10 @@ func main() {
 	}
 }
 
-var initOpts chunkstore.InitOptions
+var (
+	initOpts chunkstore.InitOptions
+	traceOut string
+)
 
 func run(out, memOut string, reingest bool, images []string) error {
 	ctx := context.Background()
@@ -103,7 +108,20 @@ func run(out, memOut string, reingest bool, images []string) error {
 	if memOut != "" {
 		runtime.MemProfileRate = 64 << 10
 	}
+	if traceOut != "" {
+		tf, err := os.Create(traceOut)
+		if err != nil {
+			return err
+		}
+		defer tf.Close()
+		if err := trace.Start(tf); err != nil {
+			return err
+		}
+	}
 	err = pass()
+	if traceOut != "" {
+		trace.Stop()
+	}
 	pprof.StopCPUProfile()
 	if err != nil || memOut == "" {
 		return err
