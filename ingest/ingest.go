@@ -41,6 +41,11 @@ type Options struct {
 	// pages go to the store): how restore --backing learns the content of
 	// a backing file that was never ingested.
 	HashOnly bool
+
+	// known: the data is most likely in the store already (a --reread of
+	// a layer whose fingerprint is in the catalog), so flat reads start
+	// mapped instead of waiting for the first batch to say so.
+	known bool
 }
 
 const (
@@ -118,7 +123,9 @@ type producer func(ctx context.Context, emit func(chunkJob) error) (read int64, 
 // records it with engram.Commit, so a cancelled or failed run leaves only
 // unreferenced chunks behind.
 func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*Result, error) {
-	return run(ctx, st, src, opts, &mapPolicy{always: opts.HashOnly})
+	pol := &mapPolicy{always: opts.HashOnly}
+	pol.mapped.Store(opts.known)
+	return run(ctx, st, src, opts, pol)
 }
 
 // run is Run with the policy for mapped reads given (tests force it).
@@ -560,8 +567,8 @@ func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch, 
 // fifth of the bytes are new. So reads are mapped while under policyNew of
 // the recent bytes stored were new, and copied (pread into the buffer the
 // store compresses from, hashed once) otherwise and until the first batch
-// says: a first ingest hashes every byte once, a re-ingest maps all but
-// its first few reads.
+// says (or Options.known hints): a first ingest hashes every byte once, a
+// re-ingest maps all but its first few reads (all of them with --reread).
 type mapPolicy struct {
 	always bool
 	mapped atomic.Bool

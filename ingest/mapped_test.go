@@ -19,7 +19,13 @@ type mapCounter struct {
 	*qcow2.Image
 	path     string
 	ok       atomic.Int64
+	preads   atomic.Int64
 	truncate bool
+}
+
+func (m *mapCounter) ReadAt(b []byte, off int64) (int, error) {
+	m.preads.Add(1)
+	return m.Image.ReadAt(b, off)
 }
 
 func (m *mapCounter) Mapped(off, n int64) ([]byte, bool, error) {
@@ -76,6 +82,16 @@ func TestRunMappedMatchesRead(t *testing.T) {
 	}
 	if src.ok.Load() == 0 {
 		t.Fatal("re-ingest: no read was served from the mapping")
+	}
+	// Told the data is known (--reread of a known fingerprint): no read
+	// is copied.
+	src.ok.Store(0)
+	src.preads.Store(0)
+	if _, err := Run(ctx, st, src, Options{Workers: 2, known: true}); err != nil {
+		t.Fatal(err)
+	}
+	if src.ok.Load() == 0 || src.preads.Load() != 0 {
+		t.Fatalf("re-ingest of known data: %d mapped reads, %d copied", src.ok.Load(), src.preads.Load())
 	}
 	want, err := Run(ctx, chunkstore.NewMemory(st.Params()), &memSource{disk}, Options{Workers: 2})
 	if err != nil {
