@@ -85,6 +85,9 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 			return fail("catalog", err)
 		} else if ok && opts.Reread {
 			lopts.known = true
+			if root, err := engram.LoadRoot(ctx, st, id); err == nil {
+				lopts.prior = &root
+			}
 		} else if ok {
 			root, err := engram.LoadRoot(ctx, st, id)
 			if err != nil {
