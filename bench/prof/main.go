@@ -6,8 +6,9 @@
 //	go tool pprof -top cpu.pprof
 //	go run ./bench/prof -memprofile mem.pprof IMAGE && go tool pprof -sample_index=alloc_space -top mem.pprof
 //
-// With -reingest the images are ingested once unprofiled and then profiled
-// a second time (known data only). With -restore STORE the arguments are
+// Images are ingested as `engram ingest --reread` does (ingest.Image): with
+// -reingest once unprofiled and then profiled a second time (known data
+// only, each layer cut where its first engram's chunks lie). With -restore STORE the arguments are
 // engram IDs or names in STORE, each restored under the profiler to a
 // scratch qcow2.
 package main
@@ -81,12 +82,14 @@ func run(out, memOut string, reingest bool, images []string) error {
 				return err
 			}
 			t0 := time.Now()
-			res, err := ingest.Run(ctx, st, im, ingest.Options{})
+			// Through ingest.Image, as the CLI does: a second pass is then
+			// what `ingest --reread` does with a known layer.
+			lrs, err := ingest.Image(ctx, st, im, ingest.ImageOptions{Reread: true})
 			im.Close()
 			if err != nil {
 				return fmt.Errorf("ingest %s: %w", path, err)
 			}
-			s := res.Stats
+			s := lrs[len(lrs)-1].Record.Stats
 			fmt.Fprintf(os.Stderr, "%s: %d data bytes, %d new, %.2fs (%.0f MB/s)\n", path, s.DataBytes, s.NewBytes,
 				time.Since(t0).Seconds(), float64(s.DataBytes)/time.Since(t0).Seconds()/1e6)
 		}
