@@ -80,9 +80,15 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 		}
 		lr := LayerResult{Path: l.Path()}
 		var res *Result
+		lopts := opts.Options
 		if id, ok, err := engram.LookupFingerprint(ctx, st, fp); err != nil {
 			return fail("catalog", err)
-		} else if ok && !opts.Reread {
+		} else if ok && opts.Reread {
+			lopts.known = true
+			if root, err := engram.LoadRoot(ctx, st, id); err == nil {
+				lopts.prior = &root
+			}
+		} else if ok {
 			root, err := engram.LoadRoot(ctx, st, id)
 			if err != nil {
 				return fail("catalog", err)
@@ -99,10 +105,10 @@ func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts Imag
 		}
 		if res == nil {
 			if parent != nil && parent.Size > 0 {
-				res, err = RunIncremental(ctx, st, l, *parent, opts.Options)
+				res, err = RunIncremental(ctx, st, l, *parent, lopts)
 				lr.Incremental = true
 			} else {
-				res, err = Run(ctx, st, l, opts.Options)
+				res, err = Run(ctx, st, l, lopts)
 			}
 			if err != nil {
 				return fail("", err)

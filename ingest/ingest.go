@@ -41,6 +41,15 @@ type Options struct {
 	// pages go to the store): how restore --backing learns the content of
 	// a backing file that was never ingested.
 	HashOnly bool
+
+	// known: the data is most likely in the store already (a --reread of
+	// a layer whose fingerprint is in the catalog), so flat reads start
+	// mapped instead of waiting for the first batch to say so.
+	known bool
+	// prior: that layer's engram; a re-read of the same size is cut where
+	// its chunks lie instead of chunked (see guide), and chunked as usual
+	// if the image turns out to differ.
+	prior *engram.Root
 }
 
 const (
@@ -66,6 +75,7 @@ type Result struct {
 	// Sketch is the engram's signature, built from every ref of the
 	// manifest (new and reused chunks alike).
 	Sketch []byte
+	guided bool // cut where Options.prior's chunks lie (tests)
 }
 
 // chunkJob is one chunk of the manifest in guest order: new data to hash
@@ -78,6 +88,9 @@ type chunkJob struct {
 	id    chunkstore.ID
 	n     uint32
 	reuse bool
+	// check: a guided chunk (see guide), which must hash to want.
+	check bool
+	want  chunkstore.ID
 }
 
 // readBuf is a read buffer that chunks borrow from (see
@@ -118,6 +131,13 @@ type producer func(ctx context.Context, emit func(chunkJob) error) (read int64, 
 // records it with engram.Commit, so a cancelled or failed run leaves only
 // unreferenced chunks behind.
 func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*Result, error) {
+	pol := &mapPolicy{always: opts.HashOnly}
+	pol.mapped.Store(opts.known)
+	return run(ctx, st, src, opts, pol)
+}
+
+// run is Run with the policy for mapped reads given (tests force it).
+func run(ctx context.Context, st chunkstore.Store, src Source, opts Options, pol *mapPolicy) (*Result, error) {
 	ch, err := NewChunker(st.Params().Chunking)
 	if err != nil {
 		return nil, err
@@ -127,9 +147,20 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 	if err != nil {
 		return nil, err
 	}
-	pol := &mapPolicy{always: opts.HashOnly}
+	if p := opts.prior; p != nil && p.Size == src.Size() && !opts.HashOnly {
+		res, err := pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
+			gd := &guide{cur: engram.NewCursor(ctx, st, *p), ch: ch}
+			return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress, pol, gd)
+		})
+		if err == nil {
+			res.guided = true
+		}
+		if !errors.Is(err, errChanged) {
+			return res, err
+		}
+	}
 	return pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
-		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress, pol)
+		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress, pol, nil)
 	})
 }
 
@@ -142,8 +173,9 @@ func workers(opts Options) int {
 
 // produceFlat plans 4 MiB aligned reads over the data extents, runs them on
 // n readers (decompression of compressed clusters happens here, in
-// parallel), puts them back in order and cuts them into chunks.
-func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress, pol *mapPolicy) (int64, error) {
+// parallel), puts them back in order and cuts them into chunks: with the
+// chunker, or where gd (non-nil) says.
+func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress, pol *mapPolicy, gd *guide) (int64, error) {
 	size := src.Size()
 	align := int64(ch.p.Align)
 	type readJob struct {
@@ -201,7 +233,10 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 					}
 					if ok {
 						qcow2.Prefault(b)
-						cls := ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+						var cls []byte
+						if gd == nil {
+							cls = ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+						}
 						if err := send(ctx, results, readResult{job: j, data: b, cls: cls}); err != nil {
 							return err
 						}
@@ -213,7 +248,10 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 				if _, err := src.ReadAt(b, j.off); err != nil && !(errors.Is(err, io.EOF) && j.off+int64(j.n) >= size) {
 					return fmt.Errorf("read guest %#x+%#x: %w", j.off, j.n, err)
 				}
-				cls := ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+				var cls []byte
+				if gd == nil {
+					cls = ch.Classify(b, make([]byte, 0, (len(b)+int(align)-1)/int(align)))
+				}
 				if err := send(ctx, results, readResult{job: j, buf: bp, data: b, cls: cls}); err != nil {
 					return err
 				}
@@ -226,8 +264,8 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 	var read int64
 	g.Go(guard(func() error {
 		var cur *readBuf
-		sp := ch.NewBorrowingSplitter(func(off int64, data []byte, borrowed bool) error {
-			j := chunkJob{off: off, data: data, n: uint32(len(data))}
+		cut := func(off int64, data []byte, borrowed, check bool, want chunkstore.ID) error {
+			j := chunkJob{off: off, data: data, n: uint32(len(data)), check: check, want: want}
 			if borrowed && cur.full {
 				cur.hold()
 				j.owner = cur
@@ -244,7 +282,19 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 				return err
 			}
 			return nil
+		}
+		sp := ch.NewBorrowingSplitter(func(off int64, data []byte, borrowed bool) error {
+			return cut(off, data, borrowed, false, chunkstore.ID{})
 		})
+		write := func(off int64, data, cls []byte) error { return sp.WriteClassified(off, data, cls) }
+		flush := sp.Flush
+		if gd != nil {
+			gd.emit = func(off int64, data []byte, borrowed bool, want chunkstore.ID) error {
+				return cut(off, data, borrowed, true, want)
+			}
+			write = func(off int64, data, _ []byte) error { return gd.write(off, data) }
+			flush = gd.finish
+		}
 		pending := map[int64]readResult{}
 		var next int64
 		for r := range results {
@@ -263,7 +313,7 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 					cur.done = func() { qcow2.Release(data); <-tokens }
 				}
 				cur.hold() // the splitter's, while it cuts this buffer
-				err := sp.WriteClassified(r.job.off, r.data, r.cls)
+				err := write(r.job.off, r.data, r.cls)
 				cur.release()
 				if err != nil {
 					return err
@@ -277,7 +327,7 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 		if len(pending) > 0 {
 			return ctx.Err()
 		}
-		return sp.Flush()
+		return flush()
 	}))
 	err := g.Wait()
 	return read, err
@@ -430,6 +480,10 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 				delete(pending, next)
 				next++
 				<-tokens
+				if c.check && c.id != c.want {
+					releaseData(ch, c.data, c.owner)
+					return errChanged
+				}
 				ref := engram.ChunkRef{Offset: c.off, Length: c.n, ID: c.id}
 				if err := b.Add(ref); err != nil {
 					return err
@@ -548,28 +602,40 @@ func storeBatch(ctx context.Context, st chunkstore.Store, ch *Chunker, b batch, 
 	return added, nb, nil
 }
 
-// mapPolicy decides whether flat reads use the file's mapping. Mapped
-// reads save pread's copy of every byte, but a new chunk must then be
-// copied out and hashed again before it is stored (see storeBatch): a win
-// when most chunks are known (re-ingest, similar images), a loss when most
-// are new (a first ingest). So reads are mapped while less than 2/5 of
-// the bytes stored so far were new (and always when nothing is stored).
+// mapPolicy decides whether a flat read uses the file's mapping. A mapped
+// read saves pread's copy of every byte (on the template ~0.07 CPU-s per
+// 481 MB, mostly kernel time), but each new chunk read from it must then be
+// copied out and hashed again before it is stored (see storeBatch), ~0.33
+// CPU-s per 481 MB of new data: mapping pays only while under about a
+// fifth of the bytes are new. So reads are mapped while under policyNew of
+// the recent bytes stored were new, and copied (pread into the buffer the
+// store compresses from, hashed once) otherwise and until the first batch
+// says (or Options.known hints): a first ingest hashes every byte once, a
+// re-ingest maps all but its first few reads (all of them with --reread).
 type mapPolicy struct {
-	always          bool
-	known, newBytes atomic.Int64
+	always bool
+	mapped atomic.Bool
+	mu     sync.Mutex
+	known  int64 // recent bytes the store held, halved past policyWindow
+	fresh  int64 // recent new bytes, likewise
 }
 
-func (p *mapPolicy) useMap() bool {
-	if p == nil || p.always {
-		return true
-	}
-	k, n := p.known.Load(), p.newBytes.Load()
-	return 5*n < 2*(k+n) || k+n == 0
-}
+const (
+	policyNew    = 8        // map while new bytes are under 1/policyNew of recent ones
+	policyWindow = 64 << 20 // recent: the counts are halved past this, so the policy follows an image whose later part differs
+)
+
+func (p *mapPolicy) useMap() bool { return p == nil || p.always || p.mapped.Load() }
 
 func (p *mapPolicy) record(known, newBytes int64) {
-	p.known.Add(known)
-	p.newBytes.Add(newBytes)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.known += known
+	p.fresh += newBytes
+	for p.known+p.fresh > policyWindow {
+		p.known, p.fresh = p.known/2, p.fresh/2
+	}
+	p.mapped.Store(policyNew*p.fresh < p.known+p.fresh)
 }
 
 // mappedSource is a Source that can hand out guest bytes without a copy

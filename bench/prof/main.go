@@ -6,8 +6,9 @@
 //	go tool pprof -top cpu.pprof
 //	go run ./bench/prof -memprofile mem.pprof IMAGE && go tool pprof -sample_index=alloc_space -top mem.pprof
 //
-// With -reingest the images are ingested once unprofiled and then profiled
-// a second time (known data only). With -restore STORE the arguments are
+// Images are ingested as `engram ingest --reread` does (ingest.Image): with
+// -reingest once unprofiled and then profiled a second time (known data
+// only, each layer cut where its first engram's chunks lie). With -restore STORE the arguments are
 // engram IDs or names in STORE, each restored under the profiler to a
 // scratch qcow2.
 package main
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 
 	"github.com/engram-vm/engram/chunkstore"
@@ -33,6 +35,7 @@ func main() {
 	out := flag.String("o", "cpu.pprof", "CPU profile output")
 	reingest := flag.Bool("reingest", false, "profile a second ingest of the same images")
 	memOut := flag.String("memprofile", "", "also write a heap profile (alloc_space shows the big allocators)")
+	flag.StringVar(&traceOut, "trace", "", "also write an execution trace of the profiled pass (go tool trace -pprof=sync FILE shows where goroutines wait)")
 	restoreFrom := flag.String("restore", "", "profile restores of the given IDs from this store instead of ingest")
 	flag.StringVar(&initOpts.Compression, "compression", "", "store compression (init --compression; default: the store default)")
 	flag.IntVar(&initOpts.BlockSize, "block-size", 0, "store block size in bytes (default: the store default)")
@@ -51,7 +54,10 @@ func main() {
 	}
 }
 
-var initOpts chunkstore.InitOptions
+var (
+	initOpts chunkstore.InitOptions
+	traceOut string
+)
 
 func run(out, memOut string, reingest bool, images []string) error {
 	ctx := context.Background()
@@ -76,12 +82,14 @@ func run(out, memOut string, reingest bool, images []string) error {
 				return err
 			}
 			t0 := time.Now()
-			res, err := ingest.Run(ctx, st, im, ingest.Options{})
+			// Through ingest.Image, as the CLI does: a second pass is then
+			// what `ingest --reread` does with a known layer.
+			lrs, err := ingest.Image(ctx, st, im, ingest.ImageOptions{Reread: true})
 			im.Close()
 			if err != nil {
 				return fmt.Errorf("ingest %s: %w", path, err)
 			}
-			s := res.Stats
+			s := lrs[len(lrs)-1].Record.Stats
 			fmt.Fprintf(os.Stderr, "%s: %d data bytes, %d new, %.2fs (%.0f MB/s)\n", path, s.DataBytes, s.NewBytes,
 				time.Since(t0).Seconds(), float64(s.DataBytes)/time.Since(t0).Seconds()/1e6)
 		}
@@ -103,7 +111,20 @@ func run(out, memOut string, reingest bool, images []string) error {
 	if memOut != "" {
 		runtime.MemProfileRate = 64 << 10
 	}
+	if traceOut != "" {
+		tf, err := os.Create(traceOut)
+		if err != nil {
+			return err
+		}
+		defer tf.Close()
+		if err := trace.Start(tf); err != nil {
+			return err
+		}
+	}
 	err = pass()
+	if traceOut != "" {
+		trace.Stop()
+	}
 	pprof.StopCPUProfile()
 	if err != nil || memOut == "" {
 		return err
