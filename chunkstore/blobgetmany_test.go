@@ -461,3 +461,59 @@ func TestBlobGetManyShortRead(t *testing.T) {
 		t.Fatalf("GetMany over short reads = %v", err)
 	}
 }
+
+// Chunks asked for back to back in one buffer, as restore does: every
+// frame decodes straight into it, the decoder using the start of the next
+// frame's memory as scratch (decodeSlack), never the memory past the last
+// chunk. A damaged frame among them is a one-line *CorruptChunkError.
+func TestBlobGetManyBackToBack(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{PackSize: 1 << 20, BlockSize: 64 << 10})
+	s, err := OpenBlob(ctx, bs, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cs := mkChunks(500, 60, 9000)
+	if _, err := s.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	read := func() ([][]byte, []byte, error) {
+		n := 0
+		for _, c := range cs {
+			n += len(c.Data)
+		}
+		arr := bytes.Repeat([]byte{0xaa}, n+4096)
+		ids, bufs := make([]ID, len(cs)), make([][]byte, len(cs))
+		off := 0
+		for i, c := range cs {
+			ids[i], bufs[i] = c.ID, arr[off:off+len(c.Data)]
+			off += len(c.Data)
+		}
+		s.cache.reset()
+		return bufs, arr[n:], s.GetMany(ctx, ids, bufs)
+	}
+	bufs, tail, err := read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGot(t, cs, bufs)
+	if !bytes.Equal(tail, bytes.Repeat([]byte{0xaa}, len(tail))) {
+		t.Fatal("GetMany wrote past the last buffer")
+	}
+	// Several frames, compressed, so the slack path was taken.
+	_, first := frameOf(t, s, cs[0].ID)
+	h, mid := frameOf(t, s, cs[30].ID)
+	if first.FrameOff == mid.FrameOff {
+		t.Fatal("test wants several frames")
+	}
+	if !bs.Corrupt(packObject(h), mid.FrameOff+int64(mid.FrameLen)/2) {
+		t.Fatal("corrupt failed")
+	}
+	_, _, err = read()
+	var ce *CorruptChunkError
+	if !errors.As(err, &ce) || ce.Offset != mid.FrameOff || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("GetMany over a damaged frame = %v", err)
+	}
+}
