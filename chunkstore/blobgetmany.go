@@ -43,7 +43,36 @@ const remoteReaders = 8
 var (
 	_ ManyGetter      = (*BlobStore)(nil)
 	_ ReadParallelism = (*BlobStore)(nil)
+	_ BlockStarter    = (*BlobStore)(nil)
 )
+
+// BlockStarts implements BlockStarter, from the index in one transaction.
+func (s *BlobStore) BlockStarts(ctx context.Context, ids []ID, starts []bool) error {
+	if err := s.check(false); err != nil {
+		return err
+	}
+	if len(ids) != len(starts) {
+		return fmt.Errorf("chunkstore: BlockStarts of %d IDs into %d results", len(ids), len(starts))
+	}
+	return s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		for i, id := range ids {
+			v := chunks.Get(id[:])
+			if v == nil {
+				return &NotFoundError{ID: id}
+			}
+			e, err := decodeEntry(id, v)
+			if err != nil {
+				return err
+			}
+			starts[i] = e.BlockOff == 0
+		}
+		return nil
+	})
+}
 
 // ReadParallelism is implemented by stores whose reads gain from more
 // batches in flight than a reader would start for a local disk: each read

@@ -517,3 +517,45 @@ func TestBlobGetManyBackToBack(t *testing.T) {
 		t.Fatalf("GetMany over a damaged frame = %v", err)
 	}
 }
+
+// BlockStarts says which chunks are the first of their frame; a chunk not
+// stored is a *NotFoundError.
+func TestBlobBlockStarts(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{PackSize: 1 << 20, BlockSize: 64 << 10})
+	s, err := OpenBlob(ctx, bs, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cs := mkChunks(700, 40, 9000)
+	if _, err := s.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]ID, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	starts := make([]bool, len(ids))
+	if ok, err := BlockStarts(ctx, s, ids, starts); !ok || err != nil {
+		t.Fatalf("BlockStarts: %v %v", ok, err)
+	}
+	n := 0
+	for i, id := range ids {
+		if _, e := frameOf(t, s, id); starts[i] != (e.BlockOff == 0) {
+			t.Fatalf("chunk %d: start %v, block offset %d", i, starts[i], e.BlockOff)
+		}
+		if starts[i] {
+			n++
+		}
+	}
+	if n < 3 || !starts[0] {
+		t.Fatalf("%d block starts among %d chunks", n, len(ids))
+	}
+	missing := mkChunk(9999, 100).ID
+	var nf *NotFoundError
+	if err := s.BlockStarts(ctx, []ID{ids[0], missing}, make([]bool, 2)); !errors.As(err, &nf) || nf.ID != missing {
+		t.Fatalf("BlockStarts of a missing chunk: %v", err)
+	}
+}

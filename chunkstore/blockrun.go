@@ -1,6 +1,9 @@
 package chunkstore
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+)
 
 // Whole-block runs: the decoding both stores' GetMany share.
 //
@@ -119,4 +122,24 @@ func (f *frame) decodeInto(dst []byte, slack int) error {
 		return fmt.Errorf("block decompressed to %d bytes, frame says %d", len(out), f.RawLen)
 	}
 	return nil
+}
+
+// BlockStarter is implemented by stores that can say which chunks start a
+// block (are the first chunk of their frame). A reader that cuts its
+// GetMany batches just before such chunks asks for whole blocks only, and
+// each is decoded straight into its buffers (restore does).
+type BlockStarter interface {
+	// BlockStarts sets starts[i] to whether ids[i] starts a block. A chunk
+	// not in the store is an error (*NotFoundError), as for Get.
+	BlockStarts(ctx context.Context, ids []ID, starts []bool) error
+}
+
+// BlockStarts fills starts as r's BlockStarts does; ok is false (and
+// starts untouched) when r cannot tell.
+func BlockStarts(ctx context.Context, r Reader, ids []ID, starts []bool) (ok bool, err error) {
+	b, ok := r.(BlockStarter)
+	if !ok {
+		return false, nil
+	}
+	return true, b.BlockStarts(ctx, ids, starts)
 }

@@ -232,6 +232,9 @@ const (
 	// jobChunks bounds the chunks of one job (small chunks of a sparse
 	// image would otherwise make many tiny writes per job anyway).
 	jobChunks = 256
+	// placeBatch is how many chunks of the manifest one BlockStarts call
+	// asks about.
+	placeBatch = 512
 	// writeDepth is how many jobs' writes may be in flight at once (for a
 	// startSink): the next write is in the kernel's hands while the
 	// goroutine of the last one waits for a core that decoders are using.
@@ -301,17 +304,61 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 			cur, curBytes = nil, 0
 			return nil
 		}
-		err := engram.ForEachChunk(ctx, r, root, func(c engram.ChunkRef) error {
-			if len(cur) > 0 && (curBytes+int(c.Length) > jobBytes || len(cur) >= jobChunks) {
-				if err := flush(); err != nil {
-					return err
-				}
+		// Jobs are cut just before a chunk that starts a block where the
+		// store can tell (BlockStarter), so that no block is shared by two
+		// jobs: each is decoded straight into one job's buffer, none goes
+		// through the block cache (a buffer to allocate, a copy out, a
+		// fetcher waiting for another's decode).
+		var pend []engram.ChunkRef // read from the manifest, not in a job yet
+		var ids []chunkstore.ID
+		var starts []bool
+		cutAt, cutBytes := 0, 0 // the last block start in cur, and the bytes before it
+		place := func() error {
+			ids = ids[:0]
+			for _, c := range pend {
+				ids = append(ids, c.ID)
 			}
-			cur = append(cur, c)
-			curBytes += int(c.Length)
+			starts = slices.Grow(starts[:0], len(pend))[:len(pend)]
+			// An error here (a chunk not found) is left to the fetch,
+			// which names its guest offset: jobs are then cut anywhere.
+			known, err := chunkstore.BlockStarts(ctx, r, ids, starts)
+			known = known && err == nil
+			for i, c := range pend {
+				if len(cur) > 0 && (curBytes+int(c.Length) > jobBytes || len(cur) >= jobChunks) {
+					if known && cutAt > 0 && cutBytes >= jobBytes/2 {
+						rest := slices.Clone(cur[cutAt:])
+						cur, curBytes = cur[:cutAt], cutBytes
+						if err := flush(); err != nil {
+							return err
+						}
+						cur = rest
+						for _, c := range rest {
+							curBytes += int(c.Length)
+						}
+					} else if err := flush(); err != nil {
+						return err
+					}
+					cutAt = 0
+				}
+				if known && starts[i] && len(cur) > 0 {
+					cutAt, cutBytes = len(cur), curBytes
+				}
+				cur = append(cur, c)
+				curBytes += int(c.Length)
+			}
+			pend = pend[:0]
+			return nil
+		}
+		err := engram.ForEachChunk(ctx, r, root, func(c engram.ChunkRef) error {
+			if pend = append(pend, c); len(pend) >= placeBatch {
+				return place()
+			}
 			return nil
 		})
 		if err != nil {
+			return err
+		}
+		if err := place(); err != nil {
 			return err
 		}
 		return flush()
