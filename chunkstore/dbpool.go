@@ -43,9 +43,15 @@ type dbPool struct {
 }
 
 const (
-	dbLinger   = 2 * time.Millisecond
-	dbMaxHold  = time.Second
-	dbRotPause = 120 * time.Millisecond // > bbolt's 50 ms flock poll, with slack for a loaded machine
+	dbLinger = 2 * time.Millisecond
+	// dbReadLinger is the linger after a read: restore's fetchers look
+	// chunks up every few ms between decodes, and with 2 ms the handle was
+	// closed and reopened (flock, mmap) ~60 times in a restore of a clone,
+	// each reopen holding up every other lookup. A process waiting polls
+	// every 50 ms anyway and says so (dbWaitSuffix).
+	dbReadLinger = 25 * time.Millisecond
+	dbMaxHold    = time.Second
+	dbRotPause   = 120 * time.Millisecond // > bbolt's 50 ms flock poll, with slack for a loaded machine
 	// dbMaxHoldAlone bounds a hold when no process marked that it waits
 	// (one too old to leave the mark still gets its turn).
 	dbMaxHoldAlone = 10 * time.Second
@@ -166,7 +172,7 @@ func (p *dbPool) open(ctx context.Context) (db *bolt.DB, err error) {
 	}
 }
 
-func (p *dbPool) release() {
+func (p *dbPool) release(write bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.refs--
@@ -181,7 +187,11 @@ func (p *dbPool) release() {
 		return
 	}
 	gen := p.gen
-	p.linger = time.AfterFunc(dbLinger, func() {
+	linger := dbReadLinger
+	if write {
+		linger = dbLinger
+	}
+	p.linger = time.AfterFunc(linger, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.gen == gen && p.refs == 0 && p.db != nil {
@@ -237,7 +247,7 @@ func (p *dbPool) run(ctx context.Context, write bool, fn func(tx *bolt.Tx) error
 	if err != nil {
 		return err
 	}
-	defer p.release()
+	defer p.release(write)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%s: %v: %w", p.path, r, ErrIndexDamaged)
