@@ -43,7 +43,36 @@ const remoteReaders = 8
 var (
 	_ ManyGetter      = (*BlobStore)(nil)
 	_ ReadParallelism = (*BlobStore)(nil)
+	_ BlockStarter    = (*BlobStore)(nil)
 )
+
+// BlockStarts implements BlockStarter, from the index in one transaction.
+func (s *BlobStore) BlockStarts(ctx context.Context, ids []ID, starts []bool) error {
+	if err := s.check(false); err != nil {
+		return err
+	}
+	if len(ids) != len(starts) {
+		return fmt.Errorf("chunkstore: BlockStarts of %d IDs into %d results", len(ids), len(starts))
+	}
+	return s.db.view(ctx, func(tx *bolt.Tx) error {
+		chunks, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		for i, id := range ids {
+			v := chunks.Get(id[:])
+			if v == nil {
+				return &NotFoundError{ID: id}
+			}
+			e, err := decodeEntry(id, v)
+			if err != nil {
+				return err
+			}
+			starts[i] = e.BlockOff == 0
+		}
+		return nil
+	})
+}
 
 // ReadParallelism is implemented by stores whose reads gain from more
 // batches in flight than a reader would start for a local disk: each read
@@ -354,10 +383,23 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 		}
 		return err // the bucket cannot be reached: not damage
 	}
-	for _, f := range r.frames {
+	dsts := make([][]byte, len(r.frames))
+	for k, f := range r.frames {
+		dsts[k] = wholeRun(ents, bufs, f.idx)
+	}
+	for k, f := range r.frames {
 		fb := buf[f.off-r.off : f.off-r.off+f.len]
-		if dst := wholeRun(ents, bufs, f.idx); dst != nil && s.decodeDirect(f, fb, dst, ids, ents) {
-			continue
+		if dst := dsts[k]; dst != nil {
+			// The decoder may scribble past dst's end (decodeSlack) when
+			// that is the next frame's memory, which this loop fills
+			// next: a restore's frames lie in its buffer in pack order.
+			slack := 0
+			if k+1 < len(dsts) && dsts[k+1] != nil && adjacent(dst, dsts[k+1]) {
+				slack = min(decodeSlack, len(dsts[k+1]))
+			}
+			if s.decodeDirect(f, fb, dst, slack, ids, ents) {
+				continue
+			}
 		}
 		cb, fe := decodeBlobFrame(f, fb, len(r.frames) > 1)
 		if fe != nil {
@@ -384,13 +426,13 @@ var errDecodedDirect = errors.New("block decoded into another caller's buffers")
 // call asks for every chunk of its block, back to back (wholeRun), and
 // checks each chunk; false leaves the frame to the cached path, which also
 // reports any damage.
-func (s *BlobStore) decodeDirect(f *wantFrame, fb, dst []byte, ids []ID, ents []entry) bool {
+func (s *BlobStore) decodeDirect(f *wantFrame, fb, dst []byte, slack int, ids []ID, ents []entry) bool {
 	fr, n, err := decodeFrame(fb)
 	if err != nil || n != f.len {
 		return false
 	}
 	i, k := f.idx[0], f.idx[0]+len(f.idx)
-	if ok, _, err := fr.decodeRunInto(dst, ids[i:k], ents[i:k]); !ok || err != nil {
+	if ok, _, err := fr.decodeRunInto(dst, slack, ids[i:k], ents[i:k]); !ok || err != nil {
 		return false
 	}
 	s.finishLoad(f, nil, errDecodedDirect)

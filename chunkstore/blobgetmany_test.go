@@ -461,3 +461,101 @@ func TestBlobGetManyShortRead(t *testing.T) {
 		t.Fatalf("GetMany over short reads = %v", err)
 	}
 }
+
+// Chunks asked for back to back in one buffer, as restore does: every
+// frame decodes straight into it, the decoder using the start of the next
+// frame's memory as scratch (decodeSlack), never the memory past the last
+// chunk. A damaged frame among them is a one-line *CorruptChunkError.
+func TestBlobGetManyBackToBack(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{PackSize: 1 << 20, BlockSize: 64 << 10})
+	s, err := OpenBlob(ctx, bs, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cs := mkChunks(500, 60, 9000)
+	if _, err := s.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	read := func() ([][]byte, []byte, error) {
+		n := 0
+		for _, c := range cs {
+			n += len(c.Data)
+		}
+		arr := bytes.Repeat([]byte{0xaa}, n+4096)
+		ids, bufs := make([]ID, len(cs)), make([][]byte, len(cs))
+		off := 0
+		for i, c := range cs {
+			ids[i], bufs[i] = c.ID, arr[off:off+len(c.Data)]
+			off += len(c.Data)
+		}
+		s.cache.reset()
+		return bufs, arr[n:], s.GetMany(ctx, ids, bufs)
+	}
+	bufs, tail, err := read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGot(t, cs, bufs)
+	if !bytes.Equal(tail, bytes.Repeat([]byte{0xaa}, len(tail))) {
+		t.Fatal("GetMany wrote past the last buffer")
+	}
+	// Several frames, compressed, so the slack path was taken.
+	_, first := frameOf(t, s, cs[0].ID)
+	h, mid := frameOf(t, s, cs[30].ID)
+	if first.FrameOff == mid.FrameOff {
+		t.Fatal("test wants several frames")
+	}
+	if !bs.Corrupt(packObject(h), mid.FrameOff+int64(mid.FrameLen)/2) {
+		t.Fatal("corrupt failed")
+	}
+	_, _, err = read()
+	var ce *CorruptChunkError
+	if !errors.As(err, &ce) || ce.Offset != mid.FrameOff || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("GetMany over a damaged frame = %v", err)
+	}
+}
+
+// BlockStarts says which chunks are the first of their frame; a chunk not
+// stored is a *NotFoundError.
+func TestBlobBlockStarts(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{PackSize: 1 << 20, BlockSize: 64 << 10})
+	s, err := OpenBlob(ctx, bs, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cs := mkChunks(700, 40, 9000)
+	if _, err := s.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]ID, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	starts := make([]bool, len(ids))
+	if ok, err := BlockStarts(ctx, s, ids, starts); !ok || err != nil {
+		t.Fatalf("BlockStarts: %v %v", ok, err)
+	}
+	n := 0
+	for i, id := range ids {
+		if _, e := frameOf(t, s, id); starts[i] != (e.BlockOff == 0) {
+			t.Fatalf("chunk %d: start %v, block offset %d", i, starts[i], e.BlockOff)
+		}
+		if starts[i] {
+			n++
+		}
+	}
+	if n < 3 || !starts[0] {
+		t.Fatalf("%d block starts among %d chunks", n, len(ids))
+	}
+	missing := mkChunk(9999, 100).ID
+	var nf *NotFoundError
+	if err := s.BlockStarts(ctx, []ID{ids[0], missing}, make([]bool, 2)); !errors.As(err, &nf) || nf.ID != missing {
+		t.Fatalf("BlockStarts of a missing chunk: %v", err)
+	}
+}

@@ -1,6 +1,9 @@
 package chunkstore
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+)
 
 // Whole-block runs: the decoding both stores' GetMany share.
 //
@@ -75,8 +78,10 @@ func adjacent(a, b []byte) bool {
 // dst untouched, when the run is not the frame's whole chunk list (the
 // caller then goes through the block cache). err is a reason to report
 // about the frame (decompression failed) or about one chunk (hash or
-// length mismatch); bad is the index in ids of that chunk, or -1.
-func (f *frame) decodeRunInto(dst []byte, ids []ID, ents []entry) (ok bool, bad int, err error) {
+// length mismatch); bad is the index in ids of that chunk, or -1. slack
+// bytes past dst (within its capacity) may be overwritten with garbage:
+// the caller passes more than 0 only for memory it writes again later.
+func (f *frame) decodeRunInto(dst []byte, slack int, ids []ID, ents []entry) (ok bool, bad int, err error) {
 	if int(f.RawLen) != len(dst) || len(f.Chunks) != len(ids) {
 		return false, -1, nil
 	}
@@ -85,7 +90,7 @@ func (f *frame) decodeRunInto(dst []byte, ids []ID, ents []entry) (ok bool, bad 
 			return false, -1, nil
 		}
 	}
-	if err := f.decodeInto(dst); err != nil {
+	if err := f.decodeInto(dst, slack); err != nil {
 		return true, -1, err
 	}
 	for j, c := range f.Chunks {
@@ -98,8 +103,9 @@ func (f *frame) decodeRunInto(dst []byte, ids []ID, ents []entry) (ok bool, bad 
 
 // decodeInto writes the frame's block into dst, which must be exactly the
 // block's length. The decoder is not allowed to grow dst, so the block
-// lands in the caller's memory or decoding fails.
-func (f *frame) decodeInto(dst []byte) error {
+// lands in the caller's memory or decoding fails. It may use slack bytes
+// past dst's end as scratch (see decodeSlack).
+func (f *frame) decodeInto(dst []byte, slack int) error {
 	if len(dst) != int(f.RawLen) {
 		return fmt.Errorf("block is %d bytes, buffer %d", f.RawLen, len(dst))
 	}
@@ -107,7 +113,8 @@ func (f *frame) decodeInto(dst []byte) error {
 		copy(dst, f.Payload)
 		return nil
 	}
-	out, err := decompressInto(f.Payload, dst[:0:len(dst)])
+	slack = max(0, min(slack, cap(dst)-len(dst)))
+	out, err := decompressInto(f.Payload, dst[:0:len(dst)+slack])
 	if err != nil {
 		return err
 	}
@@ -115,4 +122,24 @@ func (f *frame) decodeInto(dst []byte) error {
 		return fmt.Errorf("block decompressed to %d bytes, frame says %d", len(out), f.RawLen)
 	}
 	return nil
+}
+
+// BlockStarter is implemented by stores that can say which chunks start a
+// block (are the first chunk of their frame). A reader that cuts its
+// GetMany batches just before such chunks asks for whole blocks only, and
+// each is decoded straight into its buffers (restore does).
+type BlockStarter interface {
+	// BlockStarts sets starts[i] to whether ids[i] starts a block. A chunk
+	// not in the store is an error (*NotFoundError), as for Get.
+	BlockStarts(ctx context.Context, ids []ID, starts []bool) error
+}
+
+// BlockStarts fills starts as r's BlockStarts does; ok is false (and
+// starts untouched) when r cannot tell.
+func BlockStarts(ctx context.Context, r Reader, ids []ID, starts []bool) (ok bool, err error) {
+	b, ok := r.(BlockStarter)
+	if !ok {
+		return false, nil
+	}
+	return true, b.BlockStarts(ctx, ids, starts)
 }

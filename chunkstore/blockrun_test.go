@@ -105,7 +105,7 @@ func TestDecodeRunInto(t *testing.T) {
 		t.Fatalf("frame: codec %d, %v", f.Codec, err)
 	}
 	dst := make([]byte, n)
-	if ok, bad, err := f.decodeRunInto(dst, ids, ents); !ok || bad != -1 || err != nil {
+	if ok, bad, err := f.decodeRunInto(dst, 0, ids, ents); !ok || bad != -1 || err != nil {
 		t.Fatalf("whole block: %v %d %v", ok, bad, err)
 	}
 	off := 0
@@ -115,12 +115,12 @@ func TestDecodeRunInto(t *testing.T) {
 		}
 		off += len(c.Data)
 	}
-	if ok, _, _ := f.decodeRunInto(dst[:n-len(cs[4].Data)], ids[:4], ents[:4]); ok {
+	if ok, _, _ := f.decodeRunInto(dst[:n-len(cs[4].Data)], 0, ids[:4], ents[:4]); ok {
 		t.Fatal("part of a block accepted as a whole-block run")
 	}
 	other := append([]ID(nil), ids...)
 	other[2] = Sum([]byte("not this one"))
-	if ok, _, _ := f.decodeRunInto(dst, other, ents); ok {
+	if ok, _, _ := f.decodeRunInto(dst, 0, other, ents); ok {
 		t.Fatal("a run naming another chunk accepted")
 	}
 	// Damage behind a checksum that matches it: zstd fails or BLAKE3
@@ -133,7 +133,7 @@ func TestDecodeRunInto(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ok, i, err := f.decodeRunInto(make([]byte, n), ids, ents)
+		ok, i, err := f.decodeRunInto(make([]byte, n), 0, ids, ents)
 		if !ok || err == nil {
 			t.Fatalf("damage %d not found: %v %d %v", k, ok, i, err)
 		}

@@ -72,10 +72,17 @@ func (c *codec) compress(raw []byte) []byte {
 	return c.enc.EncodeAll(raw, make([]byte, 0, len(raw)))
 }
 
-// decompress inflates a zstd payload into a buffer of capacity rawLen; the
-// decoder refuses to grow it, so a lying frame cannot allocate more.
+// decodeSlack is room past a block's end for the decoder: with less than
+// its 16 bytes of spare capacity it decodes a frame's last zstd block with
+// bounds-exact copies. With the slack, 64 of the bench clone's 1 MiB
+// blocks took 3-7% less CPU (interleaved passes, 4 of 4 runs).
+const decodeSlack = 64
+
+// decompress inflates a zstd payload into a buffer of capacity rawLen (and
+// decodeSlack); the decoder refuses to grow it, so a lying frame cannot
+// allocate more.
 func decompress(payload []byte, rawLen int) ([]byte, error) {
-	return decompressInto(payload, make([]byte, 0, rawLen))
+	return decompressInto(payload, make([]byte, 0, rawLen+decodeSlack))
 }
 
 // decompressInto appends the inflated payload to dst, within its capacity.

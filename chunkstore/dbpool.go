@@ -18,7 +18,10 @@ import (
 // the handle lives only while transactions run, plus a short linger so
 // back-to-back calls reuse it; a handle kept busy for longer than maxHold
 // is closed and the pool pauses for longer than bbolt's 50 ms flock retry
-// interval, so a process waiting in bolt.Open gets its turn.
+// interval, so a process waiting in bolt.Open gets its turn. That happens
+// only when a process says it is waiting (it touches index.db.wait after
+// each attempt that timed out), or after dbMaxHoldAlone for those that do
+// not: a restore that nobody waits for never pauses.
 type dbPool struct {
 	path     string
 	readOnly bool
@@ -35,12 +38,26 @@ type dbPool struct {
 	linger     *time.Timer
 	gen        int // bumps on every close, so a stale linger timer does nothing
 	closed     bool
+	checkedAt  time.Time // last look at the wait mark
+	waiting    bool      // what it said
 }
 
 const (
-	dbLinger   = 2 * time.Millisecond
-	dbMaxHold  = time.Second
-	dbRotPause = 120 * time.Millisecond // > bbolt's 50 ms flock poll, with slack for a loaded machine
+	dbLinger = 2 * time.Millisecond
+	// dbReadLinger is the linger after a read: restore's fetchers look
+	// chunks up every few ms between decodes, and with 2 ms the handle was
+	// closed and reopened (flock, mmap) ~60 times in a restore of a clone,
+	// each reopen holding up every other lookup. A process waiting polls
+	// every 50 ms anyway and says so (dbWaitSuffix).
+	dbReadLinger = 25 * time.Millisecond
+	dbMaxHold    = time.Second
+	dbRotPause   = 120 * time.Millisecond // > bbolt's 50 ms flock poll, with slack for a loaded machine
+	// dbMaxHoldAlone bounds a hold when no process marked that it waits
+	// (one too old to leave the mark still gets its turn).
+	dbMaxHoldAlone = 10 * time.Second
+	dbWaitSuffix   = ".wait"
+	dbWaitFresh    = time.Second            // a mark this recent says someone waits (they touch it every 200 ms)
+	dbWaitCheck    = 100 * time.Millisecond // how often a holder looks at the mark
 )
 
 func newDBPool(path string, readOnly bool, timeout time.Duration) *dbPool {
@@ -57,7 +74,7 @@ func (p *dbPool) acquire(ctx context.Context) (*bolt.DB, error) {
 			return nil, ErrClosed
 		}
 		if p.db != nil && !p.draining {
-			if time.Since(p.openedAt) > dbMaxHold {
+			if held := time.Since(p.openedAt); held > dbMaxHold && (held > dbMaxHoldAlone || p.othersWaitLocked()) {
 				if p.refs == 0 {
 					p.closeLocked()
 					p.pauseUntil = time.Now().Add(dbRotPause)
@@ -99,6 +116,30 @@ func (p *dbPool) acquire(ctx context.Context) (*bolt.DB, error) {
 	return db, nil
 }
 
+// othersWaitLocked says whether a process marked recently that it waits
+// for index.db; it looks at the mark at most every dbWaitCheck.
+func (p *dbPool) othersWaitLocked() bool {
+	if now := time.Now(); now.Sub(p.checkedAt) >= dbWaitCheck {
+		p.checkedAt = now
+		fi, err := os.Stat(p.path + dbWaitSuffix)
+		p.waiting = err == nil && now.Sub(fi.ModTime()) < dbWaitFresh
+	}
+	return p.waiting
+}
+
+// markWaiting tells the process holding index.db that this one waits for
+// it. Failing (a read-only directory) only leaves that process to give the
+// file up after dbMaxHoldAlone.
+func (p *dbPool) markWaiting() {
+	name := p.path + dbWaitSuffix
+	now := time.Now()
+	if err := os.Chtimes(name, now, now); errors.Is(err, os.ErrNotExist) {
+		if f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE, 0o644); err == nil {
+			f.Close()
+		}
+	}
+}
+
 func (p *dbPool) open(ctx context.Context) (db *bolt.DB, err error) {
 	defer func() {
 		if r := recover(); r != nil { // bbolt panics on some damaged files
@@ -121,6 +162,7 @@ func (p *dbPool) open(ctx context.Context) (db *bolt.DB, err error) {
 		if !errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("%s: %w: %w", p.path, ErrIndexDamaged, err)
 		}
+		p.markWaiting()
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: waiting for another process: %w", p.path, ctx.Err())
 		}
@@ -130,7 +172,7 @@ func (p *dbPool) open(ctx context.Context) (db *bolt.DB, err error) {
 	}
 }
 
-func (p *dbPool) release() {
+func (p *dbPool) release(write bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.refs--
@@ -145,7 +187,11 @@ func (p *dbPool) release() {
 		return
 	}
 	gen := p.gen
-	p.linger = time.AfterFunc(dbLinger, func() {
+	linger := dbReadLinger
+	if write {
+		linger = dbLinger
+	}
+	p.linger = time.AfterFunc(linger, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.gen == gen && p.refs == 0 && p.db != nil {
@@ -201,7 +247,7 @@ func (p *dbPool) run(ctx context.Context, write bool, fn func(tx *bolt.Tx) error
 	if err != nil {
 		return err
 	}
-	defer p.release()
+	defer p.release(write)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%s: %v: %w", p.path, r, ErrIndexDamaged)

@@ -40,7 +40,7 @@ func FuzzFrame(f *testing.F) {
 					ids[i], ents[i] = c.ID, entry{BlockOff: c.Off, RawLen: c.Len}
 				}
 				dst := make([]byte, fr.RawLen)
-				ok, _, err := fr.decodeRunInto(dst, ids, ents)
+				ok, _, err := fr.decodeRunInto(dst, 0, ids, ents)
 				if !ok {
 					t.Fatal("a frame's own chunk list is not its whole block")
 				}

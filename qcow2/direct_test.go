@@ -5,6 +5,8 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -49,7 +51,9 @@ func TestWriterDirect(t *testing.T) {
 			}
 			ops = append(ops, op{off, p})
 		}
-		write := func(name string, direct bool) string {
+		// started: the in-order pass goes through StartWriteAt with up
+		// to three waits in flight at once (never two that overlap).
+		write := func(name string, direct, started bool) string {
 			path := filepath.Join(dir, name)
 			f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 			if err != nil {
@@ -80,11 +84,47 @@ func TestWriterDirect(t *testing.T) {
 					}
 				}
 			}
-			for _, o := range append(sorted, ops...) {
-				if _, err := w.WriteAt(o.p, o.off); err != nil {
-					t.Fatal(err)
+			var wg sync.WaitGroup
+			var inflight []op
+			var waitErr error
+			var mu sync.Mutex
+			drain := func() {
+				wg.Wait()
+				inflight = inflight[:0]
+				if waitErr != nil {
+					t.Fatal(waitErr)
 				}
 			}
+			for k, o := range append(sorted, ops...) {
+				if !started || k >= len(sorted) {
+					drain()
+					if _, err := w.WriteAt(o.p, o.off); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				for _, f := range inflight {
+					if len(inflight) >= 3 || (f.off < o.off+int64(len(o.p)) && o.off < f.off+int64(len(f.p))) {
+						drain()
+						break
+					}
+				}
+				wait, err := w.StartWriteAt(o.p, o.off)
+				if err != nil {
+					t.Fatal(err)
+				}
+				inflight = append(inflight, o)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := wait(); err != nil {
+						mu.Lock()
+						waitErr = err
+						mu.Unlock()
+					}
+				}()
+			}
+			drain()
 			if direct && (w.direct == nil || w.nDirect == 0) {
 				t.Fatalf("extended L2 %v: no write went through O_DIRECT (%d, turned off: %v)", ext, w.nDirect, w.direct == nil)
 			}
@@ -93,13 +133,19 @@ func TestWriterDirect(t *testing.T) {
 			}
 			return path
 		}
-		plain, direct := write("plain.qcow2", false), write("direct.qcow2", true)
+		plain, direct := write("plain.qcow2", false, false), write("direct.qcow2", true, false)
+		started := write("started.qcow2", true, true)
 		a, _ := os.ReadFile(plain)
 		b, _ := os.ReadFile(direct)
+		c, _ := os.ReadFile(started)
 		if !bytes.Equal(a, b) {
 			t.Fatalf("extended L2 %v: image written through O_DIRECT differs from the plain one", ext)
 		}
+		if !bytes.Equal(a, c) {
+			t.Fatalf("extended L2 %v: image written with StartWriteAt differs from the plain one", ext)
+		}
 		qemutest.Check(t, direct)
+		qemutest.Check(t, started)
 		im, err := Open(direct, Options{})
 		if err != nil {
 			t.Fatal(err)
@@ -121,5 +167,56 @@ func TestWriterDirect(t *testing.T) {
 				t.Fatalf("extended L2 %v: write %d at %#x+%d reads back different", ext, k, o.off, len(o.p))
 			}
 		}
+	}
+}
+
+// A started write that fails makes the image unfinished, and Close refuses
+// to finish an image while started writes are not waited for.
+func TestWriterStartWriteAtErrors(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) (*Writer, *os.File) {
+		path := filepath.Join(dir, name)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		// Read-only: every write through it fails (EBADF), as a failing
+		// disk would.
+		d, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		w, err := NewWriter(f, WriterOptions{Size: 4 << 20, Direct: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w, d
+	}
+	p := alignedTestBuf(1 << 20)
+	copy(p, bytes.Repeat([]byte("engram"), len(p)/6))
+
+	w, _ := open("fail.qcow2")
+	wait, err := w.StartWriteAt(p, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err == nil {
+		t.Fatal("write through a read-only descriptor: no error")
+	}
+	if _, err := w.WriteAt(p, 1<<20); err == nil {
+		t.Fatal("write after a failed started write: no error")
+	}
+	if err := w.Close(); err == nil || !strings.Contains(err.Error(), "fail.qcow2") {
+		t.Fatalf("Close after a failed started write: %v", err)
+	}
+
+	w, _ = open("unwaited.qcow2")
+	if _, err := w.StartWriteAt(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err == nil || !strings.Contains(err.Error(), "not waited for") {
+		t.Fatalf("Close with a started write not waited for: %v", err)
 	}
 }

@@ -72,6 +72,8 @@ import (
 	"syscall"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
@@ -167,6 +169,21 @@ type Writer struct {
 
 	err    error // sticky: after a failed write the image is not finished
 	closed bool
+
+	// StartWriteAt: the direct data writes of the call being placed, and
+	// how many calls' writes are not done yet.
+	deferred *[]directWrite
+	started  int
+
+	// With Direct: the file is fallocated up to prealloc (0: not yet;
+	// -1: the file system cannot), see wPrealloc.
+	prealloc int64
+}
+
+// directWrite is a data write through Direct left to StartWriteAt's wait.
+type directWrite struct {
+	p   []byte
+	off int64
 }
 
 // writerGeometry is what Create validates up front.
@@ -354,6 +371,79 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
+// StartWriteAt is WriteAt except that the data writes that go through
+// WriterOptions.Direct are left to wait, which does them without the
+// writer's lock and returns their error: several callers' waits keep
+// several writes in flight, so the disk does not idle while one caller is
+// scheduled again after its write. Clusters are placed in the order of the
+// StartWriteAt calls, as with WriteAt. p must stay unchanged until wait
+// returns, and every wait must return before Close (which fails
+// otherwise). An error of wait is sticky, as one of WriteAt.
+func (w *Writer) StartWriteAt(p []byte, off int64) (wait func() error, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.wUsable(); err != nil {
+		return nil, err
+	}
+	if err := w.wCheckRange("write", off, int64(len(p))); err != nil {
+		return nil, err
+	}
+	var writes []directWrite
+	w.deferred = &writes
+	err = w.wWrite(p, off)
+	w.deferred = nil
+	if err != nil {
+		// Placed clusters read whatever their writes leave: the image is
+		// unfinished either way (the error is sticky unless a refusal
+		// changed nothing, and then nothing was placed).
+		w.wFailUnlessRefused(err)
+		if len(writes) > 0 {
+			w.wFail(err)
+		}
+		return nil, err
+	}
+	w.started++
+	return func() error {
+		var err error
+		for _, d := range writes {
+			if err = w.directWriteAt(d.p, d.off); err != nil {
+				break
+			}
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.started--
+		if err != nil {
+			w.wFail(err)
+		}
+		return err
+	}, nil
+}
+
+// directWriteAt does one write StartWriteAt left to its wait: through the
+// O_DIRECT descriptor, or the file if the file system refuses it.
+func (w *Writer) directWriteAt(p []byte, off int64) error {
+	w.mu.Lock()
+	d := w.direct
+	w.mu.Unlock()
+	if d != nil {
+		_, err := d.WriteAt(p, off)
+		if !errors.Is(err, syscall.EINVAL) {
+			if err != nil {
+				return fmt.Errorf("%s: %w", w.name, err)
+			}
+			return nil
+		}
+		w.mu.Lock()
+		w.direct = nil
+		w.mu.Unlock()
+	}
+	if _, err := w.f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("%s: %w", w.name, err)
+	}
+	return nil
+}
+
 // WriteZeroes makes [off, off+length) read as zero. Whole clusters get the
 // v3 zero flag without a host cluster when there is a backing file (and
 // nothing at all without one, as unallocated clusters already read zero);
@@ -458,6 +548,9 @@ func (w *Writer) Close() error {
 	}
 	w.closed = true
 	err := w.err
+	if err == nil && w.started > 0 {
+		err = fmt.Errorf("%s: closed with %d started writes not waited for", w.name, w.started)
+	}
 	if err == nil {
 		err = w.wFinish()
 	}
@@ -654,6 +747,11 @@ func (w *Writer) wWrite(p []byte, off int64) error {
 func (w *Writer) wData(p []byte, off int64) error {
 	if w.direct != nil && off%DirectAlign == 0 && len(p)%DirectAlign == 0 &&
 		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign == 0 {
+		if w.deferred != nil {
+			*w.deferred = append(*w.deferred, directWrite{p, off})
+			w.nDirect++
+			return nil
+		}
 		_, err := w.direct.WriteAt(p, off)
 		if err == nil {
 			w.nDirect++
@@ -762,6 +860,7 @@ func (w *Writer) wAllocCluster(gc int64) (int64, error) {
 		return -1, fmt.Errorf("%s: data reaches host offset %#x, past the 56-bit qcow2 limit: %w", w.name, host, ErrWriterTooLarge)
 	}
 	w.end = host + w.clusterSize
+	w.wPrealloc()
 	w.wSetEntry(gc, uint64(host)|entryCopied)
 	w.allocated++
 	if w.refcounts != nil {
@@ -769,6 +868,26 @@ func (w *Writer) wAllocCluster(gc int64) (int64, error) {
 		w.refcounts[host>>w.clusterBits] = 1
 	}
 	return host, nil
+}
+
+// Preallocation of the data area, for writes through Direct: ext4 lets
+// O_DIRECT writes into allocated blocks below the file's size run at once
+// (StartWriteAt), but serializes writes that extend the file or fill a
+// hole, each waiting for the last to be written. The space is fallocated
+// ahead of w.end in steps that grow with the image (a step waits for the
+// writes in flight), and Close trims what the image did not use.
+const preallocMin = 64 << 20
+
+func (w *Writer) wPrealloc() {
+	if w.direct == nil || w.prealloc < 0 || w.end <= w.prealloc {
+		return
+	}
+	end := w.end + max(preallocMin, w.end/2)
+	if err := unix.Fallocate(int(w.f.Fd()), 0, w.prealloc, end-w.prealloc); err != nil {
+		w.prealloc = -1 // not supported, or no space: plain writes then
+		return
+	}
+	w.prealloc = end
 }
 
 func (w *Writer) wGrowRefcounts(c int64) {
@@ -981,6 +1100,11 @@ func (w *Writer) wFinish() error {
 	hdr := writerHeaderBytes(w.opts, g, l1Off, rtOff, nRT)
 	if _, err := w.f.WriteAt(hdr, 0); err != nil {
 		return fmt.Errorf("%s: writing header: %w", w.name, err)
+	}
+	if w.prealloc > fileEnd {
+		if err := w.f.Truncate(fileEnd); err != nil {
+			return fmt.Errorf("%s: trimming preallocated space: %w", w.name, err)
+		}
 	}
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("%s: fsync: %w", w.name, err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -82,20 +83,36 @@ func (o *output) openDirect() *os.File {
 // directSink writes the raw output's aligned runs through the O_DIRECT
 // descriptor, the rest through the file, as qcow2.WriterOptions.Direct
 // does for qcow2 output.
+// Writes of a raw image go to fixed offsets, so they can all be in flight
+// at once: StartWriteAt leaves the whole write to wait.
 type directSink struct {
-	f, direct *os.File
+	f      *os.File
+	direct atomic.Pointer[os.File] // nil once the file system refused it
+}
+
+func newDirectSink(f, direct *os.File) *directSink {
+	s := &directSink{f: f}
+	s.direct.Store(direct)
+	return s
 }
 
 func (s *directSink) WriteAt(p []byte, off int64) (int, error) {
 	const a = qcow2.DirectAlign
-	if s.direct != nil && off%a == 0 && len(p)%a == 0 && uintptr(unsafe.Pointer(unsafe.SliceData(p)))%a == 0 {
-		n, err := s.direct.WriteAt(p, off)
+	if d := s.direct.Load(); d != nil && off%a == 0 && len(p)%a == 0 && uintptr(unsafe.Pointer(unsafe.SliceData(p)))%a == 0 {
+		n, err := d.WriteAt(p, off)
 		if !errors.Is(err, unix.EINVAL) {
 			return n, err
 		}
-		s.direct = nil // refused: the page cache from now on
+		s.direct.Store(nil) // refused: the page cache from now on
 	}
 	return s.f.WriteAt(p, off)
+}
+
+func (s *directSink) StartWriteAt(p []byte, off int64) (func() error, error) {
+	return func() error {
+		_, err := s.WriteAt(p, off)
+		return err
+	}, nil
 }
 
 // discard drops an unfinished output.
@@ -136,6 +153,12 @@ func newWriteback(out sink, f *os.File) *writeback {
 
 func (w *writeback) WriteAt(p []byte, off int64) (int, error) {
 	n, err := w.sink.WriteAt(p, off)
+	w.count(n)
+	return n, err
+}
+
+// count notes n more bytes written (by the one goroutine that writes).
+func (w *writeback) count(n int) {
 	if w.n += int64(n); w.n >= writebackEvery {
 		w.n = 0
 		select {
@@ -143,7 +166,21 @@ func (w *writeback) WriteAt(p []byte, off int64) (int, error) {
 		default: // one is under way
 		}
 	}
-	return n, err
+}
+
+// StartWriteAt starts the write in the sink when it can (startSink), else
+// does it.
+func (w *writeback) StartWriteAt(p []byte, off int64) (func() error, error) {
+	ss, ok := w.sink.(startSink)
+	if !ok {
+		_, err := w.WriteAt(p, off)
+		return func() error { return nil }, err
+	}
+	wait, err := ss.StartWriteAt(p, off)
+	if err == nil {
+		w.count(len(p))
+	}
+	return wait, err
 }
 
 // stop ends the goroutine; call it before closing the file.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -96,7 +97,7 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		out = f
 		if d := o.openDirect(); d != nil {
 			defer d.Close()
-			out = &directSink{f: f, direct: d}
+			out = newDirectSink(f, d)
 		}
 		finish = func() error {
 			if err := f.Sync(); err != nil {
@@ -231,6 +232,13 @@ const (
 	// jobChunks bounds the chunks of one job (small chunks of a sparse
 	// image would otherwise make many tiny writes per job anyway).
 	jobChunks = 256
+	// placeBatch is how many chunks of the manifest one BlockStarts call
+	// asks about.
+	placeBatch = 512
+	// writeDepth is how many jobs' writes may be in flight at once (for a
+	// startSink): the next write is in the kernel's hands while the
+	// goroutine of the last one waits for a core that decoders are using.
+	writeDepth = 3
 )
 
 // alignedBuf returns an empty buffer of capacity n whose memory starts on a
@@ -258,11 +266,14 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	g, ctx := errgroup.WithContext(ctx)
 	jobs := make(chan job, workers)
 	done := make(chan job, workers)
-	tokens := make(chan struct{}, workers+2) // bounds job buffers in flight
+	// Job buffers in flight: fetching, waiting for their turn, being
+	// written.
+	tokenCount := workers + writeDepth + 2
+	tokens := make(chan struct{}, tokenCount)
 	// Job buffers are kept for the whole restore, not in a sync.Pool: one
 	// that GC empties makes new buffers, which the kernel must fault in
 	// and zero again.
-	free := make(chan *[]byte, workers+2)
+	free := make(chan *[]byte, tokenCount)
 
 	prog := opts.Progress
 	if prog != nil {
@@ -293,17 +304,61 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 			cur, curBytes = nil, 0
 			return nil
 		}
-		err := engram.ForEachChunk(ctx, r, root, func(c engram.ChunkRef) error {
-			if len(cur) > 0 && (curBytes+int(c.Length) > jobBytes || len(cur) >= jobChunks) {
-				if err := flush(); err != nil {
-					return err
-				}
+		// Jobs are cut just before a chunk that starts a block where the
+		// store can tell (BlockStarter), so that no block is shared by two
+		// jobs: each is decoded straight into one job's buffer, none goes
+		// through the block cache (a buffer to allocate, a copy out, a
+		// fetcher waiting for another's decode).
+		var pend []engram.ChunkRef // read from the manifest, not in a job yet
+		var ids []chunkstore.ID
+		var starts []bool
+		cutAt, cutBytes := 0, 0 // the last block start in cur, and the bytes before it
+		place := func() error {
+			ids = ids[:0]
+			for _, c := range pend {
+				ids = append(ids, c.ID)
 			}
-			cur = append(cur, c)
-			curBytes += int(c.Length)
+			starts = slices.Grow(starts[:0], len(pend))[:len(pend)]
+			// An error here (a chunk not found) is left to the fetch,
+			// which names its guest offset: jobs are then cut anywhere.
+			known, err := chunkstore.BlockStarts(ctx, r, ids, starts)
+			known = known && err == nil
+			for i, c := range pend {
+				if len(cur) > 0 && (curBytes+int(c.Length) > jobBytes || len(cur) >= jobChunks) {
+					if known && cutAt > 0 && cutBytes >= jobBytes/2 {
+						rest := slices.Clone(cur[cutAt:])
+						cur, curBytes = cur[:cutAt], cutBytes
+						if err := flush(); err != nil {
+							return err
+						}
+						cur = rest
+						for _, c := range rest {
+							curBytes += int(c.Length)
+						}
+					} else if err := flush(); err != nil {
+						return err
+					}
+					cutAt = 0
+				}
+				if known && starts[i] && len(cur) > 0 {
+					cutAt, cutBytes = len(cur), curBytes
+				}
+				cur = append(cur, c)
+				curBytes += int(c.Length)
+			}
+			pend = pend[:0]
+			return nil
+		}
+		err := engram.ForEachChunk(ctx, r, root, func(c engram.ChunkRef) error {
+			if pend = append(pend, c); len(pend) >= placeBatch {
+				return place()
+			}
 			return nil
 		})
 		if err != nil {
+			return err
+		}
+		if err := place(); err != nil {
 			return err
 		}
 		return flush()
@@ -353,9 +408,36 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	}
 	go func() { fetchers.Wait(); close(done) }()
 
+	// The writer takes jobs in guest order and starts their writes; the
+	// waiters finish them (several at once: see startSink) and recycle
+	// the buffers.
+	started := make(chan startedJob, tokenCount)
+	var waiters sync.WaitGroup
+	for range writeDepth {
+		waiters.Add(1)
+		g.Go(func() error {
+			defer waiters.Done()
+			for sj := range started {
+				for _, wait := range sj.waits {
+					if err := wait(); err != nil {
+						return fmt.Errorf("write guest %#x: %w", sj.refs[0].Offset, err)
+					}
+				}
+				*sj.buf = (*sj.buf)[:0]
+				select {
+				case free <- sj.buf:
+				default: // cannot happen: tokens bound the buffers
+				}
+				<-tokens
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
+		defer close(started)
 		pending := map[int64]job{}
 		var next, written int64
+		var waits []func() error
 		for j := range done {
 			pending[j.seq] = j
 			for {
@@ -365,15 +447,15 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 				}
 				delete(pending, next)
 				next++
-				if err := writeJob(out, j); err != nil {
+				var err error
+				if waits, err = startJob(out, j, waits[:0]); err != nil {
 					return err
 				}
-				*j.buf = (*j.buf)[:0]
 				select {
-				case free <- j.buf:
-				default: // cannot happen: tokens bound the buffers
+				case started <- startedJob{job: j, waits: slices.Clone(waits)}:
+				case <-ctx.Done():
+					return ctx.Err()
 				}
-				<-tokens
 				if prog != nil {
 					end := j.refs[len(j.refs)-1].End()
 					prog.Add(end - written)
@@ -392,9 +474,25 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	return g.Wait()
 }
 
-// writeJob writes a fetched job, one WriteAt per run of chunks that are
-// contiguous in the guest.
-func writeJob(out sink, j job) error {
+// startSink is a sink whose writes can be started in order and finished
+// later, several at once (qcow2.Writer.StartWriteAt): a write to the disk
+// then waits in the kernel while the next is issued, instead of leaving the
+// disk idle while the writer goroutine waits to be scheduled again.
+type startSink interface {
+	StartWriteAt(p []byte, off int64) (wait func() error, err error)
+}
+
+// startedJob is a job whose writes are started; waits finish them.
+type startedJob struct {
+	job
+	waits []func() error
+}
+
+// startJob writes a fetched job, one write per run of chunks that are
+// contiguous in the guest: started, their waits appended to waits, when
+// out is a startSink, else done.
+func startJob(out sink, j job, waits []func() error) ([]func() error, error) {
+	ss, _ := out.(startSink)
 	b := *j.buf
 	pos := 0
 	for i := 0; i < len(j.refs); {
@@ -406,13 +504,19 @@ func writeJob(out sink, j job) error {
 			k++
 		}
 		n := int(end - start)
-		if _, err := out.WriteAt(b[pos:pos+n], start); err != nil {
-			return fmt.Errorf("write guest %#x: %w", start, err)
+		if ss != nil {
+			wait, err := ss.StartWriteAt(b[pos:pos+n], start)
+			if err != nil {
+				return waits, fmt.Errorf("write guest %#x: %w", start, err)
+			}
+			waits = append(waits, wait)
+		} else if _, err := out.WriteAt(b[pos:pos+n], start); err != nil {
+			return waits, fmt.Errorf("write guest %#x: %w", start, err)
 		}
 		pos += n
 		i = k
 	}
-	return nil
+	return waits, nil
 }
 
 // fetchError names the guest offset of the chunk err is about.

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
+	"github.com/engram-vm/engram/internal/qemutest"
 )
 
 // storeImage puts a small manifest with two chunks into a memory store and
@@ -117,6 +120,96 @@ func TestFailedRestoreLeavesNothing(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 			t.Errorf("%s: failed restore left %v", format, ents)
+		}
+	}
+}
+
+// startsReader is a store that says which chunks start a block (every
+// third, here) and records the GetMany batches.
+type startsReader struct {
+	*chunkstore.MemStore
+	starts  map[chunkstore.ID]bool
+	mu      sync.Mutex
+	batches [][]chunkstore.ID
+}
+
+func (s *startsReader) BlockStarts(_ context.Context, ids []chunkstore.ID, starts []bool) error {
+	for i, id := range ids {
+		starts[i] = s.starts[id]
+	}
+	return nil
+}
+
+func (s *startsReader) GetMany(ctx context.Context, ids []chunkstore.ID, bufs [][]byte) error {
+	s.mu.Lock()
+	s.batches = append(s.batches, slices.Clone(ids))
+	s.mu.Unlock()
+	return chunkstore.GetMany(ctx, s.MemStore, ids, bufs)
+}
+
+// Restore jobs begin at a chunk that starts a block when the store can
+// tell (BlockStarter), and the image is restored whole either way.
+func TestJobsCutAtBlockStarts(t *testing.T) {
+	ctx := context.Background()
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	const chunk = 96 << 10
+	guest := make([]byte, 2*engram.PageSpan)
+	var pages []chunkstore.Chunk
+	bl := engram.NewBuilder(int64(len(guest)), func(c chunkstore.Chunk) error { pages = append(pages, c); return nil })
+	sr := &startsReader{MemStore: st, starts: map[chunkstore.ID]bool{}}
+	for k := range 200 {
+		off := int64(k) * chunk
+		if k%17 == 5 {
+			continue // a hole: jobs hold runs that are not contiguous
+		}
+		data := bytes.Repeat([]byte{byte(k), byte(k >> 8), 1}, chunk/3+1)[:chunk]
+		copy(guest[off:], data)
+		id := chunkstore.Sum(data)
+		if _, err := st.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+		sr.starts[id] = k%3 == 0
+		if err := bl.Add(engram.ChunkRef{Offset: off, Length: chunk, ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, enc, id, err := bl.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutMany(ctx, pages); err != nil {
+		t.Fatal(err)
+	}
+	if err := engram.Commit(ctx, st, id, enc, &engram.Record{Source: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"raw", "qcow2"} {
+		sr.batches = nil
+		out := filepath.Join(t.TempDir(), "out."+format)
+		if err := ToFile(ctx, sr, id, out, Options{Format: format}); err != nil {
+			t.Fatal(err)
+		}
+		if format == "qcow2" {
+			qemutest.Check(t, out)
+			raw := filepath.Join(t.TempDir(), "out.raw")
+			if err := os.WriteFile(raw, guest, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			qemutest.Compare(t, raw, out)
+		} else if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, guest) {
+			t.Fatalf("raw output differs (%v)", err)
+		}
+		jobs := 0
+		for _, b := range sr.batches {
+			if start, data := sr.starts[b[0]]; data { // not a manifest page
+				jobs++
+				if !start {
+					t.Errorf("%s: a job of %d chunks begins inside a block", format, len(b))
+				}
+			}
+		}
+		if jobs < 4 {
+			t.Fatalf("%s: %d jobs, want several", format, jobs)
 		}
 	}
 }
