@@ -60,13 +60,12 @@ func (s *BlobStore) BlockStarts(ctx context.Context, ids []ID, starts []bool) er
 			return err
 		}
 		for i, id := range ids {
-			v := chunks.Get(id[:])
-			if v == nil {
-				return &NotFoundError{ID: id}
-			}
-			e, err := decodeEntry(id, v)
+			e, ok, err := getEntry(chunks, id)
 			if err != nil {
 				return err
+			}
+			if !ok {
+				return &NotFoundError{ID: id}
 			}
 			starts[i] = e.BlockOff == 0
 		}
@@ -192,13 +191,12 @@ func (s *BlobStore) getMany(ctx context.Context, ids []ID, bufs [][]byte) ([]err
 		}
 		byNum := tx.Bucket(bucketBlobPacks)
 		for i, id := range ids {
-			v := chunks.Get(id[:])
-			if v == nil {
-				return &NotFoundError{ID: id}
-			}
-			e, err := decodeEntry(id, v)
+			e, ok, err := getEntry(chunks, id)
 			if err != nil {
 				return err
+			}
+			if !ok {
+				return &NotFoundError{ID: id}
 			}
 			if bufs[i] != nil && len(bufs[i]) != int(e.RawLen) {
 				return &LengthError{ID: id, Len: int(e.RawLen), Want: len(bufs[i])}

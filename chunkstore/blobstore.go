@@ -838,11 +838,8 @@ func (s *BlobStore) lookup(ctx context.Context, id ID) (entry, ID, bool, error) 
 		if err != nil {
 			return err
 		}
-		v := chunks.Get(id[:])
-		if v == nil {
-			return nil
-		}
-		if e, err = decodeEntry(id, v); err != nil {
+		var found bool
+		if e, found, err = getEntry(chunks, id); !found {
 			return err
 		}
 		hb := tx.Bucket(bucketBlobPacks).Get(packKey(e.Pack))

@@ -48,6 +48,17 @@ func (e entry) encode() []byte {
 	return b
 }
 
+// getEntry reads id's entry from the chunks bucket; ok is false when the
+// index does not hold id.
+func getEntry(chunks *bolt.Bucket, id ID) (e entry, ok bool, err error) {
+	v := chunks.Get(id[:])
+	if v == nil {
+		return e, false, nil
+	}
+	e, err = decodeEntry(id, v)
+	return e, err == nil, err
+}
+
 func decodeEntry(id ID, b []byte) (entry, error) {
 	var e entry
 	if len(b) != entrySize {
@@ -215,13 +226,12 @@ func lookupEntries(ctx context.Context, db *dbPool, ids []ID) ([]Entry, error) {
 			return err
 		}
 		for _, id := range ids {
-			v := chunks.Get(id[:])
-			if v == nil {
-				continue
-			}
-			e, err := decodeEntry(id, v)
+			e, ok, err := getEntry(chunks, id)
 			if err != nil {
 				return err
+			}
+			if !ok {
+				continue
 			}
 			out = append(out, Entry{ID: id, RawLen: int(e.RawLen), StoredLen: int64(e.Share)})
 		}

@@ -68,16 +68,25 @@ func (s *Store) errf(op, name string, err error) error {
 	return fmt.Errorf("%s: %s %s: %w", s, op, name, err)
 }
 
-// Put writes data to a temporary file and links it to name.
-func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+// checkWrite refuses a name that is not an object's, or lies in the
+// temporary directory, and a cancelled ctx, before op writes name.
+func (s *Store) checkWrite(ctx context.Context, op, name string) error {
 	if err := blob.CheckName(name); err != nil {
-		return fmt.Errorf("%s: put: %w", s, err)
+		return fmt.Errorf("%s: %s: %w", s, op, err)
 	}
 	if strings.HasPrefix(name, tmpDir+"/") || name == tmpDir {
-		return s.errf("put", name, blob.ErrBadName)
+		return s.errf(op, name, blob.ErrBadName)
 	}
 	if err := ctx.Err(); err != nil {
-		return s.errf("put", name, err)
+		return s.errf(op, name, err)
+	}
+	return nil
+}
+
+// Put writes data to a temporary file and links it to name.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := s.checkWrite(ctx, "put", name); err != nil {
+		return err
 	}
 	final := s.path(name)
 	if _, err := os.Lstat(final); err == nil {
@@ -317,14 +326,8 @@ func (s *Store) LinkTemps(ctx context.Context, tmps, names []string) error {
 	}
 	dirs := map[string]bool{}
 	for i, name := range names {
-		if err := blob.CheckName(name); err != nil {
-			return fmt.Errorf("%s: link: %w", s, err)
-		}
-		if strings.HasPrefix(name, tmpDir+"/") || name == tmpDir {
-			return s.errf("link", name, blob.ErrBadName)
-		}
-		if err := ctx.Err(); err != nil {
-			return s.errf("link", name, err)
+		if err := s.checkWrite(ctx, "link", name); err != nil {
+			return err
 		}
 		final := s.path(name)
 		parent := filepath.Dir(final)
