@@ -175,15 +175,12 @@ func condemnedSet(lists map[string]*gcList) map[ID]bool {
 	return out
 }
 
-// refreshPacks merges the segments named in segs (index/ names) that the
-// cache lacks. When a pack it indexed is gone (gc swept it) or the set of
-// condemned packs changed, it rebuilds the chunk index from its copies of
-// the segments, so every cache agrees on which copy of a chunk is indexed.
-func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
-	lists, err := s.gcLists(ctx)
-	if err != nil {
-		return err
-	}
+// refreshPacks merges the segments named in segs (index/ names, listed
+// after gc/ gave lists) that the cache lacks. When a pack it indexed is
+// gone (gc swept it) or the set of condemned packs changed, it rebuilds
+// the chunk index from its copies of the segments, so every cache agrees
+// on which copy of a chunk is indexed.
+func (s *BlobStore) refreshPacks(ctx context.Context, lists map[string]*gcList, segs []string) error {
 	cond := condemnedSet(lists)
 	dmg, dmgChanged, err := s.damageLists(ctx)
 	if err != nil {

@@ -404,3 +404,92 @@ func TestBlobGCOrphanSegmentBeforeSweep(t *testing.T) {
 		}
 	})
 }
+
+// betweenLists runs a hook once, when a refresh lists the second of
+// gc/ and index/ (after the first).
+type betweenLists struct {
+	blob.Store
+	mu    sync.Mutex
+	first string
+	hook  func()
+}
+
+func (b *betweenLists) List(ctx context.Context, prefix string, fn func(blob.Info) error) error {
+	var hook func()
+	if prefix == blobGCPrefix || prefix == blobIndexPrefix {
+		b.mu.Lock()
+		if b.hook != nil {
+			if b.first == "" {
+				b.first = prefix
+			} else if b.first != prefix {
+				hook, b.hook = b.hook, nil
+			}
+		}
+		b.mu.Unlock()
+	}
+	if hook != nil {
+		hook()
+	}
+	return b.Store.List(ctx, prefix, fn)
+}
+
+// A sweep that runs while a writer's refresh is between its listing of
+// index/ and its listing of gc/: the refresh indexed the swept pack and
+// saw its list only as a done marker (which names no packs), so the pack
+// was not condemned in its view; the writer deduplicated against it and,
+// its view being newer than the mark, passed the commit check: the record
+// lost its chunks ("not found", TestBlobGCRewriteDuringWrites). A refresh
+// now lists gc/ before index/.
+func TestBlobGCSweepDuringRefresh(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	hooked := &betweenLists{Store: inner}
+	w := gcHost(t, hooked, clk)
+	g := gcHost(t, inner, clk)
+	cs := mkChunks(1, 5, 20000)
+	if _, err := w.PutMany(ctx, cs); err != nil { // no record yet: dead
+		t.Fatal(err)
+	}
+	gc := func() {
+		t.Helper()
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+		clk.advance(testMargin * 3 / 2)
+	}
+	gc() // marks the pack
+	// The writer's refresh, with the sweep between its two listings.
+	hooked.mu.Lock()
+	hooked.hook = gc
+	hooked.mu.Unlock()
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hooked.hook != nil {
+		t.Fatal("the refresh did not list both gc/ and index/")
+	}
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	err := w.Update(ctx, func(tx MetaTx) error {
+		var v []byte
+		for _, c := range cs {
+			v = append(v, c.ID[:]...)
+		}
+		return tx.Put(recBucket, []byte("r"), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := gcHost(t, inner, clk)
+	for _, c := range cs {
+		if _, err := fresh.Get(ctx, c.ID); err != nil {
+			t.Fatalf("the committed record's chunk: %v", err)
+		}
+	}
+}

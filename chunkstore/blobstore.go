@@ -1172,6 +1172,17 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// gc's lists before the segments: a sweep deletes its packs before it
+	// replaces its pending list by a done marker (which names no packs),
+	// so a pack listed here is either not swept yet or condemned by a list
+	// listed before. (The other way round, a sweep between the two
+	// listings left a swept pack indexed and not condemned, and a writer
+	// whose view is newer than the mark deduplicated against it and
+	// passed the commit check: TestBlobGCSweepDuringRefresh.)
+	lists, err := s.gcLists(ctx)
+	if err != nil {
+		return err
+	}
 	err = s.bs.List(ctx, blobIndexPrefix, func(in blob.Info) error {
 		segs = append(segs, in.Name)
 		return nil
@@ -1179,7 +1190,7 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.refreshPacks(ctx, segs); err != nil {
+	if err := s.refreshPacks(ctx, lists, segs); err != nil {
 		return err
 	}
 	s.viewTime.Store(start)
