@@ -215,12 +215,24 @@ func (s *BlobStore) publishStaged(ctx context.Context) ([]*stagedPack, func(erro
 	err := g.st.SyncTemps(ctx, tmps)
 	// Packs first, then their segments: a segment never names a pack that
 	// is not there.
+	t0 := s.now()
 	if err == nil {
 		err = testKillDuring("pack-put", func() error { return g.st.LinkTemps(ctx, packTmps, packNames) })
 	}
 	if err == nil {
 		testKill("after-pack")
 		err = g.st.LinkTemps(ctx, segTmps, segNames)
+	}
+	if err == nil {
+		// A gc may have swept a pack as an orphan before its segment was
+		// linked (blobgc.go); the temporary files are still there.
+		hs := make([]ID, len(packs))
+		for i, p := range packs {
+			hs[i] = p.h
+		}
+		err = s.packsLanded(ctx, t0, hs, func(i int) error {
+			return g.st.LinkTemps(ctx, packTmps[i:i+1], packNames[i:i+1])
+		})
 	}
 	if err != nil {
 		done(err)

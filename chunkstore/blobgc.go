@@ -175,15 +175,12 @@ func condemnedSet(lists map[string]*gcList) map[ID]bool {
 	return out
 }
 
-// refreshPacks merges the segments named in segs (index/ names) that the
-// cache lacks. When a pack it indexed is gone (gc swept it) or the set of
-// condemned packs changed, it rebuilds the chunk index from its copies of
-// the segments, so every cache agrees on which copy of a chunk is indexed.
-func (s *BlobStore) refreshPacks(ctx context.Context, segs []string) error {
-	lists, err := s.gcLists(ctx)
-	if err != nil {
-		return err
-	}
+// refreshPacks merges the segments named in segs (index/ names, listed
+// after gc/ gave lists) that the cache lacks. When a pack it indexed is
+// gone (gc swept it) or the set of condemned packs changed, it rebuilds
+// the chunk index from its copies of the segments, so every cache agrees
+// on which copy of a chunk is indexed.
+func (s *BlobStore) refreshPacks(ctx context.Context, lists map[string]*gcList, segs []string) error {
 	cond := condemnedSet(lists)
 	dmg, dmgChanged, err := s.damageLists(ctx)
 	if err != nil {
@@ -315,6 +312,128 @@ func (s *BlobStore) checkCommit(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// packsLanded is the writer's side of gc's sweep of orphans (pack objects
+// without a segment): called once the segments of the packs hs are in
+// place, the pack objects having been put after t0 (this host's clock),
+// it makes sure those a gc may have swept as orphans meanwhile are there,
+// putting them again (put(i) puts hs[i]) where they are not. A writer
+// stalled between a pack and its segment for a whole margin finds its
+// pack condemned as an orphan and swept; its segment would then name a
+// missing pack, which every later view indexes and deduplicates against
+// (its own commit is refused, but a retry or any other writer builds on
+// it: TestBlobGCOrphanSegmentLate).
+//
+// Why it is enough: a sweep deletes an orphan h only when a pending list
+// naming it is due by the sweep's view, and only after its own look (under
+// the lease) found no segment of h. That list was marked after the pack
+// was put (its gc listed packs/ after it), so its time is after t0, and it
+// was due before that look, so before the segment landed, so before the
+// listing here: this listing holds it (pending, or its done marker, put
+// before the pending list is deleted). No such list: nothing can sweep h
+// as an orphan any more. One: wait until no gc holds the lease (the sweep
+// that looked before the segment landed has then deleted or not; any later
+// one looks after it and keeps h), and put what is missing.
+func (s *BlobStore) packsLanded(ctx context.Context, t0 int64, hs []ID, put func(int) error) error {
+	if s.local.exclusive() || len(hs) == 0 {
+		return nil // no gc runs beside this writer
+	}
+	var names []string
+	err := s.bs.List(ctx, blobGCPrefix, func(in blob.Info) error {
+		if _, t, ok := parseGCName(in.Name); ok && t > t0 {
+			names = append(names, in.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	// Done markers name no packs: one that is due may have swept any of
+	// hs. So may a list whose done marker is gone already (a day after its
+	// margin), and one swept between the listing and its read.
+	all := now-t0 > int64(DefaultGCMargin)
+	swept := map[ID]bool{}
+	for _, n := range names {
+		b, err := blob.ReadAll(ctx, s.bs, n, maxGCList)
+		if errors.Is(err, blob.ErrNotExist) {
+			all = true
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		l, err := decodeGCList(b)
+		if err != nil {
+			return fmt.Errorf("%s: %s: %w", s.bs, n, err)
+		}
+		if now < l.Time+l.Margin {
+			continue // not due: a sweep of it looks after the segments landed
+		}
+		if pending, _, _ := parseGCName(n); !pending {
+			all = true
+			continue
+		}
+		for _, o := range l.Orphans {
+			if h, err := ParseID(o); err == nil {
+				swept[h] = true
+			}
+		}
+	}
+	var todo []int
+	for i, h := range hs {
+		if all || swept[h] {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if err := s.awaitNoGC(ctx); err != nil {
+		return err
+	}
+	for _, i := range todo {
+		_, err := s.bs.Get(ctx, packObject(hs[i]), 0, 1)
+		if err == nil || errors.Is(err, blob.ErrRange) {
+			continue
+		}
+		if !errors.Is(err, blob.ErrNotExist) {
+			return err
+		}
+		if err := put(i); err != nil && !errors.Is(err, blob.ErrExist) {
+			return fmt.Errorf("chunkstore: putting pack %s again (gc swept it as an orphan before its segment landed): %w", hs[i], err)
+		}
+	}
+	return nil
+}
+
+// awaitNoGC waits until no gc holds the lease, or the one holding it is
+// stale (DefaultGCLeaseTimeout).
+func (s *BlobStore) awaitNoGC(ctx context.Context) error {
+	for {
+		b, err := blob.ReadAll(ctx, s.bs, gcLeaseName, 64<<10)
+		if errors.Is(err, blob.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var l gcLease
+		if json.Unmarshal(b, &l) != nil {
+			return fmt.Errorf("%s: unreadable %s: cannot tell whether a gc runs (remove it if none does)", s.bs, gcLeaseName)
+		}
+		if time.Duration(s.now()-l.Time) >= DefaultGCLeaseTimeout {
+			return nil
+		}
+		t := time.NewTimer(s.news.interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // gcMarkID is a gc list's name without its prefix: the same for a
@@ -465,6 +584,19 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 			h, err := ParseID(p)
 			if err != nil || packs[h] != nil {
 				continue // its segment arrived: judged as a pack next time
+			}
+			// Looked at again under the lease, not as of this view: a
+			// writer stalled between its pack and its segment may have put
+			// the segment since this view listed index/. Deleting the pack
+			// now would leave a segment naming a missing pack, which every
+			// later view indexes and writers deduplicate against. A writer
+			// whose segment lands after this look finds its pack gone once
+			// this run's lease is released, and puts it again
+			// (packsLanded).
+			if _, err := s.bs.Get(ctx, indexObject(h), 0, 1); err == nil || errors.Is(err, blob.ErrRange) {
+				continue
+			} else if !errors.Is(err, blob.ErrNotExist) {
+				return st, err
 			}
 			st.PacksDeleted++
 			pending[h] = true

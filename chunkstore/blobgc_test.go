@@ -302,3 +302,194 @@ func TestBlobGCCommitAfterView(t *testing.T) {
 		t.Fatalf("%d packs, want 1", n)
 	}
 }
+
+// orphanRace is the setting of the TestBlobGCOrphanSegment tests: a writer
+// on a faulty wrapper of the bucket whose first segment PUT runs stall
+// first (gc working meanwhile, round: one gc run that knows no record, then
+// the clock a margin and a half on), then between (after the writer's
+// PutMany), then the writer's commit of a record of cs, which is refused
+// (its view predates a due gc list) and redone the way a caller would:
+// refresh, put the chunks again, commit. Every chunk of the record must
+// read back from a fresh host, also after more gc runs that know it.
+func orphanRace(t *testing.T, stall, between func(g *BlobStore, round func())) {
+	t.Helper()
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	fs := faulty.New(inner)
+	w := gcHost(t, fs, clk)
+	g := gcHost(t, inner, clk)
+	cs := mkChunks(1, 5, 20000)
+	gc := func() {
+		t.Helper()
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		live, _ := recordedChunks(t, g)
+		if _, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+		clk.advance(testMargin * 3 / 2)
+	}
+	// The segment PUT goes through after stall (ErrExist: success).
+	fs.Add(faulty.Fault{Op: faulty.Put, Prefix: blobIndexPrefix, Times: 1, After: true, Err: blob.ErrExist,
+		Hook: func(string) error { stall(g, gc); return nil }})
+	commit := func() error {
+		return w.Update(ctx, func(tx MetaTx) error {
+			var v []byte
+			for _, c := range cs {
+				v = append(v, c.ID[:]...)
+			}
+			return tx.Put(recBucket, []byte("r"), v)
+		})
+	}
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	between(g, gc)
+	if err := commit(); !errors.Is(err, ErrStaleView) {
+		t.Fatalf("commit of a view older than a due gc list = %v, want ErrStaleView", err)
+	}
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	if err := commit(); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; ; round++ {
+		fresh := gcHost(t, inner, clk)
+		for _, c := range cs {
+			if _, err := fresh.Get(ctx, c.ID); err != nil {
+				t.Fatalf("after %d more gc runs: the committed record's chunk: %v", round, err)
+			}
+		}
+		if round == 3 {
+			return
+		}
+		gc()
+	}
+}
+
+// A writer stalls between its pack and its segment while gc marks the
+// pack as an orphan (no segment yet) and, past the margin, sweeps it; the
+// segment lands after the sweep. The writer's commit is refused, but its
+// retry (as would any fresh view) indexed the segment and deduplicated
+// against a pack that was gone: the record lost its chunks (the bug behind
+// TestBlobGCRewriteDuringWrites' "not found" and "left in place"). The
+// writer now puts the pack again.
+func TestBlobGCOrphanSegmentAfterSweep(t *testing.T) {
+	orphanRace(t, func(_ *BlobStore, gc func()) {
+		gc() // marks the pack: an orphan
+		gc() // sweeps it
+	}, func(*BlobStore, func()) {})
+}
+
+// The segment lands after the sweeping gc's view listed index/ but before
+// its sweep: the sweep looks again before it deletes an orphan.
+func TestBlobGCOrphanSegmentBeforeSweep(t *testing.T) {
+	ctx := context.Background()
+	orphanRace(t, func(g *BlobStore, gc func()) {
+		gc() // marks the pack: an orphan
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}, func(g *BlobStore, _ func()) {
+		// The sweep, on the view from before the segment.
+		if _, err := g.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// betweenLists runs a hook once, when a refresh lists the second of
+// gc/ and index/ (after the first).
+type betweenLists struct {
+	blob.Store
+	mu    sync.Mutex
+	first string
+	hook  func()
+}
+
+func (b *betweenLists) List(ctx context.Context, prefix string, fn func(blob.Info) error) error {
+	var hook func()
+	if prefix == blobGCPrefix || prefix == blobIndexPrefix {
+		b.mu.Lock()
+		if b.hook != nil {
+			if b.first == "" {
+				b.first = prefix
+			} else if b.first != prefix {
+				hook, b.hook = b.hook, nil
+			}
+		}
+		b.mu.Unlock()
+	}
+	if hook != nil {
+		hook()
+	}
+	return b.Store.List(ctx, prefix, fn)
+}
+
+// A sweep that runs while a writer's refresh is between its listing of
+// index/ and its listing of gc/: the refresh indexed the swept pack and
+// saw its list only as a done marker (which names no packs), so the pack
+// was not condemned in its view; the writer deduplicated against it and,
+// its view being newer than the mark, passed the commit check: the record
+// lost its chunks ("not found", TestBlobGCRewriteDuringWrites). A refresh
+// now lists gc/ before index/.
+func TestBlobGCSweepDuringRefresh(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	hooked := &betweenLists{Store: inner}
+	w := gcHost(t, hooked, clk)
+	g := gcHost(t, inner, clk)
+	cs := mkChunks(1, 5, 20000)
+	if _, err := w.PutMany(ctx, cs); err != nil { // no record yet: dead
+		t.Fatal(err)
+	}
+	gc := func() {
+		t.Helper()
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+		clk.advance(testMargin * 3 / 2)
+	}
+	gc() // marks the pack
+	// The writer's refresh, with the sweep between its two listings.
+	hooked.mu.Lock()
+	hooked.hook = gc
+	hooked.mu.Unlock()
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hooked.hook != nil {
+		t.Fatal("the refresh did not list both gc/ and index/")
+	}
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	err := w.Update(ctx, func(tx MetaTx) error {
+		var v []byte
+		for _, c := range cs {
+			v = append(v, c.ID[:]...)
+		}
+		return tx.Put(recBucket, []byte("r"), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := gcHost(t, inner, clk)
+	for _, c := range cs {
+		if _, err := fresh.Get(ctx, c.ID); err != nil {
+			t.Fatalf("the committed record's chunk: %v", err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,14 +299,30 @@ func recordedChunks(t *testing.T, s *BlobStore) (liveSet, [][]byte) {
 // from a fresh host, and the bucket verifies. The fake clock moves a
 // margin and a half per gc run, so each run sweeps what the one before
 // marked; it moves only between commits (a commit check and its journal
-// PUT never straddle a margin: the hole DESIGN.md describes).
+// PUT never straddle a margin: the hole DESIGN.md describes), and only
+// once each writer has started a new attempt since it last moved. A
+// writer's attempt (refresh, put, commit) during which a whole gc run
+// marks and the clock then passes the margin is refused, as it must be
+// (it may have built on a pack the next run sweeps); unchecked, the gc
+// host, which does nothing else, ran round after round while a writer
+// under -race on a loaded machine was inside one attempt, and refused it
+// 21 times in a row. The clock still moves while an attempt is under way
+// (once per attempt, or after a second of waiting), and every sixth
+// segment a writer puts waits first for two moves of the clock: a writer
+// stalled between its pack and its segment across the gc run that marks
+// the pack as an orphan and the one that sweeps it
+// (TestBlobGCOrphanSegmentAfterSweep).
 func TestBlobGCRewriteDuringWrites(t *testing.T) {
 	ctx := context.Background()
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	bs := mem.New()
 	initBlob(t, bs, rewriteOpts)
 	var commitMu sync.RWMutex
+	var attempts [2]atomic.Int64 // started by each writer
+	var finished [2]atomic.Bool
+	var refusals atomic.Int64
 	writer := func(host int, s *BlobStore, done chan<- error) {
+		defer finished[host].Store(true)
 		for i := range 12 {
 			shared := mkChunks(uint64(1+i%4*10), 10, 20000) // seen by both hosts and earlier rounds
 			own := mkChunks(uint64(100000*(host+1)+1000*i), 10, 20000)
@@ -324,6 +341,7 @@ func TestBlobGCRewriteDuringWrites(t *testing.T) {
 					done <- fmt.Errorf("host %d record %d: refused %d times", host, i, try)
 					return
 				}
+				attempts[host].Add(1)
 				if err := s.Refresh(ctx); err != nil {
 					done <- err
 					return
@@ -341,6 +359,7 @@ func TestBlobGCRewriteDuringWrites(t *testing.T) {
 				})
 				commitMu.RUnlock()
 				if errors.Is(err, ErrStaleView) {
+					refusals.Add(1)
 					continue
 				}
 				if err != nil {
@@ -353,11 +372,28 @@ func TestBlobGCRewriteDuringWrites(t *testing.T) {
 		done <- nil
 	}
 	done := make(chan error, 2)
+	var moves atomic.Int64     // of the clock
+	var stalled [2]atomic.Bool // in a segment PUT, waiting for moves
 	for h := range 2 {
-		go writer(h, gcHost(t, bs, clk), done)
+		fs := faulty.New(bs)
+		segs := 0
+		fs.Add(faulty.Fault{Op: faulty.Put, Prefix: blobIndexPrefix, After: true, Err: blob.ErrExist, // ErrExist: success
+			Hook: func(string) error {
+				if segs++; segs%6 != 0 {
+					return nil
+				}
+				stalled[h].Store(true)
+				defer stalled[h].Store(false)
+				for m := moves.Load(); moves.Load() < m+2; {
+					time.Sleep(100 * time.Microsecond)
+				}
+				return nil
+			}})
+		go writer(h, gcHost(t, fs, clk), done)
 	}
 	g := gcHost(t, bs, clk)
 	var rewritten, deleted int64
+	var last [2]int64 // attempts started when the clock last moved
 	for running := 2; running > 0; {
 		select {
 		case err := <-done:
@@ -392,8 +428,19 @@ func TestBlobGCRewriteDuringWrites(t *testing.T) {
 		}
 		rewritten += st.PacksRewritten
 		deleted += st.PacksDeleted
+		// A writer waiting for a claim of the other, stalled one waits
+		// for the clock (claimWait): a second at most.
+		for h := range last {
+			for end := time.Now().Add(time.Second); time.Now().Before(end) && !finished[h].Load() && !stalled[h].Load() && attempts[h].Load() == last[h]; {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
 		commitMu.Lock()
 		clk.advance(testMargin * 3 / 2)
+		moves.Add(1)
+		for h := range last {
+			last[h] = attempts[h].Load()
+		}
 		commitMu.Unlock()
 	}
 	for range 3 { // sweep what is left to sweep
@@ -409,7 +456,7 @@ func TestBlobGCRewriteDuringWrites(t *testing.T) {
 		deleted += st.PacksDeleted
 		clk.advance(2 * testMargin)
 	}
-	t.Logf("%d packs rewritten, %d deleted", rewritten, deleted)
+	t.Logf("%d packs rewritten, %d deleted, %d commits refused", rewritten, deleted, refusals.Load())
 	if rewritten == 0 {
 		t.Fatal("no pack was rewritten")
 	}

@@ -581,19 +581,20 @@ func (s *BlobStore) writePack(ctx context.Context, chunks []Chunk, own *claim) (
 	if err != nil || len(frames) == 0 {
 		return 0, yielded, err
 	}
-	added, err := s.putFrames(ctx, frames, s.staged != nil)
+	added, err := s.putFrames(ctx, frames, s.staged != nil, false)
 	return added, yielded, err
 }
 
 // writeFrames uploads frames as one pack with its index segment and
 // indexes them in the cache (gc's rewrite calls it with frames it copied).
 func (s *BlobStore) writeFrames(ctx context.Context, frames []encFrame) (int, error) {
-	return s.putFrames(ctx, frames, false)
+	return s.putFrames(ctx, frames, false, true)
 }
 
 // putFrames is writeFrames; with stage, the pack waits for the next
-// durable point (blobdefer.go).
-func (s *BlobStore) putFrames(ctx context.Context, frames []encFrame, stage bool) (int, error) {
+// durable point (blobdefer.go). gc is set for gc's own rewrite, which
+// holds the lease: no sweep runs while it writes.
+func (s *BlobStore) putFrames(ctx context.Context, frames []encFrame, stage, gc bool) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -653,12 +654,20 @@ func (s *BlobStore) putFrames(ctx context.Context, frames []encFrame, stage bool
 	// Pack first, then its segment: a segment never names a pack that is
 	// not there. ErrExist: the same bytes are there already (the name is
 	// their hash), from another writer or our own retried request.
+	t0 := s.now()
 	if err := testKillDuring("pack-put", func() error { return s.bs.Put(ctx, packObject(h), pack) }); err != nil && !errors.Is(err, blob.ErrExist) {
 		return 0, fmt.Errorf("chunkstore: uploading pack: %w", err)
 	}
 	testKill("after-pack")
 	if err := s.bs.Put(ctx, indexObject(h), seg); err != nil && !errors.Is(err, blob.ErrExist) {
 		return 0, fmt.Errorf("chunkstore: uploading index segment: %w", err)
+	}
+	if !gc {
+		// A gc may have swept the pack as an orphan while the segment was
+		// on its way (blobgc.go).
+		if err := s.packsLanded(ctx, t0, []ID{h}, func(int) error { return s.bs.Put(ctx, packObject(h), pack) }); err != nil {
+			return 0, err
+		}
 	}
 	s.announce(ctx, h)
 	var added int
@@ -1160,6 +1169,17 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// gc's lists before the segments: a sweep deletes its packs before it
+	// replaces its pending list by a done marker (which names no packs),
+	// so a pack listed here is either not swept yet or condemned by a list
+	// listed before. (The other way round, a sweep between the two
+	// listings left a swept pack indexed and not condemned, and a writer
+	// whose view is newer than the mark deduplicated against it and
+	// passed the commit check: TestBlobGCSweepDuringRefresh.)
+	lists, err := s.gcLists(ctx)
+	if err != nil {
+		return err
+	}
 	err = s.bs.List(ctx, blobIndexPrefix, func(in blob.Info) error {
 		segs = append(segs, in.Name)
 		return nil
@@ -1167,7 +1187,7 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.refreshPacks(ctx, segs); err != nil {
+	if err := s.refreshPacks(ctx, lists, segs); err != nil {
 		return err
 	}
 	s.viewTime.Store(start)
