@@ -290,18 +290,20 @@ func (s *BlobStore) checkCommit(ctx context.Context) error {
 	if now-view > int64(DefaultGCMargin) {
 		return fmt.Errorf("%s: view from %s: %w", s.bs, time.Unix(0, view).UTC().Format(time.RFC3339), ErrStaleView)
 	}
-	// The lists this view knew (as the cache last listed them), by the
-	// mark's name without its pending/done prefix. A list's time is when
-	// its gc started marking, so a view that started after that time may
-	// still have listed gc/ before the list arrived: a list the view did
-	// not see counts as newer than the view, whatever its time.
-	seen := map[string]bool{}
-	err := s.db.view(ctx, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobGC).ForEach(func(k, _ []byte) error { seen[gcMarkID(string(k))] = true; return nil })
-	})
-	if err != nil {
-		return err
-	}
+	// The lists this view knew (those the refresh that made it listed), by
+	// the mark's name without its pending/done prefix. A list's time is
+	// when its gc started marking, so a view that started after that time
+	// may still have listed gc/ before the list arrived: a list the view
+	// did not see counts as newer than the view, whatever its time. Not
+	// the lists the cache holds now: a commit check (this one's gcLists
+	// below, an earlier one's, another process's on the same cache) adds
+	// lists to the cache without condemning their packs in the index, so a
+	// writer that commits twice without a refresh would count as seen a
+	// list its deduplication never heeded (TestBlobGCListLearntByCommit).
+	var seen map[string]bool
+	if v := s.viewGC.Load(); v != nil && v.time == view {
+		seen = v.ids
+	} // else a refresh is under way: none counts as seen
 	lists, err := s.gcLists(ctx)
 	if err != nil {
 		return err
@@ -434,6 +436,12 @@ func (s *BlobStore) awaitNoGC(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// viewLists is the gc lists a refresh listed (gcMarkID), with its time.
+type viewLists struct {
+	time int64
+	ids  map[string]bool
 }
 
 // gcMarkID is a gc list's name without its prefix: the same for a

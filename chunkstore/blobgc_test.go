@@ -493,3 +493,157 @@ func TestBlobGCSweepDuringRefresh(t *testing.T) {
 		}
 	}
 }
+
+// hookOnce runs a hook once, before the first Put or Delete of a name
+// with its prefix (then the operation runs as usual).
+type hookOnce struct {
+	blob.Store
+	mu     sync.Mutex
+	op     faulty.Op // faulty.Put or faulty.Delete
+	prefix string
+	hook   func()
+}
+
+func (h *hookOnce) take(op faulty.Op, name string) {
+	h.mu.Lock()
+	var hook func()
+	if h.hook != nil && h.op == op && strings.HasPrefix(name, h.prefix) {
+		hook, h.hook = h.hook, nil
+	}
+	h.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+}
+
+func (h *hookOnce) set(op faulty.Op, prefix string, hook func()) {
+	h.mu.Lock()
+	h.op, h.prefix, h.hook = op, prefix, hook
+	h.mu.Unlock()
+}
+
+func (h *hookOnce) Put(ctx context.Context, name string, data []byte) error {
+	h.take(faulty.Put, name)
+	return h.Store.Put(ctx, name, data)
+}
+
+func (h *hookOnce) Delete(ctx context.Context, name string) error {
+	h.take(faulty.Delete, name)
+	return h.Store.Delete(ctx, name)
+}
+
+// A writer's refresh starts after gc took its mark's time but lists gc/
+// before the list is put: its view does not condemn the list's pack P,
+// though the list's time precedes the view, so only "the view did not
+// list it" makes the commit check count it as newer than the view. The
+// writer commits a record within the margin (its check lists gc/ and
+// learns the list), then deduplicates against P's chunks, still live in
+// its index, and commits a second record, without a refresh, while a
+// sweep past the margin (whose view predates that record) deletes P. The
+// check took its "seen" lists from the cache, which the first check had
+// updated, so it passed, and the record lost its chunks. The check now
+// compares with the lists the view's refresh listed (viewGC): the second
+// commit is refused, and its retry (refresh, put, commit) stores the
+// chunks again.
+func TestBlobGCListLearntByCommit(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	hooked := &hookOnce{Store: inner}
+	g := gcHost(t, hooked, clk)
+	w := gcHost(t, inner, clk)
+	cs := mkChunks(1, 5, 20000) // P's chunks: no record, dead at the mark
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	commit := func(key string, chunks []Chunk) error {
+		return w.Update(ctx, func(tx MetaTx) error {
+			var v []byte
+			for _, c := range chunks {
+				v = append(v, c.ID[:]...)
+			}
+			return tx.Put(recBucket, []byte(key), v)
+		})
+	}
+	gc := func() {
+		t.Helper()
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		live, _ := recordedChunks(t, g)
+		if _, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The mark, with the writer's refresh between its time and its PUT.
+	hooked.set(faulty.Put, gcPendingPrefix, func() {
+		if err := w.Refresh(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	gc()
+	if hooked.hook != nil || len(objects(t, inner, gcPendingPrefix)) != 1 {
+		t.Fatal("gc put no pending list")
+	}
+	if dd, err := w.HasForDedup(ctx, chunkIDs(cs)); err != nil || !dd[0] {
+		t.Fatalf("the view condemns P already (%v, %v): not the interleaving", dd, err)
+	}
+	// Record 1, within the margin: its check learns the list.
+	clk.advance(testMargin / 2)
+	other := mkChunks(100, 2, 20000)
+	if _, err := w.PutMany(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := commit("r1", other); err != nil {
+		t.Fatalf("record 1, within the margin: %v", err)
+	}
+	// The writer's index still has P's chunks, not condemned: it
+	// deduplicates against them.
+	packs := len(objects(t, inner, blobPacksPrefix))
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(objects(t, inner, blobPacksPrefix)); n != packs {
+		t.Fatalf("the writer stored P's chunks again (%d packs, was %d): not the interleaving", n, packs)
+	}
+	// Past the margin, record 2 is committed during the sweep of P (after
+	// the sweeping gc looked at meta/).
+	clk.advance(testMargin)
+	var err2 error
+	hooked.set(faulty.Delete, blobIndexPrefix, func() { err2 = commit("r2", cs) })
+	gc()
+	if hooked.hook != nil {
+		t.Fatal("the sweep deleted no segment")
+	}
+	if !errors.Is(err2, ErrStaleView) {
+		t.Errorf("record 2 (deduplicated on a view that did not condemn P, committed past the list's margin) = %v, want ErrStaleView", err2)
+	}
+	check := func(when string) {
+		t.Helper()
+		fresh := gcHost(t, inner, clk)
+		live, keys := recordedChunks(t, fresh)
+		for id := range live {
+			if _, err := fresh.Get(ctx, id); err != nil {
+				t.Fatalf("%s: a chunk of a committed record (%d records): %v", when, len(keys), err)
+			}
+		}
+	}
+	check("after the sweep")
+	if err2 != nil { // the retry a caller does
+		if err := w.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.PutMany(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+		if err := commit("r2", cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		clk.advance(testMargin * 3 / 2)
+		gc()
+	}
+	check("after two more gc runs")
+}

@@ -52,6 +52,9 @@ type BlobStore struct {
 	// viewTime is when the last refresh listed the bucket (UnixNano): the
 	// age of this process's view, which gc's margin bounds.
 	viewTime atomic.Int64
+	// viewGC is the gc lists the refresh that set viewTime listed, the
+	// ones its index condemns packs by (checkCommit).
+	viewGC atomic.Pointer[viewLists]
 	// clock is time.Now but for tests of gc's margins.
 	clock func() time.Time
 	// news is what this process learnt from news/ (blobnews.go);
@@ -1190,6 +1193,11 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err := s.refreshPacks(ctx, lists, segs); err != nil {
 		return err
 	}
+	ids := make(map[string]bool, len(lists))
+	for n := range lists {
+		ids[gcMarkID(n)] = true
+	}
+	s.viewGC.Store(&viewLists{time: start, ids: ids}) // before viewTime: checkCommit loads them the other way round
 	s.viewTime.Store(start)
 	s.newsFrom(start)
 	// Journal.
