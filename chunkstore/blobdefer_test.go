@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // openDeferred opens a new directory store with OpenOptions.DeferSync.
@@ -244,5 +246,38 @@ func deferPutChild(ctx context.Context, dir string) {
 			os.Exit(2)
 		}
 		fmt.Println("ok " + strings.Join(ids, " "))
+	}
+}
+
+// Commits of many packs each must not leave a copy of the chunk tree as
+// free pages in the cache (indexAhead): the file stays close to what it
+// holds.
+func TestDeferSyncCacheGrowth(t *testing.T) {
+	ctx := context.Background()
+	s, dir := openDeferred(t, InitOptions{PackSize: 64 << 10, BlockSize: 1, Compression: "fastest"})
+	for c := uint64(0); c < 8; c++ {
+		if _, err := s.PutMany(ctx, mkChunks(1+c*1000, 1000, 600)); err != nil {
+			t.Fatal(err)
+		}
+		k := []byte(strconv.FormatUint(c, 10))
+		if err := s.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("user"), k, []byte("v")) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "cache", "index.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var pages int64
+	if err := db.View(func(tx *bolt.Tx) error { pages = tx.Size() / int64(db.Info().PageSize); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	st := db.Stats()
+	if free := int64(st.FreePageN + st.PendingPageN); free*5 > pages {
+		t.Fatalf("cache: %d of %d pages free, want at most a fifth", free, pages)
 	}
 }

@@ -1091,6 +1091,10 @@ func (s *BlobStore) update(ctx context.Context, staged []*stagedPack, fn func(Me
 	if err := s.checkCommit(ctx); err != nil {
 		return err
 	}
+	staged, err := s.indexAhead(ctx, staged)
+	if err != nil {
+		return err
+	}
 	return s.db.update(ctx, func(tx *bolt.Tx) error {
 		if err := indexStaged(tx, staged); err != nil {
 			return err
