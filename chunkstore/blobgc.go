@@ -53,7 +53,9 @@ const (
 )
 
 // ErrStaleView means a writer's view of a bucket store is older than gc's
-// margin allows for a commit; open the store again and redo the work.
+// margin allows for a commit; open the store again (or refresh it) and redo
+// the work: store the chunks again, so they are deduplicated anew, before
+// committing again.
 var ErrStaleView = errors.New("this process's view of the store is older than gc's margin; nothing was committed, run again")
 
 // ErrGCRunning means another gc holds the store's lease.
@@ -285,7 +287,29 @@ func (s *BlobStore) refreshPacks(ctx context.Context, lists map[string]*gcList, 
 // checkCommit is the writer's side of gc: called before a commit point is
 // written, it refuses when a gc may have deleted what this view relied on.
 func (s *BlobStore) checkCommit(ctx context.Context) error {
+	// The view of this commit's deduplication: the oldest since the last
+	// check (dedupView), taken here so decisions made from now on count
+	// for the next commit. A refused writer redoes its work (ErrStaleView),
+	// and the redone decisions set the view its next commit is checked on.
+	v := s.dedupView.Swap(nil)
+	if v == nil {
+		v = s.currentView()
+	}
+	return s.checkView(ctx, v)
+}
+
+// currentView is the view of the last refresh, with the gc lists it
+// listed (none while a refresh is under way).
+func (s *BlobStore) currentView() *viewLists {
 	view := s.viewTime.Load()
+	if v := s.viewGC.Load(); v != nil && v.time == view {
+		return v
+	}
+	return &viewLists{time: view}
+}
+
+func (s *BlobStore) checkView(ctx context.Context, v *viewLists) error {
+	view, seen := v.time, v.ids
 	now := s.now()
 	if now-view > int64(DefaultGCMargin) {
 		return fmt.Errorf("%s: view from %s: %w", s.bs, time.Unix(0, view).UTC().Format(time.RFC3339), ErrStaleView)
@@ -300,10 +324,8 @@ func (s *BlobStore) checkCommit(ctx context.Context) error {
 	// lists to the cache without condemning their packs in the index, so a
 	// writer that commits twice without a refresh would count as seen a
 	// list its deduplication never heeded (TestBlobGCListLearntByCommit).
-	var seen map[string]bool
-	if v := s.viewGC.Load(); v != nil && v.time == view {
-		seen = v.ids
-	} // else a refresh is under way: none counts as seen
+	// Nor the lists of a refresh after the deduplication (dedupView:
+	// TestBlobGCListLearntByRead).
 	lists, err := s.gcLists(ctx)
 	if err != nil {
 		return err

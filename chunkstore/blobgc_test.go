@@ -647,3 +647,80 @@ func TestBlobGCListLearntByCommit(t *testing.T) {
 	}
 	check("after two more gc runs")
 }
+
+// A writer deduplicates against a pack a gc has just condemned (its view
+// predates the list), then a refresh in its process (a read of a chunk
+// whose pack is gone does one) gives it a view that knows the list. Its commit, past the list's margin
+// and after the sweep, must still be refused: the decisions were taken
+// on the older view (dedupView).
+func TestBlobGCListLearntByRead(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	g := gcHost(t, inner, clk)
+	p := gcHost(t, inner, clk)
+	cs := mkChunks(1, 5, 20000) // pack P: no record, dead at the mark
+	if _, err := p.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	w := gcHost(t, inner, clk) // knows P, not its condemnation
+	commit := func(s *BlobStore, key string, chunks []Chunk) error {
+		return s.Update(ctx, func(tx MetaTx) error {
+			var v []byte
+			for _, c := range chunks {
+				v = append(v, c.ID[:]...)
+			}
+			return tx.Put(recBucket, []byte(key), v)
+		})
+	}
+	gc := func() {
+		t.Helper()
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		live, _ := recordedChunks(t, g)
+		if _, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gc() // marks P
+	if len(objects(t, inner, gcPendingPrefix)) != 1 {
+		t.Fatal("gc put no pending list")
+	}
+	packs := len(objects(t, inner, blobPacksPrefix))
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(objects(t, inner, blobPacksPrefix)); n != packs {
+		t.Fatalf("the writer stored P's chunks again (%d packs, was %d): not the interleaving", n, packs)
+	}
+	// A refresh in the writer's process before its commit: a Get or
+	// GetMany whose pack another gc deleted does one (as do Verify and
+	// Stats). The view now holds gc's list.
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dd, err := w.HasForDedup(ctx, chunkIDs(cs)); err != nil || dd[0] {
+		t.Fatalf("after the read's refresh the view still deduplicates against P (%v, %v): not the interleaving", dd, err)
+	}
+	clk.advance(testMargin * 3 / 2)
+	gc() // sweeps P
+	if err := commit(w, "w", cs); !errors.Is(err, ErrStaleView) {
+		t.Fatalf("commit of chunks deduplicated on a view that did not condemn P, past the list's margin = %v, want ErrStaleView", err)
+	}
+	// The retry a caller does: its chunks stored anew, then committed.
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	if err := commit(w, "w", cs); err != nil {
+		t.Fatal(err)
+	}
+	fresh := gcHost(t, inner, clk)
+	live, keys := recordedChunks(t, fresh)
+	for id := range live {
+		if _, err := fresh.Get(ctx, id); err != nil {
+			t.Fatalf("a chunk of a committed record (%d records): %v", len(keys), err)
+		}
+	}
+}

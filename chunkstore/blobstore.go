@@ -55,6 +55,12 @@ type BlobStore struct {
 	// viewGC is the gc lists the refresh that set viewTime listed, the
 	// ones its index condemns packs by (checkCommit).
 	viewGC atomic.Pointer[viewLists]
+	// dedupView is the view the first deduplication since the last commit
+	// check decided on (has with forDedup finding an indexed copy): the
+	// next commit is checked
+	// against it, not against a later refresh's (a Get's, say), which may
+	// have learnt a gc list the earlier decisions never heeded.
+	dedupView atomic.Pointer[viewLists]
 	// clock is time.Now but for tests of gc's margins.
 	clock func() time.Time
 	// news is what this process learnt from news/ (blobnews.go);
@@ -810,7 +816,14 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 	// Staged chunks first: a durable point indexes its packs before it
 	// forgets them, so a chunk it moves meanwhile is seen in one or the
 	// other.
+	// The view before the index is read: the cache may be newer than it
+	// (a refresh under way, another process's), never older.
+	var pre *viewLists
+	if forDedup && s.dedupView.Load() == nil {
+		pre = s.currentView()
+	}
 	s.stagedHas(ids, out)
+	hit := false
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
 		chunks, _, err := buckets(tx)
 		if err != nil {
@@ -823,9 +836,14 @@ func (s *BlobStore) has(ctx context.Context, ids []ID, forDedup bool) ([]bool, e
 			}
 			v := chunks.Get(id[:])
 			out[i] = v != nil && (!forDedup || len(v) < 4 || cond.Get(packKey(binary.LittleEndian.Uint32(v))) == nil)
+			hit = hit || out[i]
 		}
 		return nil
 	})
+	if pre != nil && hit {
+		// A chunk left out relies on its indexed copy until the commit.
+		s.dedupView.CompareAndSwap(nil, pre)
+	}
 	return out, err
 }
 
