@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -120,6 +124,30 @@ func TestBadInput(t *testing.T) {
 		cfg.MaxRetries = 1
 		_, err = open(t, cfg, true)
 		oneLine(t, err, blob.ErrUnreachable)
+	})
+	t.Run("ClockSkew", func(t *testing.T) {
+		// The server sees requests signed an hour ahead of its clock, as
+		// from a host whose clock is wrong: the real server's answer.
+		cfg := s3test.Config(t)
+		target, err := url.Parse(cfg.Endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy := httputil.NewSingleHostReverseProxy(target)
+		direct := proxy.Director
+		proxy.Director = func(r *http.Request) {
+			direct(r)
+			if d, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date")); err == nil {
+				r.Header.Set("X-Amz-Date", d.Add(time.Hour).Format("20060102T150405Z"))
+			}
+		}
+		srv := httptest.NewServer(proxy)
+		defer srv.Close()
+		cfg.Endpoint = srv.URL
+		cfg.MaxRetries = 1
+		_, err = open(t, cfg, true)
+		oneLine(t, err, blob.ErrClockSkew)
+		t.Log(err)
 	})
 	t.Run("BadEndpoint", func(t *testing.T) {
 		cfg := s3test.Config(t)
