@@ -448,7 +448,13 @@ func (s *BlobStore) awaitNoGC(ctx context.Context) error {
 			return fmt.Errorf("%s: unreadable %s: cannot tell whether a gc runs (remove it if none does)", s.bs, gcLeaseName)
 		}
 		if time.Duration(s.now()-l.Time) >= DefaultGCLeaseTimeout {
-			return nil
+			alive, err := s.leaseAlive(ctx, l)
+			if err != nil {
+				return err
+			}
+			if time.Duration(s.now()-alive) >= DefaultGCLeaseTimeout {
+				return nil
+			}
 		}
 		t := time.NewTimer(s.news.interval)
 		select {
@@ -497,12 +503,18 @@ func (s *BlobStore) takeLease(ctx context.Context, timeout time.Duration) error 
 		if gerr != nil || json.Unmarshal(b, &l) != nil {
 			return fmt.Errorf("%s: %w (unreadable %s; remove it if no gc runs)", s.bs, ErrGCRunning, gcLeaseName)
 		}
-		if age := time.Duration(s.now() - l.Time); age < timeout {
+		alive, err := s.leaseAlive(ctx, l)
+		if err != nil {
+			return err
+		}
+		if time.Duration(s.now()-alive) < timeout {
+			age := time.Duration(s.now() - l.Time)
 			return fmt.Errorf("%s: %w (pid %d on %s, for %s)", s.bs, ErrGCRunning, l.PID, l.Host, age.Round(time.Second))
 		}
 		if err := s.bs.Delete(ctx, gcLeaseName); err != nil { // stale: its gc was killed
 			return err
 		}
+		s.deleteBeats(ctx)
 	}
 }
 
@@ -537,7 +549,7 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 		if err := s.takeLease(ctx, leaseTimeout); err != nil {
 			return st, err
 		}
-		defer func() { _ = s.bs.Delete(context.WithoutCancel(ctx), gcLeaseName) }()
+		defer s.beatLease(ctx, leaseTimeout/4)()
 	}
 	lists, err := s.gcLists(ctx)
 	if err != nil {

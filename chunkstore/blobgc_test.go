@@ -724,3 +724,82 @@ func TestBlobGCListLearntByRead(t *testing.T) {
 		}
 	}
 }
+
+// A gc that runs for longer than the lease timeout keeps its lease by its
+// beats: another gc meanwhile is refused, and once the first is done the
+// lease and its beats are gone and the next gc runs. The clock is fake;
+// the beats come from a real ticker, which the test waits for.
+func TestBlobGCLeaseBeats(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	hooked := &hookOnce{Store: inner}
+	g1 := gcHost(t, hooked, clk)
+	g2 := gcHost(t, inner, clk)
+	if _, err := g1.PutMany(ctx, mkChunks(1, 3, 20000)); err != nil { // dead: gc marks their pack
+		t.Fatal(err)
+	}
+	const timeout = 40 * time.Millisecond // beats every 10 ms of real time
+	opts := GCOptions{Margin: testMargin, LeaseTimeout: timeout}
+	var err2 error
+	hooked.set(faulty.Put, gcPendingPrefix, func() {
+		// The first gc's mark, stalled past the timeout: the lease is
+		// stale by its own time; wait for a beat after it.
+		clk.advance(10 * timeout)
+		now := clk.now().UnixNano()
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
+			var beat bool
+			for _, n := range objects(t, inner, gcBeatPrefix) {
+				if v, ok := parseBeatName(n); ok && v >= now {
+					beat = true
+				}
+			}
+			if beat {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Error("no beat within a minute")
+				return
+			}
+		}
+		if err := g2.Refresh(ctx); err != nil {
+			t.Error(err)
+		}
+		_, err2 = g2.GC(ctx, liveSet{}.fn, opts)
+	})
+	if _, err := g1.GC(ctx, liveSet{}.fn, opts); err != nil {
+		t.Fatal(err)
+	}
+	if hooked.hook != nil {
+		t.Fatal("the first gc put no pending list")
+	}
+	if !errors.Is(err2, ErrGCRunning) {
+		t.Fatalf("a second gc while the first (past the lease timeout, beating) runs = %v, want ErrGCRunning", err2)
+	}
+	if n := len(objects(t, inner, gcLeaseName)) + len(objects(t, inner, gcBeatPrefix)); n != 0 {
+		t.Fatalf("%d lease objects left after the gc", n)
+	}
+	if _, err := g2.GC(ctx, liveSet{}.fn, opts); err != nil {
+		t.Fatalf("the next gc: %v", err)
+	}
+	// A killed gc's lease and beats: stale once its newest beat is.
+	if err := inner.Put(ctx, gcLeaseName, []byte(`{"host":"h","pid":1,"time_ns":`+strconv.FormatInt(clk.now().UnixNano(), 10)+`}`)); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(timeout / 2)
+	if err := inner.Put(ctx, beatName(clk.now().UnixNano()), nil); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(timeout * 3 / 4) // the lease stale by its time, not by its beat
+	if _, err := g2.GC(ctx, liveSet{}.fn, opts); !errors.Is(err, ErrGCRunning) {
+		t.Fatalf("gc beside a lease with a fresh beat = %v, want ErrGCRunning", err)
+	}
+	clk.advance(timeout)
+	if _, err := g2.GC(ctx, liveSet{}.fn, opts); err != nil {
+		t.Fatalf("gc beside a stale lease and beat: %v", err)
+	}
+	if n := len(objects(t, inner, gcLeaseName)) + len(objects(t, inner, gcBeatPrefix)); n != 0 {
+		t.Fatalf("%d lease objects left after taking over a stale lease", n)
+	}
+}

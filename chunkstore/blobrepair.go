@@ -129,7 +129,7 @@ func (s *BlobStore) Repair(ctx context.Context) (RepairReport, error) {
 	if err := s.takeLease(ctx, DefaultGCLeaseTimeout); err != nil {
 		return rep, err
 	}
-	defer func() { _ = s.bs.Delete(context.WithoutCancel(ctx), gcLeaseName) }()
+	defer s.beatLease(ctx, DefaultGCLeaseTimeout/4)()
 	known := map[ID]bool{}
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobHash).ForEach(func(k, _ []byte) error { known[ID(k)] = true; return nil })
