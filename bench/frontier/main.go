@@ -20,9 +20,9 @@
 // bucket, to see what storing poorly compressible blocks raw could save.
 // In every file after the first, the blocks the first file holds too (a
 // fleet store's template blocks) are left out, so its rows are what the
-// other images added. Per-block
-// CPU is CLOCK_THREAD_CPUTIME_ID, the mean over -rounds: getrusage's split
-// into user and system time is only tick-precise over a few milliseconds.
+// other images added. Per-block CPU is CLOCK_THREAD_CPUTIME_ID, the mean
+// over -rounds: getrusage's thread times come from tick samples and are
+// not precise over one block's few milliseconds.
 package main
 
 import (
