@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"syscall"
 	"unicode/utf8"
@@ -25,6 +26,16 @@ func main() {
 	// grow to twice the live size. GOMEMLIMIT overrides it.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(160 << 20)
+	}
+	// ENGRAM_TRACE=FILE writes an execution trace of the whole command
+	// (where its goroutines wait, how busy the cores are).
+	if p := os.Getenv("ENGRAM_TRACE"); p != "" {
+		if f, err := os.Create(p); err == nil && trace.Start(f) == nil {
+			code := run(os.Args, os.Stdout, os.Stderr)
+			trace.Stop()
+			f.Close()
+			os.Exit(code)
+		}
 	}
 	// ENGRAM_CPUPROFILE=FILE profiles the whole command (bench/README.md);
 	// the library-level profiler is bench/prof.
