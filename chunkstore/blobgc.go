@@ -140,6 +140,15 @@ func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
 		}
 		out[n] = l
 	}
+	stale := false
+	for n := range cached {
+		stale = stale || out[n] == nil
+	}
+	if !stale && len(fresh) == 0 {
+		// Nothing to write: an empty update still commits (two
+		// fdatasyncs), and every Refresh and commit check lists gc/.
+		return out, nil
+	}
 	err = s.db.update(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketBlobGC)
 		for n := range cached {
