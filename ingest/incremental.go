@@ -42,7 +42,7 @@ func RunIncremental(ctx context.Context, st chunkstore.Store, src Layer, parent 
 	for _, r := range regions {
 		total += r.end - r.start
 	}
-	return pipeline(ctx, st, ch, src.Size(), total, opts, nil, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
+	return pipeline(ctx, st, ch, src.Size(), total, opts, nil, func(ctx context.Context, emit func(chunkJob) error, _ func() error) (int64, error) {
 		p := &incr{ctx: ctx, st: st, src: src, ch: ch, emit: emit, prog: opts.Progress, parent: engram.NewCursor(ctx, st, parent)}
 		err := p.run(regions)
 		return p.read, err

@@ -58,6 +58,13 @@ const (
 	batchChunks = 256     // chunks per store batch
 	batchBytes  = 8 << 20 // raw bytes per store batch: each is one store commit (fsyncs), so not too small
 	inFlight    = 256     // chunks between the producer and the collector
+	// Chunks go to the hashers and on to the collector in groups of up
+	// to groupChunks chunks or groupBytes bytes: one channel send and at
+	// most one goroutine wake-up per group instead of per chunk (on the
+	// template's re-read, ~7,500 chunks, that was ~5% of its CPU), while
+	// the last group keeps the other core waiting well under 1 ms.
+	groupChunks = 16
+	groupBytes  = 1 << 20
 	// batchOwners is how many read buffers one batch may borrow from.
 	batchOwners = 3
 	// pageBatchBytes is manifest pages per store batch: the store still
@@ -76,12 +83,12 @@ type Result struct {
 	// manifest (new and reused chunks alike).
 	Sketch []byte
 	guided bool // cut where Options.prior's chunks lie (tests)
+	spans  int  // guided chunks borrowed from two mapped reads (tests)
 }
 
 // chunkJob is one chunk of the manifest in guest order: new data to hash
 // and store, or (reuse) a chunk of the parent manifest that is kept as is.
 type chunkJob struct {
-	seq   int64
 	off   int64
 	data  []byte
 	owner *readBuf // data is borrowed from this read buffer; nil: data is the chunker's
@@ -123,8 +130,17 @@ func releaseData(ch *Chunker, data []byte, owner *readBuf) {
 }
 
 // producer emits the manifest's chunks in guest order and returns how many
-// guest bytes it read.
-type producer func(ctx context.Context, emit func(chunkJob) error) (read int64, err error)
+// guest bytes it read. It calls flush before it waits for anything but
+// emit itself (a read), so the chunks emitted so far go on to be hashed
+// and stored: emit holds them back to send them in groups, and they may
+// borrow the very buffers the read waits for.
+type producer func(ctx context.Context, emit func(chunkJob) error, flush func() error) (read int64, err error)
+
+// jobGroup is chunks of the manifest in guest order, numbered by seq.
+type jobGroup struct {
+	seq  int64
+	jobs []chunkJob
+}
 
 // Run reads all of src through its extent map, stores its new chunks in st
 // and returns the manifest. It does not commit the engram: the caller
@@ -142,25 +158,29 @@ func run(ctx context.Context, st chunkstore.Store, src Source, opts Options, pol
 	if err != nil {
 		return nil, err
 	}
-	align := int64(ch.p.Align)
-	total, err := dataBytes(src, align)
-	if err != nil {
-		return nil, err
+	// total is only for the progress bar: walking the extent map twice
+	// costs ~0.5 ms before the first byte is read, in every command.
+	var total int64
+	if opts.Progress != nil {
+		if total, err = dataBytes(src, int64(ch.p.Align)); err != nil {
+			return nil, err
+		}
 	}
 	if p := opts.prior; p != nil && p.Size == src.Size() && !opts.HashOnly {
-		res, err := pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
-			gd := &guide{cur: engram.NewCursor(ctx, st, *p), ch: ch}
-			return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress, pol, gd)
+		gd := &guide{ch: ch}
+		res, err := pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error, flush func() error) (int64, error) {
+			gd.cur = engram.NewCursor(ctx, st, *p)
+			return produceFlat(ctx, src, ch, workers(opts), emit, flush, opts.Progress, pol, gd)
 		})
 		if err == nil {
-			res.guided = true
+			res.guided, res.spans = true, gd.spans
 		}
 		if !errors.Is(err, errChanged) {
 			return res, err
 		}
 	}
-	return pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error) (int64, error) {
-		return produceFlat(ctx, src, ch, workers(opts), emit, opts.Progress, pol, nil)
+	return pipeline(ctx, st, ch, src.Size(), total, opts, pol, func(ctx context.Context, emit func(chunkJob) error, flush func() error) (int64, error) {
+		return produceFlat(ctx, src, ch, workers(opts), emit, flush, opts.Progress, pol, nil)
 	})
 }
 
@@ -175,7 +195,7 @@ func workers(opts Options) int {
 // n readers (decompression of compressed clusters happens here, in
 // parallel), puts them back in order and cuts them into chunks: with the
 // chunker, or where gd (non-nil) says.
-func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, prog Progress, pol *mapPolicy, gd *guide) (int64, error) {
+func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(chunkJob) error, flushJobs func() error, prog Progress, pol *mapPolicy, gd *guide) (int64, error) {
 	size := src.Size()
 	align := int64(ch.p.Align)
 	type readJob struct {
@@ -266,13 +286,15 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 		var cur *readBuf
 		cut := func(off int64, data []byte, borrowed, check bool, want chunkstore.ID) error {
 			j := chunkJob{off: off, data: data, n: uint32(len(data)), check: check, want: want}
-			if borrowed && cur.full {
+			lend := cur.full || cur.mapped
+			if borrowed && lend {
 				cur.hold()
 				j.owner = cur
 			}
-			if borrowed && !cur.full {
+			if borrowed && !lend {
 				// A small read (a short extent) would pin a whole
-				// buffer for one chunk: copy, as before.
+				// buffer for one chunk: copy, as before. (A mapped
+				// one pins no memory.)
 				j.data = ch.sizedCopy(data)
 			}
 			if err := emit(j); err != nil {
@@ -291,6 +313,22 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 		if gd != nil {
 			gd.emit = func(off int64, data []byte, borrowed bool, want chunkstore.ID) error {
 				return cut(off, data, borrowed, true, want)
+			}
+			gd.lend = func() *readBuf {
+				if !cur.mapped {
+					return nil
+				}
+				cur.hold()
+				return cur
+			}
+			gd.emitSpan = func(off int64, data []byte, head, tail *readBuf, want chunkstore.ID) error {
+				sp := &readBuf{full: true, mapped: true, done: func() { head.release(); tail.release() }}
+				sp.hold()
+				if err := emit(chunkJob{off: off, data: data, n: uint32(len(data)), check: true, want: want, owner: sp}); err != nil {
+					sp.release()
+					return err
+				}
+				return nil
 			}
 			write = func(off int64, data, _ []byte) error { return gd.write(off, data) }
 			flush = gd.finish
@@ -315,6 +353,9 @@ func produceFlat(ctx context.Context, src Source, ch *Chunker, n int, emit func(
 				cur.hold() // the splitter's, while it cuts this buffer
 				err := write(r.job.off, r.data, r.cls)
 				cur.release()
+				if err == nil {
+					err = flushJobs() // the next read may wait for this one's chunks
+				}
 				if err != nil {
 					return err
 				}
@@ -353,8 +394,10 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 		defer opts.Progress.Finish()
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	chunks := make(chan chunkJob, 2*n)
-	hashed := make(chan chunkJob, 2*n)
+	chunks := make(chan jobGroup, 2*n)
+	hashed := make(chan jobGroup, 2*n)
+	// Spent groups' slices are reused: every group in flight fits.
+	groups := make(chan []chunkJob, inFlight+4*n)
 	tokens := make(chan struct{}, inFlight) // bounds chunks in flight
 	batches := make(chan batch, n)
 
@@ -363,14 +406,37 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 		defer close(chunks)
 		var seq int64
 		var err error
+		var cur []chunkJob
+		var curBytes int
+		flush := func() error {
+			if len(cur) == 0 {
+				return nil
+			}
+			grp := jobGroup{seq: seq, jobs: cur}
+			seq++
+			cur, curBytes = nil, 0
+			return send(ctx, chunks, grp)
+		}
 		read, err = produce(ctx, func(c chunkJob) error {
 			if err := send(ctx, tokens, struct{}{}); err != nil {
 				return err
 			}
-			c.seq = seq
-			seq++
-			return send(ctx, chunks, c)
-		})
+			if cur == nil {
+				select {
+				case cur = <-groups:
+				default:
+					cur = make([]chunkJob, 0, groupChunks)
+				}
+			}
+			cur = append(cur, c)
+			if curBytes += len(c.data); len(cur) >= groupChunks || curBytes >= groupBytes {
+				return flush()
+			}
+			return nil
+		}, flush)
+		if err == nil {
+			err = flush()
+		}
 		return err
 	}))
 
@@ -379,11 +445,13 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 		hashers.Add(1)
 		g.Go(guard(func() error {
 			defer hashers.Done()
-			for c := range chunks {
-				if !c.reuse {
-					c.id = chunkstore.Sum(c.data)
+			for grp := range chunks {
+				for i := range grp.jobs {
+					if c := &grp.jobs[i]; !c.reuse {
+						c.id = chunkstore.Sum(c.data)
+					}
 				}
-				if err := send(ctx, hashed, c); err != nil {
+				if err := send(ctx, hashed, grp); err != nil {
 					return err
 				}
 			}
@@ -468,35 +536,42 @@ func pipeline(ctx context.Context, st chunkstore.Store, ch *Chunker, size, total
 			return nil
 		})
 		sk := engram.NewSketchBuilder()
-		pending := map[int64]chunkJob{}
+		pending := map[int64]jobGroup{}
 		var next int64
-		for c := range hashed {
-			pending[c.seq] = c
+		for grp := range hashed {
+			pending[grp.seq] = grp
 			for {
-				c, ok := pending[next]
+				grp, ok := pending[next]
 				if !ok {
 					break
 				}
 				delete(pending, next)
 				next++
-				<-tokens
-				if c.check && c.id != c.want {
-					releaseData(ch, c.data, c.owner)
-					return errChanged
-				}
-				ref := engram.ChunkRef{Offset: c.off, Length: c.n, ID: c.id}
-				if err := b.Add(ref); err != nil {
-					return err
-				}
-				sk.Add(ref)
-				switch {
-				case c.reuse:
-				case opts.HashOnly:
-					releaseData(ch, c.data, c.owner)
-				default:
-					if err := add(chunkstore.Chunk{ID: c.id, Data: c.data}, c.owner); err != nil {
+				for _, c := range grp.jobs {
+					<-tokens
+					if c.check && c.id != c.want {
+						releaseData(ch, c.data, c.owner)
+						return errChanged
+					}
+					ref := engram.ChunkRef{Offset: c.off, Length: c.n, ID: c.id}
+					if err := b.Add(ref); err != nil {
 						return err
 					}
+					sk.Add(ref)
+					switch {
+					case c.reuse:
+					case opts.HashOnly:
+						releaseData(ch, c.data, c.owner)
+					default:
+						if err := add(chunkstore.Chunk{ID: c.id, Data: c.data}, c.owner); err != nil {
+							return err
+						}
+					}
+				}
+				clear(grp.jobs) // no references into read buffers while it waits
+				select {
+				case groups <- grp.jobs[:0]:
+				default:
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"unsafe"
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
@@ -34,6 +35,20 @@ type guide struct {
 	carryRef engram.ChunkRef
 	carrying bool
 	next     int64 // guest offset just past the last read
+
+	// A chunk that crosses from one mapped read into the next is not
+	// copied when the two reads lie one after the other in memory (one
+	// mapping, consecutive host offsets: most of a re-read): it is one
+	// slice of the mapping, borrowed from both reads. lend returns the
+	// read being cut, held once more for that, or nil when it may not be
+	// lent across reads (not mapped); emitSpan emits such a
+	// chunk, releasing both holds when it is done. Either may be nil
+	// (no spans).
+	lend     func() *readBuf
+	emitSpan func(off int64, data []byte, head, tail *readBuf, want chunkstore.ID) error
+	head     []byte   // while carrying: the chunk's bytes in the previous read, when headBuf is set
+	headBuf  *readBuf // that read, held; nil: the chunk's bytes are in carry
+	spans    int      // chunks emitted as spans (tests)
 }
 
 // write takes one read, in guest order.
@@ -43,7 +58,14 @@ func (g *guide) write(off int64, data []byte) error {
 	}
 	g.next = off + int64(len(data))
 	end := g.next
-	for pos := off; pos < end; {
+	pos := off
+	if g.carrying && g.headBuf != nil {
+		var err error
+		if pos, err = g.span(off, data); err != nil {
+			return err
+		}
+	}
+	for pos < end {
 		if g.carrying {
 			n := min(g.carryRef.End(), end) - pos
 			g.carry = append(g.carry, data[pos-off:pos-off+n]...)
@@ -81,9 +103,39 @@ func (g *guide) write(off int64, data []byte) error {
 			pos = ref.End()
 			continue
 		}
-		g.carry, g.carryRef, g.carrying = g.ch.getBuf(), ref, true
+		g.carryRef, g.carrying = ref, true
+		if g.lend != nil && g.emitSpan != nil {
+			if b := g.lend(); b != nil {
+				g.head, g.headBuf = data[pos-off:], b
+				return nil
+			}
+		}
+		g.carry = g.ch.getBuf()
 	}
 	return nil
+}
+
+// span ends the carried chunk whose head is in the previous (mapped)
+// read: as one slice of the mapping when data, the next read, follows
+// the head in memory and holds the rest of the chunk, else by copying
+// the head into carry for write to complete as usual. It returns where
+// write goes on.
+func (g *guide) span(off int64, data []byte) (int64, error) {
+	head, hb := g.head, g.headBuf
+	g.head, g.headBuf = nil, nil
+	rest := g.carryRef.End() - off
+	if rest <= int64(len(data)) && len(head) > 0 && len(data) > 0 &&
+		unsafe.Add(unsafe.Pointer(unsafe.SliceData(head)), len(head)) == unsafe.Pointer(unsafe.SliceData(data)) {
+		if tb := g.lend(); tb != nil {
+			g.carrying = false
+			g.spans++
+			chunk := unsafe.Slice(unsafe.SliceData(head), int64(len(head))+rest)
+			return off + rest, g.emitSpan(g.carryRef.Offset, chunk, hb, tb, g.carryRef.ID)
+		}
+	}
+	g.carry = append(g.ch.getBuf(), head...)
+	hb.release()
+	return off, nil
 }
 
 // zero fails with errChanged unless b, outside any chunk, is all zero.

@@ -166,3 +166,60 @@ func TestGuidedRereadRandom(t *testing.T) {
 		checkStored(t, st, got, disk)
 	}
 }
+
+// TestGuidedRereadSpans: on a mapped image, a chunk that crosses from one
+// read into the next is hashed as one slice of the mapping (no copy), and
+// a change in either part of it is still found.
+func TestGuidedRereadSpans(t *testing.T) {
+	ctx := context.Background()
+	params := chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams}
+	base := makeDisk(11, 5*readSize+12288)
+	for i := range base {
+		base[i] |= 1 // no zero blocks: chunks cross every read boundary
+	}
+	st := chunkstore.NewMemory(params)
+	_, im := openRaw(t, base)
+	prior, err := Run(ctx, st, im, Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crossing []engram.ChunkRef
+	if err := engram.ForEachChunk(ctx, st, prior.Root, func(c engram.ChunkRef) error {
+		if b := (c.Offset/readSize + 1) * readSize; b < c.End() {
+			crossing = append(crossing, c)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(crossing) < 4 {
+		t.Fatalf("%d chunks cross a read boundary, want 4 or more", len(crossing))
+	}
+	got, err := Run(ctx, st, im, Options{Workers: 2, known: true, prior: &prior.Root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.guided || got.ID != prior.ID || got.spans != len(crossing) {
+		t.Fatalf("unchanged: guided %v, %d spans (want %d), ID %s want %s", got.guided, got.spans, len(crossing), got.ID.Short(), prior.ID.Short())
+	}
+	for i, c := range crossing[:2] {
+		boundary := (c.Offset/readSize + 1) * readSize
+		for _, at := range []int64{c.Offset + 1, boundary - 1, boundary, c.End() - 1} {
+			disk := append([]byte(nil), base...)
+			disk[at] ^= 0x80
+			_, im := openRaw(t, disk)
+			got, err := Run(ctx, st, im, Options{Workers: 2, known: true, prior: &prior.Root})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := Run(ctx, chunkstore.NewMemory(params), &memSource{disk}, Options{Workers: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.guided || got.ID != want.ID {
+				t.Fatalf("chunk %d, byte %#x changed: guided %v, ID %s, fresh chunking %s", i, at, got.guided, got.ID.Short(), want.ID.Short())
+			}
+			checkStored(t, st, got, disk)
+		}
+	}
+}
