@@ -346,6 +346,10 @@ func mergeRanges(frames []*wantFrame) []*fetchRange {
 	return out
 }
 
+// rangeBufs holds the buffers fetchRange reads ranges into from a store
+// that can read into the caller's buffer (blob.IntoGetter).
+var rangeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // fetchRange reads r with one Get, decodes each of its frames, finishes
 // their loads and fills the chunks wanted. Damage (a missing pack or
 // range, a frame that does not decode) is recorded per chunk; any other
@@ -362,7 +366,22 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 		return err
 	}
 	defer sem.Release(w)
-	buf, err := s.bs.Get(ctx, packObject(r.pack), r.off, n)
+	var buf []byte
+	var err error
+	pooled := false
+	if ig, ok := s.bs.(blob.IntoGetter); ok {
+		// A local store reads into a reused buffer: a fresh one per range
+		// is an allocation the runtime zeroes and the GC then scans for.
+		pb := rangeBufs.Get().(*[]byte)
+		if int64(cap(*pb)) < n {
+			*pb = make([]byte, max(n, getManyRange+getManyGap))
+		}
+		buf, pooled = (*pb)[:n], true
+		defer func() { rangeBufs.Put(pb) }()
+		err = ig.GetInto(ctx, packObject(r.pack), r.off, buf)
+	} else {
+		buf, err = s.bs.Get(ctx, packObject(r.pack), r.off, n)
+	}
 	if err == nil && int64(len(buf)) != n {
 		// A store breaking its contract must not make us slice past buf.
 		err = fmt.Errorf("%s: get %s: %d bytes at %d, asked for %d: %w", s.bs, packObject(r.pack), len(buf), r.off, n, blob.ErrRange)
@@ -399,7 +418,8 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 				continue
 			}
 		}
-		cb, fe := decodeBlobFrame(f, fb, len(r.frames) > 1)
+		// A cached raw block must not alias a buffer that is reused.
+		cb, fe := decodeBlobFrame(f, fb, pooled || len(r.frames) > 1)
 		if fe != nil {
 			s.finishLoad(f, nil, fe)
 			for _, i := range f.idx {

@@ -559,3 +559,51 @@ func TestBlobBlockStarts(t *testing.T) {
 		t.Fatalf("BlockStarts of a missing chunk: %v", err)
 	}
 }
+
+// A directory store's ranges are read into reused buffers: a raw
+// (incompressible) block that goes to the block cache must be a copy, so
+// that reads of other packs into the same buffer do not change it.
+func TestBlobGetManyRawBlockOwnsItsMemory(t *testing.T) {
+	ctx := context.Background()
+	s := NewTestStore(t, InitOptions{PackSize: 512 << 10, BlockSize: 128 << 10})
+	if _, ok := s.bs.(blob.IntoGetter); !ok {
+		t.Skip("the directory store reads into the caller's buffers no more")
+	}
+	rng := rand.New(rand.NewPCG(7, 13))
+	cs := make([]Chunk, 64) // 16 KiB each: 8 to a block, 32 to a pack
+	for i := range cs {
+		d := make([]byte, 16<<10)
+		for j := range d {
+			d[j] = byte(rng.Uint32())
+		}
+		cs[i] = Chunk{ID: Sum(d), Data: d}
+	}
+	for k := 0; k < len(cs); k += 32 {
+		if _, err := s.PutMany(ctx, cs[k:k+32]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Half of the first block: not a whole run, so through the cache.
+	bufs := make([][]byte, 4)
+	if err := s.GetMany(ctx, []ID{cs[0].ID, cs[1].ID, cs[2].ID, cs[3].ID}, bufs); err != nil {
+		t.Fatal(err)
+	}
+	checkGot(t, cs[:4], bufs)
+	// Other packs' ranges, read into the buffers the first range used
+	// (a sync.Pool's: many rounds, so that every pooled buffer is used).
+	for r := 0; r < 64; r++ {
+		r := r % 8
+		ids := []ID{cs[32+r].ID, cs[40+r].ID, cs[48+r].ID}
+		bufs := make([][]byte, len(ids))
+		if err := s.GetMany(ctx, ids, bufs); err != nil {
+			t.Fatal(err)
+		}
+		checkGot(t, []Chunk{cs[32+r], cs[40+r], cs[48+r]}, bufs)
+	}
+	// The rest of the first block, from the cache.
+	bufs = make([][]byte, 4)
+	if err := s.GetMany(ctx, []ID{cs[4].ID, cs[5].ID, cs[6].ID, cs[7].ID}, bufs); err != nil {
+		t.Fatal(err)
+	}
+	checkGot(t, cs[4:8], bufs)
+}

@@ -139,11 +139,6 @@ func run(out, memOut string, reingest bool, images []string) error {
 
 func runRestore(store, out string, ids []string) error {
 	ctx := context.Background()
-	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{TrustIDs: true, ReadOnly: true})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	dir, err := os.MkdirTemp("", "engram-prof-")
 	if err != nil {
 		return err
@@ -158,12 +153,32 @@ func runRestore(store, out string, ids []string) error {
 		return err
 	}
 	defer pprof.StopCPUProfile()
+	if traceOut != "" {
+		tf, err := os.Create(traceOut)
+		if err != nil {
+			return err
+		}
+		defer tf.Close()
+		if err := trace.Start(tf); err != nil {
+			return err
+		}
+		defer trace.Stop()
+	}
+	// The store is opened under the profiler: its open and the manifest
+	// load are part of what a restore command costs.
+	t0 := time.Now()
+	st, err := chunkstore.Open(ctx, store, chunkstore.OpenOptions{TrustIDs: true, ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	fmt.Fprintf(os.Stderr, "store opened in %.3fs\n", time.Since(t0).Seconds())
 	for i, arg := range ids {
+		t0 := time.Now()
 		id, err := engram.Resolve(ctx, st, arg)
 		if err != nil {
 			return err
 		}
-		t0 := time.Now()
 		if err := restore.ToFile(ctx, st, id, filepath.Join(dir, fmt.Sprintf("out-%d.qcow2", i)), restore.Options{}); err != nil {
 			return fmt.Errorf("restore %s: %w", arg, err)
 		}

@@ -61,6 +61,14 @@ type Store interface {
 	Close() error
 }
 
+// IntoGetter is implemented by stores that can read a range into the
+// caller's buffer (a directory store): a reader that reuses its buffers
+// then spares an allocation, and its zeroing, per read.
+type IntoGetter interface {
+	// GetInto reads len(p) bytes at off of name into p. Errors are Get's.
+	GetInto(ctx context.Context, name string, off int64, p []byte) error
+}
+
 // UploadAborter is implemented by stores that can hold unfinished
 // multipart uploads (S3). engram never starts one (Put is one request),
 // but another tool, or a copy into the bucket that was interrupted, can

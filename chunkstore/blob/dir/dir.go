@@ -140,48 +140,66 @@ func syncDir(dir string) error {
 
 // Get reads length bytes at off (length < 0: to the end).
 func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	var buf []byte
+	err := s.read(ctx, name, off, length, func(n int64) []byte {
+		buf = make([]byte, n)
+		return buf
+	})
+	if err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// GetInto implements blob.IntoGetter.
+func (s *Store) GetInto(ctx context.Context, name string, off int64, p []byte) error {
+	return s.read(ctx, name, off, int64(len(p)), func(int64) []byte { return p })
+}
+
+// read reads length bytes at off (length < 0: to the end) into the buffer
+// alloc gives it for the length, once the range is known to be there.
+func (s *Store) read(ctx context.Context, name string, off, length int64, alloc func(n int64) []byte) error {
 	if err := blob.CheckName(name); err != nil {
-		return nil, fmt.Errorf("%s: get: %w", s, err)
+		return fmt.Errorf("%s: get: %w", s, err)
 	}
 	if err := blob.CheckRange(off, length); err != nil {
-		return nil, s.errf("get", name, err)
+		return s.errf("get", name, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, s.errf("get", name, err)
+		return s.errf("get", name, err)
 	}
 	f, err := os.Open(s.path(name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, s.errf("get", name, blob.ErrNotExist)
+		return s.errf("get", name, blob.ErrNotExist)
 	}
 	if err != nil {
-		return nil, s.errf("get", name, err)
+		return s.errf("get", name, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, s.errf("get", name, err)
+		return s.errf("get", name, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, s.errf("get", name, blob.ErrNotExist)
+		return s.errf("get", name, blob.ErrNotExist)
 	}
 	size := fi.Size()
 	if length < 0 {
 		length = size - off
 		if length > blob.MaxWholeRead {
-			return nil, s.errf("get", name, fmt.Errorf("%d bytes: %w", size, blob.ErrRange))
+			return s.errf("get", name, fmt.Errorf("%d bytes: %w", size, blob.ErrRange))
 		}
 	}
 	if off > size || length < 0 || off+length > size {
-		return nil, s.errf("get", name, fmt.Errorf("%d bytes at %d of a %d-byte object: %w", length, off, size, blob.ErrRange))
+		return s.errf("get", name, fmt.Errorf("%d bytes at %d of a %d-byte object: %w", length, off, size, blob.ErrRange))
 	}
-	buf := make([]byte, length)
-	if _, err := f.ReadAt(buf, off); err != nil {
+	if _, err := f.ReadAt(alloc(length), off); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, s.errf("get", name, fmt.Errorf("object shrank: %w", blob.ErrRange))
+			return s.errf("get", name, fmt.Errorf("object shrank: %w", blob.ErrRange))
 		}
-		return nil, s.errf("get", name, err)
+		return s.errf("get", name, err)
 	}
-	return buf, nil
+	return nil
 }
 
 // List walks the directories the prefix can match.

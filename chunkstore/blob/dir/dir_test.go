@@ -46,3 +46,37 @@ func TestTempInvisible(t *testing.T) {
 		t.Fatalf("Put(.tmp/x) = %v, want ErrBadName", err)
 	}
 }
+
+// GetInto reads what Get reads, into the caller's buffer, with Get's
+// errors.
+func TestGetInto(t *testing.T) {
+	ctx := context.Background()
+	s, err := dir.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("0123456789abcdef")
+	if err := s.Put(ctx, "packs/ab/obj", data); err != nil {
+		t.Fatal(err)
+	}
+	var ig blob.IntoGetter = s
+	for _, c := range []struct{ off, n int64 }{{0, 16}, {3, 5}, {16, 0}, {15, 1}} {
+		want, err := s.Get(ctx, "packs/ab/obj", c.off, c.n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, c.n)
+		if err := ig.GetInto(ctx, "packs/ab/obj", c.off, p); err != nil || string(p) != string(want) {
+			t.Fatalf("GetInto(%d, %d) = %q, %v; Get gives %q", c.off, c.n, p, err, want)
+		}
+	}
+	if err := ig.GetInto(ctx, "packs/ab/obj", 10, make([]byte, 7)); !errors.Is(err, blob.ErrRange) {
+		t.Fatalf("GetInto past the end = %v, want ErrRange", err)
+	}
+	if err := ig.GetInto(ctx, "packs/ab/nope", 0, make([]byte, 1)); !errors.Is(err, blob.ErrNotExist) {
+		t.Fatalf("GetInto of a missing object = %v, want ErrNotExist", err)
+	}
+	if err := ig.GetInto(ctx, "../x", 0, make([]byte, 1)); !errors.Is(err, blob.ErrBadName) {
+		t.Fatalf("GetInto(../x) = %v, want ErrBadName", err)
+	}
+}
