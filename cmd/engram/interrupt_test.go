@@ -46,9 +46,21 @@ func TestInterruptedIngest(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		// The delay counts from the first staged pack: a signal sent by
+		// the clock alone can arrive on a loaded machine before the
+		// process has installed its handler, and kill it outright.
+		for staged := false; !staged; time.Sleep(time.Millisecond) {
+			des, _ := os.ReadDir(filepath.Join(store, ".tmp"))
+			staged = len(des) > 0
+			if len(waited) > 0 {
+				break // finished first
+			}
+		}
 		time.Sleep(delay)
 		cmd.Process.Signal(syscall.SIGINT)
-		err := cmd.Wait()
+		err := <-waited
 		var ee *exec.ExitError
 		code := 0
 		if errors.As(err, &ee) {
