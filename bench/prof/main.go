@@ -100,32 +100,15 @@ func run(out, memOut string, reingest bool, images []string) error {
 			return err
 		}
 	}
-	f, err := os.Create(out)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := pprof.StartCPUProfile(f); err != nil {
-		return err
-	}
 	if memOut != "" {
 		runtime.MemProfileRate = 64 << 10
 	}
-	if traceOut != "" {
-		tf, err := os.Create(traceOut)
-		if err != nil {
-			return err
-		}
-		defer tf.Close()
-		if err := trace.Start(tf); err != nil {
-			return err
-		}
+	stop, err := startProfile(out)
+	if err != nil {
+		return err
 	}
 	err = pass()
-	if traceOut != "" {
-		trace.Stop()
-	}
-	pprof.StopCPUProfile()
+	stop()
 	if err != nil || memOut == "" {
 		return err
 	}
@@ -144,26 +127,11 @@ func runRestore(store, out string, ids []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	f, err := os.Create(out)
+	stop, err := startProfile(out)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	if err := pprof.StartCPUProfile(f); err != nil {
-		return err
-	}
-	defer pprof.StopCPUProfile()
-	if traceOut != "" {
-		tf, err := os.Create(traceOut)
-		if err != nil {
-			return err
-		}
-		defer tf.Close()
-		if err := trace.Start(tf); err != nil {
-			return err
-		}
-		defer trace.Stop()
-	}
+	defer stop()
 	// The store is opened under the profiler: its open and the manifest
 	// load are part of what a restore command costs.
 	t0 := time.Now()
@@ -185,4 +153,30 @@ func runRestore(store, out string, ids []string) error {
 		fmt.Fprintf(os.Stderr, "%s: restored in %.2fs\n", arg, time.Since(t0).Seconds())
 	}
 	return nil
+}
+
+// startProfile starts the CPU profile into out and, with -trace, the
+// execution trace; stop ends both and closes their files.
+func startProfile(out string) (stop func(), err error) {
+	f, err := os.Create(out)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	cpu := func() { pprof.StopCPUProfile(); f.Close() }
+	if traceOut == "" {
+		return cpu, nil
+	}
+	tf, err := os.Create(traceOut)
+	if err == nil {
+		err = trace.Start(tf)
+	}
+	if err != nil {
+		cpu()
+		return nil, err
+	}
+	return func() { trace.Stop(); tf.Close(); cpu() }, nil
 }

@@ -27,27 +27,34 @@ func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(160 << 20)
 	}
-	// ENGRAM_TRACE=FILE writes an execution trace of the whole command
-	// (where its goroutines wait, how busy the cores are).
-	if p := os.Getenv("ENGRAM_TRACE"); p != "" {
-		if f, err := os.Create(p); err == nil && trace.Start(f) == nil {
-			code := run(os.Args, os.Stdout, os.Stderr)
-			trace.Stop()
-			f.Close()
-			os.Exit(code)
-		}
-	}
-	// ENGRAM_CPUPROFILE=FILE profiles the whole command (bench/README.md);
-	// the library-level profiler is bench/prof.
+	stop := startDiagnostics()
+	code := run(os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// startDiagnostics starts what the environment asks for over the whole
+// command (bench/README.md; the library-level profiler is bench/prof):
+// ENGRAM_CPUPROFILE=FILE a CPU profile, ENGRAM_TRACE=FILE an execution
+// trace (where goroutines wait, how busy the cores are). A file that
+// cannot be created is skipped: diagnostics never fail a command.
+func startDiagnostics() (stop func()) {
+	var stops []func()
 	if p := os.Getenv("ENGRAM_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
-			code := run(os.Args, os.Stdout, os.Stderr)
-			pprof.StopCPUProfile()
-			f.Close()
-			os.Exit(code)
+			stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
 		}
 	}
-	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+	if p := os.Getenv("ENGRAM_TRACE"); p != "" {
+		if f, err := os.Create(p); err == nil && trace.Start(f) == nil {
+			stops = append(stops, func() { trace.Stop(); f.Close() })
+		}
+	}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
+	}
 }
 
 // run executes the app and maps its error to an exit code; it never exits
