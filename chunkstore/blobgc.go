@@ -129,12 +129,27 @@ func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
 	for _, n := range names {
 		b, ok := cached[n]
 		if !ok {
-			if b, err = blob.ReadAll(ctx, s.bs, n, maxGCList); errors.Is(err, blob.ErrNotExist) {
-				continue // swept meanwhile
-			} else if err != nil {
-				return nil, err
+			b, err = blob.ReadAll(ctx, s.bs, n, maxGCList)
+			if pend, _, _ := parseGCName(n); pend && errors.Is(err, blob.ErrNotExist) {
+				// Swept since the listing, which may have missed its done
+				// marker (put before the pending list is deleted): read that
+				// instead. Skipped, a commit check counted no list newer than
+				// its view and passed while the sweep deleted its packs
+				// (TestBlobGCSweepDuringCommitCheck).
+				n = gcDonePrefix + n[len(gcPendingPrefix):]
+				b, ok = cached[n]
+				if !ok {
+					b, err = blob.ReadAll(ctx, s.bs, n, maxGCList)
+				}
 			}
-			fresh[n] = b
+			if !ok {
+				if errors.Is(err, blob.ErrNotExist) {
+					continue // a done marker deleted meanwhile, a day after its sweep
+				} else if err != nil {
+					return nil, err
+				}
+				fresh[n] = b
+			}
 		}
 		l, err := decodeGCList(b)
 		if err != nil {

@@ -499,7 +499,7 @@ func TestBlobGCSweepDuringRefresh(t *testing.T) {
 type hookOnce struct {
 	blob.Store
 	mu     sync.Mutex
-	op     faulty.Op // faulty.Put or faulty.Delete
+	op     faulty.Op // faulty.Put, faulty.Delete or faulty.Get
 	prefix string
 	hook   func()
 }
@@ -530,6 +530,11 @@ func (h *hookOnce) Put(ctx context.Context, name string, data []byte) error {
 func (h *hookOnce) Delete(ctx context.Context, name string) error {
 	h.take(faulty.Delete, name)
 	return h.Store.Delete(ctx, name)
+}
+
+func (h *hookOnce) Get(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	h.take(faulty.Get, name)
+	return h.Store.Get(ctx, name, off, length)
 }
 
 // A writer's refresh starts after gc took its mark's time but lists gc/
@@ -715,6 +720,74 @@ func TestBlobGCListLearntByRead(t *testing.T) {
 	}
 	if err := commit(w, "w", cs); err != nil {
 		t.Fatal(err)
+	}
+	fresh := gcHost(t, inner, clk)
+	live, keys := recordedChunks(t, fresh)
+	for id := range live {
+		if _, err := fresh.Get(ctx, id); err != nil {
+			t.Fatalf("a chunk of a committed record (%d records): %v", len(keys), err)
+		}
+	}
+}
+
+// A writer deduplicates against pack P on a view older than the gc list
+// that condemns P, and commits past the list's margin while a sweep of P
+// runs: its commit check lists gc/ before the sweep and reads the pending
+// list after it, when the list is gone (replaced by its done marker, which
+// the listing missed). The check skipped a list gone since its listing,
+// so it saw no list newer than the view, passed, and the record named
+// P's swept chunks (TestBlobGCRewriteDuringWrites, about 1 run in 50
+// under -race). It now reads the done marker in its place, and refuses.
+func TestBlobGCSweepDuringCommitCheck(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	g := gcHost(t, inner, clk)
+	p := gcHost(t, inner, clk)
+	cs := mkChunks(1, 5, 20000) // pack P: no record, dead at the mark
+	if _, err := p.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	hooked := &hookOnce{Store: inner}
+	w := gcHost(t, hooked, clk) // knows P, not its condemnation
+	gc := func() {
+		t.Helper()
+		if err := g.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		live, _ := recordedChunks(t, g)
+		if _, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gc() // marks P
+	if len(objects(t, inner, gcPendingPrefix)) != 1 {
+		t.Fatal("gc put no pending list")
+	}
+	packs := len(objects(t, inner, blobPacksPrefix))
+	if _, err := w.PutMany(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(objects(t, inner, blobPacksPrefix)); n != packs {
+		t.Fatalf("the writer stored P's chunks again (%d packs, was %d): not the interleaving", n, packs)
+	}
+	clk.advance(testMargin * 3 / 2)
+	// The sweep runs between the check's listing of gc/ and its read of
+	// the pending list.
+	hooked.set(faulty.Get, gcPendingPrefix, gc)
+	err := w.Update(ctx, func(tx MetaTx) error {
+		var v []byte
+		for _, c := range cs {
+			v = append(v, c.ID[:]...)
+		}
+		return tx.Put(recBucket, []byte("w"), v)
+	})
+	if len(objects(t, inner, gcPendingPrefix)) != 0 || len(objects(t, inner, gcDonePrefix)) != 1 {
+		t.Fatal("the sweep did not run during the commit check: not the interleaving")
+	}
+	if !errors.Is(err, ErrStaleView) {
+		t.Fatalf("commit of chunks deduplicated against P, checked while a sweep deleted P = %v, want ErrStaleView", err)
 	}
 	fresh := gcHost(t, inner, clk)
 	live, keys := recordedChunks(t, fresh)
