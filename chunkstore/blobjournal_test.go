@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/engram-vm/engram/chunkstore/blob"
+	"github.com/engram-vm/engram/chunkstore/blob/mem"
 	"github.com/engram-vm/engram/chunkstore/blob/s3"
 	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
 )
@@ -89,3 +92,29 @@ func TestS3RefreshListsFromLastEntry(t *testing.T) {
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// A journal entry dated at the largest time a name can carry (put by a
+// broken host or by hand) leaves no name for the next commit: the commit
+// fails and says which entry, instead of writing its record under a name
+// no reader parses (a wrapped, negative time), which every host would
+// skip: the record would be lost.
+func TestBlobJournalEndOfTime(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	body := []byte(`{"v":1,"ops":[{"op":"put","b":"Yg==","k":"a2V5","v":"dg=="}]}`)
+	last := journalName(math.MaxInt64, body)
+	if err := bs.Put(ctx, last, body); err != nil {
+		t.Fatal(err)
+	}
+	s := newBlobHost(t, bs)
+	err := s.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("b"), []byte("k2"), []byte("v")) })
+	if err == nil || !strings.Contains(err.Error(), last) {
+		t.Fatalf("commit after %s: %v, want an error naming it", last, err)
+	}
+	var names []string
+	_ = bs.List(ctx, blobMetaPrefix, func(in blob.Info) error { names = append(names, in.Name); return nil })
+	if len(names) != 1 {
+		t.Fatalf("journal after the refused commit: %q", names)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -1130,6 +1131,11 @@ func (s *BlobStore) update(ctx context.Context, staged []*stagedPack, fn func(Me
 		}
 		t := s.now()
 		if last, ok := parseJournalName(lastApplied(tx)); ok && last >= t {
+			if last == math.MaxInt64 {
+				// One more would wrap to a name no reader parses: the
+				// record would be lost to every host.
+				return fmt.Errorf("%s: %s is dated at the end of time, so no entry can sort after it (remove it): %w", s.bs, lastApplied(tx), ErrIndexDamaged)
+			}
 			t = last + 1
 		}
 		name := journalName(t, body)
