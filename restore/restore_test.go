@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -183,11 +184,15 @@ func TestJobsCutAtBlockStarts(t *testing.T) {
 	if err := engram.Commit(ctx, st, id, enc, &engram.Record{Source: "test"}); err != nil {
 		t.Fatal(err)
 	}
+	procs := runtime.GOMAXPROCS(0)
 	for _, format := range []string{"raw", "qcow2"} {
 		sr.batches = nil
 		out := filepath.Join(t.TempDir(), "out."+format)
 		if err := ToFile(ctx, sr, id, out, Options{Format: format}); err != nil {
 			t.Fatal(err)
+		}
+		if n := runtime.GOMAXPROCS(0); n != procs {
+			t.Fatalf("GOMAXPROCS %d after the restore, was %d", n, procs)
 		}
 		if format == "qcow2" {
 			qemutest.Check(t, out)
@@ -206,10 +211,34 @@ func TestJobsCutAtBlockStarts(t *testing.T) {
 				if !start {
 					t.Errorf("%s: a job of %d chunks begins inside a block", format, len(b))
 				}
+				// A job is fetched in pieces, each cut at the first block
+				// start past pieceBytes (blocks are 3 chunks here).
+				if len(b)*chunk >= pieceBytes+3*chunk {
+					t.Errorf("%s: a piece of %d chunks", format, len(b))
+				}
 			}
 		}
-		if jobs < 4 {
-			t.Fatalf("%s: %d jobs, want several", format, jobs)
+		if jobs < 8 {
+			t.Fatalf("%s: %d pieces, want several", format, jobs)
 		}
+	}
+}
+
+// addProcs calls nest: the first raises GOMAXPROCS, the last puts it back,
+// and each is told the value from before the first.
+func TestAddProcsNests(t *testing.T) {
+	n := runtime.GOMAXPROCS(0)
+	b1, undo1 := addProcs(3)
+	b2, undo2 := addProcs(3)
+	if b1 != n || b2 != n || runtime.GOMAXPROCS(0) != n+3 {
+		t.Fatalf("bases %d, %d and GOMAXPROCS %d, want %d, %d and %d", b1, b2, runtime.GOMAXPROCS(0), n, n, n+3)
+	}
+	undo1()
+	if got := runtime.GOMAXPROCS(0); got != n+3 {
+		t.Fatalf("GOMAXPROCS %d with one restore left, want %d", got, n+3)
+	}
+	undo2()
+	if got := runtime.GOMAXPROCS(0); got != n {
+		t.Fatalf("GOMAXPROCS %d after both, want %d", got, n)
 	}
 }
