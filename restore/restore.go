@@ -261,9 +261,12 @@ const (
 // of a job stay aligned and go to disk past the page cache.
 func alignedBuf(n int) []byte {
 	b := make([]byte, n+qcow2.DirectAlign)
-	skip := -int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (qcow2.DirectAlign - 1)
+	skip := -int(uintptrOf(b)) & (qcow2.DirectAlign - 1)
 	return b[skip : skip : skip+n]
 }
+
+// uintptrOf is the address of b's memory.
+func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
 
 // extraProcs counts the restores that run with addProcs' extra Ps.
 var extraProcs struct {
@@ -345,6 +348,14 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	// that GC empties makes new buffers, which the kernel must fault in
 	// and zero again.
 	free := make(chan *[]byte, tokenCount)
+	if ar := newArena(tokenCount, jobBytes); ar != nil {
+		// g.Wait below has returned before this runs: no goroutine
+		// holds a buffer then.
+		defer ar.release()
+		for _, b := range ar.bufs {
+			free <- b
+		}
+	}
 
 	prog := opts.Progress
 	if prog != nil {

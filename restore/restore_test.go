@@ -14,6 +14,7 @@ import (
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/internal/qemutest"
+	"github.com/engram-vm/engram/qcow2"
 )
 
 // storeImage puts a small manifest with two chunks into a memory store and
@@ -240,5 +241,33 @@ func TestAddProcsNests(t *testing.T) {
 	undo2()
 	if got := runtime.GOMAXPROCS(0); got != n {
 		t.Fatalf("GOMAXPROCS %d after both, want %d", got, n)
+	}
+}
+
+// The arena's buffers are empty, of the size asked, aligned for O_DIRECT,
+// apart from each other and writable.
+func TestArenaBuffers(t *testing.T) {
+	const n, size = 3, jobBytes
+	a := newArena(n, size)
+	if a == nil {
+		t.Skip("no anonymous mapping here")
+	}
+	defer a.release()
+	if len(a.bufs) != n {
+		t.Fatalf("%d buffers, want %d", len(a.bufs), n)
+	}
+	for i, p := range a.bufs {
+		b := *p
+		if len(b) != 0 || cap(b) != size || uintptrOf(b)%qcow2.DirectAlign != 0 {
+			t.Fatalf("buffer %d: len %d cap %d at %#x", i, len(b), cap(b), uintptrOf(b))
+		}
+		b = b[:size]
+		b[0], b[size-1] = byte(i+1), byte(i+1)
+	}
+	for i, p := range a.bufs {
+		b := (*p)[:size]
+		if b[0] != byte(i+1) || b[size-1] != byte(i+1) {
+			t.Fatalf("buffer %d overlaps another", i)
+		}
 	}
 }
