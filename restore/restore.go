@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
@@ -37,7 +38,7 @@ type Options struct {
 	Compress    bool   // qcow2 compressed clusters (zstd)
 	ExtendedL2  bool   // qcow2 subclusters (allocation per cluster/32), as the source had
 	Force       bool   // overwrite an existing output file
-	Workers     int    // 0 = GOMAXPROCS
+	Workers     int    // fetch workers; 0 = GOMAXPROCS+1 (a bucket: ReadParallelism)
 	Progress    Progress
 	// Backing makes the qcow2 output an overlay holding only the clusters
 	// that differ from it.
@@ -143,7 +144,7 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	}
 	if out != nil {
 		wb := newWriteback(out, f)
-		err := stream(ctx, r, root, wb, opts)
+		err := stream(ctx, r, root, wb, opts, true)
 		wb.stop()
 		if err != nil {
 			return err
@@ -178,7 +179,7 @@ func ToWriter(ctx context.Context, r chunkstore.Reader, id engram.ID, w io.Write
 		return err
 	}
 	s := &streamSink{w: w}
-	if err := stream(ctx, r, root, s, opts); err != nil {
+	if err := stream(ctx, r, root, s, opts, false); err != nil {
 		return err
 	}
 	return s.zeroTo(root.Size)
@@ -215,23 +216,37 @@ func (s *streamSink) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// job is a run of consecutive chunks of the manifest, fetched by one
-// worker into one buffer (the chunks back to back) and written in as few
-// WriteAt calls as the run has contiguous pieces.
+// job is a run of consecutive chunks of the manifest, fetched into one
+// buffer (the chunks back to back) and written in as few WriteAt calls as
+// the run has contiguous pieces. It is fetched in pieces, each one
+// GetMany, by whichever workers are free: see stream.
 type job struct {
 	seq  int64
 	refs []engram.ChunkRef
 	buf  *[]byte
+	left atomic.Int32 // pieces not fetched yet
+}
+
+// piece is refs[lo:hi] of a job, at byte off of its buffer.
+type piece struct {
+	j      *job
+	lo, hi int
+	off    int
 }
 
 const (
-	// jobBytes is the raw size of a job: several compressed blocks, so
-	// workers on different jobs decompress different blocks in parallel,
-	// and writes are large.
+	// jobBytes is the raw size of a job: several compressed blocks, and
+	// large writes.
 	jobBytes = 4 << 20
 	// jobChunks bounds the chunks of one job (small chunks of a sparse
 	// image would otherwise make many tiny writes per job anyway).
 	jobChunks = 256
+	// pieceBytes is the least a piece of a job holds before it is cut at
+	// the next block start: about two blocks, so the workers decode the
+	// blocks of the oldest job side by side, and the first block of each
+	// piece still gets its decode slack (the last one of a GetMany gets
+	// none). Pieces of one block took more CPU, not less wall.
+	pieceBytes = 1536 << 10
 	// placeBatch is how many chunks of the manifest one BlockStarts call
 	// asks about.
 	placeBatch = 512
@@ -246,34 +261,101 @@ const (
 // of a job stay aligned and go to disk past the page cache.
 func alignedBuf(n int) []byte {
 	b := make([]byte, n+qcow2.DirectAlign)
-	skip := -int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (qcow2.DirectAlign - 1)
+	skip := -int(uintptrOf(b)) & (qcow2.DirectAlign - 1)
 	return b[skip : skip : skip+n]
+}
+
+// uintptrOf is the address of b's memory.
+func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// extraProcs counts the restores that run with addProcs' extra Ps.
+var extraProcs struct {
+	mu    sync.Mutex
+	users int
+	base  int
+}
+
+// addProcs raises GOMAXPROCS by n until undo is called, and returns the
+// value it had before (the calls nest: the first raises it, the last puts
+// it back).
+//
+// A goroutine in a blocking system call keeps its P until sysmon takes
+// it, and sysmon, finding nothing to take while the decoders run, sleeps
+// up to 10 ms between looks: each O_DIRECT write of a job (2-5 ms on this
+// disk) then kept one of 2 Ps, so the decoders ran on one core while
+// others were runnable. Traces of restores to a file showed ~3 goroutines
+// runnable on average in the 20 ms spans where fewer than 1.5 cores ran.
+// The extra Ps are for the waiters of those writes; the CPU-bound work
+// stays bounded by the workers and the decoder's concurrency.
+func addProcs(n int) (base int, undo func()) {
+	extraProcs.mu.Lock()
+	defer extraProcs.mu.Unlock()
+	if extraProcs.users == 0 {
+		extraProcs.base = runtime.GOMAXPROCS(0)
+		runtime.GOMAXPROCS(extraProcs.base + n)
+	}
+	extraProcs.users++
+	return extraProcs.base, func() {
+		extraProcs.mu.Lock()
+		defer extraProcs.mu.Unlock()
+		if extraProcs.users--; extraProcs.users == 0 {
+			runtime.GOMAXPROCS(extraProcs.base)
+		}
+	}
 }
 
 // stream fetches every chunk of root in parallel and writes them to out in
 // guest order.
-func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink, opts Options) error {
+//
+// Jobs are written in order, so a job fetched slowly holds up the buffers
+// of all those after it. Each job of a local store is therefore cut into
+// pieces of about two blocks, and the workers take them in guest order:
+// the oldest job's blocks are decoded first, on all cores at once, rather
+// than each job on one worker at the pace of the others (with whole jobs
+// per worker, their fetch times ranged 3-87 ms for the same 3-4 MiB, and
+// the producer waited for a free buffer while cores idled). A bucket's
+// job stays one piece: GetMany merges its frames into few ranged GETs.
+func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink, opts Options, blockingWrites bool) error {
+	cores := runtime.GOMAXPROCS(0)
+	if blockingWrites {
+		base, undo := addProcs(writeDepth)
+		defer undo()
+		cores = base
+	}
+	rp, _ := r.(chunkstore.ReadParallelism)
+	remote := rp != nil && rp.ReadParallelism() > 0
 	workers := opts.Workers
 	if workers <= 0 {
-		// More fetchers than cores: one may wait on a block another is
-		// decompressing (jobs share the blocks at their edges) or on I/O.
-		workers = 2 * runtime.GOMAXPROCS(0)
+		// One more worker than cores: a worker may wait for a pack read
+		// or a decoder.
+		workers = cores + 1
 		// A bucket wants more requests in flight than a disk.
 		if p, ok := r.(chunkstore.ReadParallelism); ok {
 			workers = max(workers, p.ReadParallelism())
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	jobs := make(chan job, workers)
-	done := make(chan job, workers)
-	// Job buffers in flight: fetching, waiting for their turn, being
+	pieces := make(chan piece, workers)
+	done := make(chan *job, workers)
+	// Job buffers in flight: being fetched, waiting for their turn, being
 	// written.
-	tokenCount := workers + writeDepth + 2
+	tokenCount := 2*cores + writeDepth + 2
+	if remote {
+		tokenCount = workers + writeDepth + 2
+	}
 	tokens := make(chan struct{}, tokenCount)
 	// Job buffers are kept for the whole restore, not in a sync.Pool: one
 	// that GC empties makes new buffers, which the kernel must fault in
 	// and zero again.
 	free := make(chan *[]byte, tokenCount)
+	if ar := newArena(tokenCount, jobBytes); ar != nil {
+		// g.Wait below has returned before this runs: no goroutine
+		// holds a buffer then.
+		defer ar.release()
+		for _, b := range ar.bufs {
+			free <- b
+		}
+	}
 
 	prog := opts.Progress
 	if prog != nil {
@@ -282,9 +364,10 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	}
 
 	g.Go(func() error {
-		defer close(jobs)
+		defer close(pieces)
 		var seq int64
 		var cur []engram.ChunkRef
+		var curStarts []bool // block starts in cur, when the store tells
 		var curBytes int
 		flush := func() error {
 			if len(cur) == 0 {
@@ -295,20 +378,45 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			j := &job{seq: seq, refs: cur}
 			select {
-			case jobs <- job{seq: seq, refs: cur}:
-			case <-ctx.Done():
-				return ctx.Err()
+			case j.buf = <-free:
+			default:
+				b := alignedBuf(jobBytes + 256<<10)
+				j.buf = &b
+			}
+			if cap(*j.buf) < curBytes {
+				*j.buf = alignedBuf(curBytes)
+			}
+			*j.buf = (*j.buf)[:curBytes]
+			var ps []piece
+			lo, off, n := 0, 0, 0
+			for i, c := range cur {
+				if i > lo && curStarts != nil && curStarts[i] && n >= pieceBytes {
+					ps = append(ps, piece{j: j, lo: lo, hi: i, off: off})
+					lo, off, n = i, off+n, 0
+				}
+				n += int(c.Length)
+			}
+			ps = append(ps, piece{j: j, lo: lo, hi: len(cur), off: off})
+			j.left.Store(int32(len(ps)))
+			for _, p := range ps {
+				select {
+				case pieces <- p:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 			seq++
-			cur, curBytes = nil, 0
+			cur, curStarts, curBytes = nil, nil, 0
 			return nil
 		}
 		// Jobs are cut just before a chunk that starts a block where the
 		// store can tell (BlockStarter), so that no block is shared by two
 		// jobs: each is decoded straight into one job's buffer, none goes
 		// through the block cache (a buffer to allocate, a copy out, a
-		// fetcher waiting for another's decode).
+		// fetcher waiting for another's decode). Pieces are cut the same
+		// way.
 		var pend []engram.ChunkRef // read from the manifest, not in a job yet
 		var ids []chunkstore.ID
 		var starts []bool
@@ -327,11 +435,16 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 				if len(cur) > 0 && (curBytes+int(c.Length) > jobBytes || len(cur) >= jobChunks) {
 					if known && cutAt > 0 && cutBytes >= jobBytes/2 {
 						rest := slices.Clone(cur[cutAt:])
+						var restStarts []bool
+						if curStarts != nil {
+							restStarts = slices.Clone(curStarts[cutAt:])
+							curStarts = curStarts[:cutAt]
+						}
 						cur, curBytes = cur[:cutAt], cutBytes
 						if err := flush(); err != nil {
 							return err
 						}
-						cur = rest
+						cur, curStarts = rest, restStarts
 						for _, c := range rest {
 							curBytes += int(c.Length)
 						}
@@ -342,6 +455,14 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 				}
 				if known && starts[i] && len(cur) > 0 {
 					cutAt, cutBytes = len(cur), curBytes
+				}
+				if known && !remote {
+					// Pieces only where every chunk of cur is known.
+					if len(cur) == 0 || curStarts != nil {
+						curStarts = append(curStarts, starts[i])
+					}
+				} else {
+					curStarts = nil
 				}
 				cur = append(cur, c)
 				curBytes += int(c.Length)
@@ -370,32 +491,25 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 			defer fetchers.Done()
 			var ids []chunkstore.ID
 			var bufs [][]byte
-			for j := range jobs {
-				n := 0
-				for _, ref := range j.refs {
-					n += int(ref.Length)
-				}
-				select {
-				case j.buf = <-free:
-				default:
-					b := alignedBuf(jobBytes + 256<<10)
-					j.buf = &b
-				}
-				if cap(*j.buf) < n {
-					*j.buf = alignedBuf(n)
-				}
-				b := (*j.buf)[:n]
+			for p := range pieces {
+				j := p.j
+				b := *j.buf
+				refs := j.refs[p.lo:p.hi]
 				ids, bufs = ids[:0], bufs[:0]
-				off := 0
-				for _, ref := range j.refs {
+				off := p.off
+				for _, ref := range refs {
 					ids = append(ids, ref.ID)
 					// Not capped: GetMany sees the buffers lie back to back
-					// and decodes whole blocks straight into them.
+					// and decodes whole blocks straight into them (it
+					// writes no further than its own buffers).
 					bufs = append(bufs, b[off:off+int(ref.Length)])
 					off += int(ref.Length)
 				}
 				if err := chunkstore.GetMany(ctx, r, ids, bufs); err != nil {
-					return fetchError(j.refs, ids, err)
+					return fetchError(refs, ids, err)
+				}
+				if j.left.Add(-1) > 0 {
+					continue
 				}
 				select {
 				case done <- j:
@@ -435,7 +549,7 @@ func stream(ctx context.Context, r chunkstore.Reader, root engram.Root, out sink
 	}
 	g.Go(func() error {
 		defer close(started)
-		pending := map[int64]job{}
+		pending := map[int64]*job{}
 		var next, written int64
 		var waits []func() error
 		for j := range done {
@@ -484,14 +598,14 @@ type startSink interface {
 
 // startedJob is a job whose writes are started; waits finish them.
 type startedJob struct {
-	job
+	*job
 	waits []func() error
 }
 
 // startJob writes a fetched job, one write per run of chunks that are
 // contiguous in the guest: started, their waits appended to waits, when
 // out is a startSink, else done.
-func startJob(out sink, j job, waits []func() error) ([]func() error, error) {
+func startJob(out sink, j *job, waits []func() error) ([]func() error, error) {
 	ss, _ := out.(startSink)
 	b := *j.buf
 	pos := 0

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/internal/qemutest"
+	"github.com/engram-vm/engram/qcow2"
 )
 
 // storeImage puts a small manifest with two chunks into a memory store and
@@ -183,11 +185,15 @@ func TestJobsCutAtBlockStarts(t *testing.T) {
 	if err := engram.Commit(ctx, st, id, enc, &engram.Record{Source: "test"}); err != nil {
 		t.Fatal(err)
 	}
+	procs := runtime.GOMAXPROCS(0)
 	for _, format := range []string{"raw", "qcow2"} {
 		sr.batches = nil
 		out := filepath.Join(t.TempDir(), "out."+format)
 		if err := ToFile(ctx, sr, id, out, Options{Format: format}); err != nil {
 			t.Fatal(err)
+		}
+		if n := runtime.GOMAXPROCS(0); n != procs {
+			t.Fatalf("GOMAXPROCS %d after the restore, was %d", n, procs)
 		}
 		if format == "qcow2" {
 			qemutest.Check(t, out)
@@ -206,10 +212,62 @@ func TestJobsCutAtBlockStarts(t *testing.T) {
 				if !start {
 					t.Errorf("%s: a job of %d chunks begins inside a block", format, len(b))
 				}
+				// A job is fetched in pieces, each cut at the first block
+				// start past pieceBytes (blocks are 3 chunks here).
+				if len(b)*chunk >= pieceBytes+3*chunk {
+					t.Errorf("%s: a piece of %d chunks", format, len(b))
+				}
 			}
 		}
-		if jobs < 4 {
-			t.Fatalf("%s: %d jobs, want several", format, jobs)
+		if jobs < 8 {
+			t.Fatalf("%s: %d pieces, want several", format, jobs)
+		}
+	}
+}
+
+// addProcs calls nest: the first raises GOMAXPROCS, the last puts it back,
+// and each is told the value from before the first.
+func TestAddProcsNests(t *testing.T) {
+	n := runtime.GOMAXPROCS(0)
+	b1, undo1 := addProcs(3)
+	b2, undo2 := addProcs(3)
+	if b1 != n || b2 != n || runtime.GOMAXPROCS(0) != n+3 {
+		t.Fatalf("bases %d, %d and GOMAXPROCS %d, want %d, %d and %d", b1, b2, runtime.GOMAXPROCS(0), n, n, n+3)
+	}
+	undo1()
+	if got := runtime.GOMAXPROCS(0); got != n+3 {
+		t.Fatalf("GOMAXPROCS %d with one restore left, want %d", got, n+3)
+	}
+	undo2()
+	if got := runtime.GOMAXPROCS(0); got != n {
+		t.Fatalf("GOMAXPROCS %d after both, want %d", got, n)
+	}
+}
+
+// The arena's buffers are empty, of the size asked, aligned for O_DIRECT,
+// apart from each other and writable.
+func TestArenaBuffers(t *testing.T) {
+	const n, size = 3, jobBytes
+	a := newArena(n, size)
+	if a == nil {
+		t.Skip("no anonymous mapping here")
+	}
+	defer a.release()
+	if len(a.bufs) != n {
+		t.Fatalf("%d buffers, want %d", len(a.bufs), n)
+	}
+	for i, p := range a.bufs {
+		b := *p
+		if len(b) != 0 || cap(b) != size || uintptrOf(b)%qcow2.DirectAlign != 0 {
+			t.Fatalf("buffer %d: len %d cap %d at %#x", i, len(b), cap(b), uintptrOf(b))
+		}
+		b = b[:size]
+		b[0], b[size-1] = byte(i+1), byte(i+1)
+	}
+	for i, p := range a.bufs {
+		b := (*p)[:size]
+		if b[0] != byte(i+1) || b[size-1] != byte(i+1) {
+			t.Fatalf("buffer %d overlaps another", i)
 		}
 	}
 }
