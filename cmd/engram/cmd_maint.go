@@ -74,6 +74,15 @@ var gcCommand = &cli.Command{
 				stats.DeadChunks, stats.Chunks, bytesStr(stats.DeadBytes), verb, bytesStr(stats.BytesFreed),
 				stats.PacksRewritten, stats.PacksDeleted, stats.ChunksMoved)
 		}
+		if n := len(stats.Unindexed); n > 0 {
+			// Damage gc worked around, not a failure of gc: exit 0.
+			more := ""
+			if n > 1 {
+				more = fmt.Sprintf(" and %d more packs", n-1)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "engram: gc: kept %s%s: lost index segment, but holds chunks engrams need; run engram repair to index it again\n",
+				oneLine(stats.Unindexed[0]), more)
+		}
 		return nil
 	},
 }
