@@ -789,7 +789,7 @@ func (s *BlobStore) catalogChangedSinceView(ctx context.Context) (bool, error) {
 func (s *BlobStore) parseSegment(h ID, b []byte) ([]indexed, int64, error) {
 	ents, err := decodeSegment(b)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: %s: %w: %w", s.bs, indexObject(h), ErrIndexDamaged, err)
+		return nil, 0, fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store replaces it from its pack)", s.bs, indexObject(h), ErrIndexDamaged, err)
 	}
 	size := int64(packHeaderSize)
 	for _, x := range ents {

@@ -221,11 +221,30 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*BlobStore, error)
 func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport, error) {
 	opts.ReadOnly, opts.Exclusive = false, true
 	s, err := Open(ctx, dir, opts)
+	var fixed []Problem
+	if errors.Is(err, ErrIndexDamaged) {
+		// A damaged segment fails every open (fixSegmentsDir).
+		var ferr error
+		if fixed, ferr = fixSegmentsDir(ctx, dir, opts); ferr != nil {
+			return RepairReport{}, fmt.Errorf("%w; replacing damaged segments: %w", err, ferr)
+		}
+		if len(fixed) > 0 {
+			s, err = Open(ctx, dir, opts)
+		}
+	}
 	if err != nil {
-		return RepairReport{}, err
+		return RepairReport{Problems: fixed}, err
 	}
 	defer s.Close()
+	if fixed == nil {
+		// Damage the cache hides: it keeps a copy of each segment it
+		// merged, so only a rebuild (or another host) would fail on it.
+		if fixed, err = fixSegments(ctx, s.bs); err != nil {
+			return RepairReport{Problems: fixed}, err
+		}
+	}
 	rep, err := s.Repair(ctx)
+	rep.Problems = append(fixed, rep.Problems...)
 	if err != nil {
 		return rep, err
 	}

@@ -1,0 +1,76 @@
+package chunkstore
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// A damaged index segment fails every open of the store once the cache
+// must merge it; RepairDir replaces it from the copy in its pack, and also
+// finds it while the cache still hides it.
+func TestRepairDirDamagedSegment(t *testing.T) {
+	for _, dropCache := range []bool{true, false} {
+		t.Run(map[bool]string{true: "cache-rebuilt", false: "cache-intact"}[dropCache], func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			if err := Init(dir, InitOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			opts := OpenOptions{Exclusive: true, Command: t.Name()}
+			s, err := Open(ctx, dir, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs := mkChunks(1, 5, 20000)
+			if _, err := s.PutMany(ctx, cs); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			segs, err := filepath.Glob(filepath.Join(dir, "index", "*"))
+			if err != nil || len(segs) != 1 {
+				t.Fatalf("segments %v, %v", segs, err)
+			}
+			b, err := os.ReadFile(segs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[20] ^= 0xff
+			if err := os.WriteFile(segs[0], b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if dropCache {
+				if err := os.Remove(filepath.Join(dir, dirCacheName, indexName)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := Open(ctx, dir, opts); !errors.Is(err, ErrIndexDamaged) {
+					t.Fatalf("open with a damaged segment: %v, want ErrIndexDamaged", err)
+				}
+			}
+			rep, err := RepairDir(ctx, dir, opts)
+			if err != nil {
+				t.Fatalf("repair: %v (problems %v)", err, rep.Problems)
+			}
+			if len(rep.Problems) != 1 {
+				t.Fatalf("repair problems %v, want the replaced segment", rep.Problems)
+			}
+			if err := os.Remove(filepath.Join(dir, dirCacheName, indexName)); err != nil {
+				t.Fatal(err)
+			}
+			s, err = Open(ctx, dir, opts)
+			if err != nil {
+				t.Fatalf("open after repair: %v", err)
+			}
+			defer s.Close()
+			for _, c := range cs {
+				if _, err := s.Get(ctx, c.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
