@@ -1282,6 +1282,9 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 			}
 		}
 		for i, name := range todo {
+			if err := journalIntact(name, bodies[i]); err != nil {
+				return fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store removes it and rebuilds the catalog)", s.bs, name, ErrJournalDamaged, err)
+			}
 			if err := applyJournal(tx, bodies[i]); err != nil {
 				return fmt.Errorf("%s: %s: %w", s.bs, name, err)
 			}

@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -17,8 +18,9 @@ import (
 // that fails its checks is replaced by the copy at the end of its pack,
 // or removed when the pack holds no intact copy (its chunks then count as
 // missing, and verify and repair name the engrams that need them). A
-// segment of a newer format is left alone.
-func fixSegmentsDir(ctx context.Context, dir string, opts OpenOptions) ([]Problem, error) {
+// segment of a newer format is left alone. Damaged journal entries go too
+// (fixJournal).
+func fixSegmentsDir(ctx context.Context, dir string, opts OpenOptions) (segs, journal []Problem, err error) {
 	timeout := opts.LockTimeout // as Open reads it
 	if timeout == 0 {
 		timeout = DefaultLockTimeout
@@ -27,15 +29,24 @@ func fixSegmentsDir(ctx context.Context, dir string, opts OpenOptions) ([]Proble
 	}
 	lock, err := acquireLock(ctx, dir, timeout, opts.Command, true)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer lock.release()
 	bs, err := dirblob.Open(dir, false)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer bs.Close()
-	return fixSegments(ctx, bs)
+	return fixObjects(ctx, bs)
+}
+
+// fixObjects is fixSegments and fixJournal.
+func fixObjects(ctx context.Context, bs blob.Store) (segs, journal []Problem, err error) {
+	if segs, err = fixSegments(ctx, bs); err != nil {
+		return segs, nil, err
+	}
+	journal, err = fixJournal(ctx, bs)
+	return segs, journal, err
 }
 
 func fixSegments(ctx context.Context, bs blob.Store) ([]Problem, error) {
@@ -84,6 +95,60 @@ func fixSegments(ctx context.Context, bs blob.Store) ([]Problem, error) {
 			return out, err
 		}
 		out = append(out, Problem{Pack: name, Err: fmt.Errorf("index segment damaged (%v): replaced by the copy in its pack", damage)})
+	}
+	return out, nil
+}
+
+// journalIntact checks a journal entry's body against the hash its name
+// carries (journalName), so that damage is told from an entry of a newer
+// format, which is left for a newer program.
+func journalIntact(name string, body []byte) error {
+	if _, ok := parseJournalName(name); !ok {
+		return nil // not an entry (refresh skips such names)
+	}
+	if got := Sum(body).String()[:16]; got != name[len(name)-16:] {
+		return fmt.Errorf("content hashes to %s, not its name", got)
+	}
+	return nil
+}
+
+// fixJournal removes the journal entries under meta/ that fail
+// journalIntact or, intact, cannot be parsed as any version of the
+// format, and says whether it removed any: the catalog must then be
+// rebuilt from catalog chunks (RecoverCatalog), since what those entries
+// did is lost.
+func fixJournal(ctx context.Context, bs blob.Store) ([]Problem, error) {
+	var names []string
+	err := bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
+		if _, ok := parseJournalName(in.Name); ok {
+			names = append(names, in.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []Problem
+	for _, n := range names {
+		b, err := blob.ReadAll(ctx, bs, n, maxJournalObject)
+		if errors.Is(err, blob.ErrNotExist) {
+			continue
+		}
+		if err != nil && !errors.Is(err, blob.ErrRange) {
+			return out, err
+		}
+		if err == nil {
+			if err = journalIntact(n, b); err == nil {
+				var j journal
+				if err = json.Unmarshal(b, &j); err == nil {
+					continue
+				}
+			}
+		}
+		if derr := bs.Delete(ctx, n); derr != nil {
+			return out, derr
+		}
+		out = append(out, Problem{Pack: bs.String() + "/" + n, Err: fmt.Errorf("catalog journal entry damaged (%v): removed; the catalog is rebuilt from catalog chunks", err)})
 	}
 	return out, nil
 }

@@ -74,3 +74,80 @@ func TestRepairDirDamagedSegment(t *testing.T) {
 		})
 	}
 }
+
+// A damaged catalog journal entry fails every open once a cache must
+// apply it; RepairDir removes it (and reports the catalog lost, so that
+// engram repair rebuilds it from catalog chunks), also while the cache
+// hides it. An intact entry of a newer version is left alone.
+func TestRepairDirDamagedJournal(t *testing.T) {
+	for _, dropCache := range []bool{true, false} {
+		t.Run(map[bool]string{true: "cache-rebuilt", false: "cache-intact"}[dropCache], func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			if err := Init(dir, InitOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			opts := OpenOptions{Exclusive: true, Command: t.Name()}
+			s, err := Open(ctx, dir, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs := mkChunks(1, 5, 20000)
+			if _, err := s.PutMany(ctx, cs); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range []string{"a", "b"} {
+				if err := s.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("user"), []byte(k), []byte("v")) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			entries, err := filepath.Glob(filepath.Join(dir, "meta", "*"))
+			if err != nil || len(entries) != 2 {
+				t.Fatalf("journal %v, %v", entries, err)
+			}
+			if err := os.WriteFile(entries[0], []byte("{\"v\":1,\"op"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if dropCache {
+				if err := os.Remove(filepath.Join(dir, dirCacheName, indexName)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := Open(ctx, dir, opts); !errors.Is(err, ErrJournalDamaged) {
+					t.Fatalf("open with a damaged journal entry: %v, want ErrJournalDamaged", err)
+				}
+			}
+			rep, err := RepairDir(ctx, dir, opts)
+			if err != nil {
+				t.Fatalf("repair: %v (problems %v)", err, rep.Problems)
+			}
+			if len(rep.Problems) != 1 || !rep.MetadataLost {
+				t.Fatalf("repair = %+v, want the removed entry and MetadataLost", rep)
+			}
+			if err := os.Remove(filepath.Join(dir, dirCacheName, indexName)); err != nil {
+				t.Fatal(err)
+			}
+			s, err = Open(ctx, dir, opts)
+			if err != nil {
+				t.Fatalf("open after repair: %v", err)
+			}
+			defer s.Close()
+			if _, err := s.Get(ctx, cs[0].ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestJournalIntactNewerVersion(t *testing.T) {
+	body := []byte(`{"v":9,"ops":[]}`)
+	name := journalName(12345, body)
+	if err := journalIntact(name, body); err != nil {
+		t.Fatalf("an intact entry of a newer version: %v", err)
+	}
+	if err := journalIntact(name, append(body, ' ')); err == nil {
+		t.Fatal("a changed entry passed")
+	}
+}
