@@ -258,7 +258,9 @@ func (im *Image) initQcow2(h *header, fileSize int64) error {
 	info := &im.info
 	info.Version = h.version
 	info.ClusterSize = int(cs)
-	info.VirtualSize = int64(h.size)
+	// QEMU counts a qcow2 guest in whole 512-byte sectors and drops a
+	// partial last one (qcow2_do_open); qemu-img info and convert agree.
+	info.VirtualSize = int64(h.size) &^ 511
 	info.BackingFile = h.backingName
 	info.BackingFormat = h.backingFormat
 	info.RawExternal = h.autoclear&AutoclearRawExternal != 0
@@ -273,7 +275,7 @@ func (im *Image) initQcow2(h *header, fileSize int64) error {
 	info.LazyRefcounts = h.compat&CompatLazyRefcounts != 0
 	info.Snapshots = int(h.nbSnapshots)
 	info.Bitmaps = h.bitmaps
-	im.size = int64(h.size)
+	im.size = info.VirtualSize
 	if h.dataFile != "" {
 		dp := h.dataFile
 		if !filepath.IsAbs(dp) {
