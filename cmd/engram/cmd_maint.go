@@ -81,7 +81,7 @@ var gcCommand = &cli.Command{
 				more = fmt.Sprintf(" and %d more packs", n-1)
 			}
 			fmt.Fprintf(c.App.ErrWriter, "engram: gc: kept %s%s: lost index segment, but holds chunks engrams need; run engram repair to index it again\n",
-				oneLine(stats.Unindexed[0]), more)
+				escapeControl(stats.Unindexed[0]), more)
 		}
 		return nil
 	},

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -170,7 +172,8 @@ func TestStderrEscapesControlCharacters(t *testing.T) {
 			t.Fatalf("stderr carries control character %#x: %q", c, r.stderr)
 		}
 	}
-	if !strings.Contains(msg, `\x1b[31m; \x07\x7f.raw`) {
+	// The newline is the file name's, not a break between two errors.
+	if !strings.Contains(msg, `\x1b[31m\x0a\x07\x7f.raw`) {
 		t.Errorf("stderr %q does not show the escaped name", msg)
 	}
 }
@@ -328,5 +331,22 @@ func TestIngestRefusesOtherFormatsByName(t *testing.T) {
 			t.Fatalf("refusing %s created the store", c.want)
 		}
 		os.Remove(p)
+	}
+}
+
+func TestErrorLine(t *testing.T) {
+	joined := errors.Join(errors.New("a.qcow2\nb: bad"), errors.New("second"))
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{errors.New("x\x1b[2J\ny"), `x\x1b[2J\x0ay`},
+		{joined, `a.qcow2\x0ab: bad; second`},
+		{fmt.Errorf("dir /s\n: %w", joined), `dir /s\x0a: a.qcow2\x0ab: bad; second`},
+		{fmt.Errorf("%w: %w", errors.New("p\nq"), errors.New("r")), `p\x0aq: r`},
+	} {
+		if got := errorLine(c.err); got != c.want {
+			t.Errorf("errorLine(%q) = %q, want %q", c.err, got, c.want)
+		}
 	}
 }

@@ -68,8 +68,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	code := exitCode(ctx, err)
-	fmt.Fprintf(stderr, "engram: %s\n", oneLine(errorText(ctx, err)))
+	fmt.Fprintf(stderr, "engram: %s\n", errorText(ctx, err))
 	return code
+}
+
+// errorLine is err's message on one line: the errors errors.Join put on
+// lines of their own are separated by "; ", and every other control
+// character — a newline in a file name included — is escaped, so the
+// name is not mistaken for two errors.
+func errorLine(err error) string {
+	msg := err.Error()
+	if !strings.Contains(msg, "\n") {
+		return escapeControl(msg)
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() []error }:
+		subs := u.Unwrap()
+		texts := make([]string, len(subs))
+		for i, e := range subs {
+			texts[i] = e.Error()
+		}
+		if msg == strings.Join(texts, "\n") { // errors.Join's
+			lines := make([]string, len(subs))
+			for i, e := range subs {
+				lines[i] = errorLine(e)
+			}
+			return strings.Join(lines, "; ")
+		}
+	case interface{ Unwrap() error }:
+		if in := u.Unwrap(); in != nil && strings.HasSuffix(msg, in.Error()) {
+			return escapeControl(msg[:len(msg)-len(in.Error())]) + errorLine(in)
+		}
+	}
+	return escapeControl(msg)
 }
 
 // escapeControl makes s safe for one line on a terminal: names from image
@@ -148,5 +179,5 @@ func errorText(ctx context.Context, err error) string {
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return "interrupted; nothing partial was committed"
 	}
-	return err.Error()
+	return errorLine(err)
 }
