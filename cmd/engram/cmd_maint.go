@@ -22,6 +22,13 @@ var gcCommand = &cli.Command{
 		&cli.DurationFlag{Name: "margin", Value: chunkstore.DefaultGCMargin, Usage: "s3:// stores: how long a pack one gc condemned waits before a later gc deletes it (ingests must finish within it)"},
 	},
 	Action: func(c *cli.Context) error {
+		if c.Duration("margin") <= 0 {
+			return usagef("--margin %s: want a positive duration", c.Duration("margin"))
+		}
+		if t := c.Float64("threshold"); t < 0 || t > 1 {
+			// Above 1 every pack would be rewritten by every gc.
+			return usagef("--threshold %g: want a live fraction from 0 to 1", t)
+		}
 		// A directory store is locked against ingests for the whole run,
 		// so its dead packs go at once; a bucket waits out --margin.
 		st, err := openStoreLocked(c, true, false, true)
@@ -32,9 +39,6 @@ var gcCommand = &cli.Command{
 		live := map[chunkstore.ID]struct{}{}
 		if err := engram.LiveChunks(c.Context, st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
 			return fmt.Errorf("gc: cannot list what engrams need, nothing removed: %w", err)
-		}
-		if c.Duration("margin") <= 0 {
-			return usagef("--margin %s: want a positive duration", c.Duration("margin"))
 		}
 		// Engrams a running mount or serve reads stay, even after rm.
 		if err := view.PinnedChunks(c.Context, pinDir(st), st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {

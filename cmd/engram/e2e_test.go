@@ -432,6 +432,14 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("restore over a FIFO replaced it: %v %v", fi.Mode(), err)
 	}
 	fails(t, store, exitUsage, []string{"restore", id, "-o", dir, "--force"}, "is a directory")
+	// Every bad command line exits 2: a command's own unknown flag, an
+	// unknown command, arguments to a command that takes none (gc would
+	// have collected the whole store), a --threshold outside 0..1.
+	fails(t, store, exitUsage, []string{"ls", "--bogus"}, "bogus")
+	fails(t, store, exitUsage, []string{"frobnicate"}, "frobnicate")
+	fails(t, store, exitUsage, []string{"gc", id}, "gc takes no arguments")
+	fails(t, store, exitUsage, []string{"ls", id}, "ls takes no arguments")
+	fails(t, store, exitUsage, []string{"gc", "--threshold", "2"}, "--threshold")
 
 	// Nothing above damaged the store or left output behind.
 	ok(t, store, "verify")

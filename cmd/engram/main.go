@@ -14,6 +14,7 @@ import (
 	"runtime/pprof"
 	"runtime/trace"
 	"strings"
+	"sync"
 	"syscall"
 	"unicode/utf8"
 
@@ -63,7 +64,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp(stdout, stderr)
-	err := app.RunContext(ctx, permuteArgs(app, args))
+	var err error
+	if name := unknownCommand(app, args); name != "" {
+		err = usagef("no command %q (engram --help lists them)", name)
+	} else {
+		err = app.RunContext(ctx, permuteArgs(app, args))
+	}
 	if err == nil {
 		return 0
 	}
@@ -129,6 +135,7 @@ func warnFunc(c *cli.Context) func(string) {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
+	commandsOnce.Do(setUsageChecks)
 	return &cli.App{
 		Name:                 "engram",
 		Version:              buildVersion().Version,
@@ -142,28 +149,53 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
-		Commands: []*cli.Command{
-			initCommand,
-			ingestCommand,
-			restoreCommand,
-			lsCommand,
-			showCommand,
-			rmCommand,
-			gcCommand,
-			verifyCommand,
-			repairCommand,
-			upgradeCommand,
-			statsCommand,
-			diffCommand,
-			inspectCommand,
-			versionCommand,
-			sketchCommand,
-			similarCommand,
-			lineageCommand,
-			treeCommand,
-			mountCommand,
-			serveCommand,
-		},
+		Commands: commands,
+	}
+}
+
+var commands = []*cli.Command{
+	initCommand,
+	ingestCommand,
+	restoreCommand,
+	lsCommand,
+	showCommand,
+	rmCommand,
+	gcCommand,
+	verifyCommand,
+	repairCommand,
+	upgradeCommand,
+	statsCommand,
+	diffCommand,
+	inspectCommand,
+	versionCommand,
+	sketchCommand,
+	similarCommand,
+	lineageCommand,
+	treeCommand,
+	mountCommand,
+	serveCommand,
+}
+
+var commandsOnce sync.Once
+
+// setUsageChecks makes every command's bad command line exit 2 as the
+// global flags' does (a command's own flag errors went to exit 1), and
+// refuses arguments to the commands that take none (ArgsUsage " "):
+// `engram gc web-01` must not collect the whole store unasked.
+func setUsageChecks() {
+	for _, cmd := range commands {
+		if cmd.OnUsageError == nil {
+			cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+		}
+		if cmd.ArgsUsage == " " && cmd.Before == nil {
+			name := cmd.Name
+			cmd.Before = func(c *cli.Context) error {
+				if c.NArg() > 0 {
+					return usagef("%s takes no arguments", name)
+				}
+				return nil
+			}
+		}
 	}
 }
 
