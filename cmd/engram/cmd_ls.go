@@ -47,7 +47,9 @@ var lsCommand = &cli.Command{
 				if r.Name != "" {
 					names = append(names, r.Name)
 				}
-				data = r.Stats.StoredBytes
+				// The engram's data, not the last ingest's reading of it:
+				// a re-ingest recognised unchanged reads (and records) none.
+				data = max(data, r.Stats.StoredBytes)
 				created = r.Created.Local().Format("2006-01-02 15:04")
 				source = r.Source
 			}

@@ -350,3 +350,17 @@ func TestErrorLine(t *testing.T) {
 		}
 	}
 }
+
+// ls shows an engram's data size even when its last ingest was
+// recognised unchanged and read nothing (it showed 0 B).
+func TestLsDataAfterUnchangedIngest(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := qcowWith("16M", nil, "write -P 0x5a 0 1M")(t, dir)
+	ok(t, store, "ingest", src)
+	ok(t, store, "ingest", "--name", "again", src) // unchanged: reads nothing
+	if ls := ok(t, store, "ls"); !strings.Contains(ls, "1.0 MiB") {
+		t.Errorf("ls does not show the engram's 1 MiB of data: %q", ls)
+	}
+}
