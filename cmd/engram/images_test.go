@@ -364,3 +364,35 @@ func TestLsDataAfterUnchangedIngest(t *testing.T) {
 		t.Errorf("ls does not show the engram's 1 MiB of data: %q", ls)
 	}
 }
+
+// Names and paths with control characters reach stdout escaped too (ls,
+// show, stats), not only stderr.
+func TestStdoutEscapesNames(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := qcowWith("16M", nil, "write -P 0x5a 0 1M")(t, dir)
+	ok(t, store, "ingest", "--name", "evil\x1b[2J\r", src)
+	for _, args := range [][]string{{"ls"}, {"show", "evil\x1b[2J\r"}, {"stats"}} {
+		out := ok(t, store, args...)
+		if strings.ContainsAny(out, "\x1b\r") {
+			t.Errorf("engram %s: raw control characters on stdout: %q", args[0], out)
+		}
+		if !strings.Contains(out, `evil\x1b[2J\x0d`) && !strings.Contains(out, `"evil\x1b[2J\r"`) {
+			t.Errorf("engram %s: the name is not shown escaped: %q", args[0], out)
+		}
+	}
+}
+
+func TestSafeWriterSplitsRunes(t *testing.T) {
+	var b strings.Builder
+	w := &safeWriter{w: &b}
+	in := "é\x1b[1m\tx\n✓"
+	for i := 0; i < len(in); i++ {
+		w.Write([]byte{in[i]})
+	}
+	w.flush()
+	if want := `é\x1b[1m` + "\tx\n✓"; b.String() != want {
+		t.Fatalf("got %q, want %q", b.String(), want)
+	}
+}

@@ -63,7 +63,9 @@ func startDiagnostics() (stop func()) {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	app := newApp(stdout, stderr)
+	out := &safeWriter{w: stdout}
+	defer out.flush()
+	app := newApp(out, stderr)
 	var err error
 	if name := unknownCommand(app, args); name != "" {
 		err = usagef("no command %q (engram --help lists them)", name)
