@@ -153,7 +153,10 @@ func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
 		}
 		l, err := decodeGCList(b)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %s: %w", s.bs, n, err)
+			if errors.Is(err, ErrFormatVersion) {
+				return nil, fmt.Errorf("%s: %s: %w", s.bs, n, err)
+			}
+			return nil, fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store removes it)", s.bs, n, ErrListDamaged, err)
 		}
 		out[n] = l
 	}

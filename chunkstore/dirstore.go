@@ -223,8 +223,8 @@ func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport,
 	s, err := Open(ctx, dir, opts)
 	var segs, journal []Problem
 	checked := false
-	if errors.Is(err, ErrIndexDamaged) || errors.Is(err, ErrJournalDamaged) {
-		// A damaged segment or journal entry fails every open
+	if errors.Is(err, ErrIndexDamaged) || errors.Is(err, ErrJournalDamaged) || errors.Is(err, ErrListDamaged) {
+		// A damaged segment, journal entry or list fails every open
 		// (fixSegmentsDir).
 		var ferr error
 		if segs, journal, ferr = fixSegmentsDir(ctx, dir, opts); ferr != nil {

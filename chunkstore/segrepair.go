@@ -45,8 +45,58 @@ func fixObjects(ctx context.Context, bs blob.Store) (segs, journal []Problem, er
 	if segs, err = fixSegments(ctx, bs); err != nil {
 		return segs, nil, err
 	}
-	journal, err = fixJournal(ctx, bs)
-	return segs, journal, err
+	if journal, err = fixJournal(ctx, bs); err != nil {
+		return segs, journal, err
+	}
+	lists, err := fixLists(ctx, bs)
+	return append(segs, lists...), journal, err
+}
+
+// fixLists removes the gc lists and damage lists that cannot be read (and
+// are not of a newer version): a directory store's gc, holding the store
+// alone, needs no list and deletes them all, and a damage list only tells
+// caches what verify finds again.
+func fixLists(ctx context.Context, bs blob.Store) ([]Problem, error) {
+	var names []string
+	for _, prefix := range []string{blobGCPrefix, blobDamagePrefix} {
+		err := bs.List(ctx, prefix, func(in blob.Info) error {
+			if _, _, ok := parseGCName(in.Name); ok || strings.HasPrefix(in.Name, blobDamagePrefix) {
+				names = append(names, in.Name)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	var out []Problem
+	for _, n := range names {
+		b, err := blob.ReadAll(ctx, bs, n, maxGCList)
+		if errors.Is(err, blob.ErrNotExist) {
+			continue
+		}
+		if err != nil && !errors.Is(err, blob.ErrRange) {
+			return out, err
+		}
+		if err == nil {
+			if strings.HasPrefix(n, blobDamagePrefix) {
+				var d damageList
+				if err = json.Unmarshal(b, &d); err == nil && d.V < damageVersion {
+					err = fmt.Errorf("bad version %d", d.V)
+				}
+			} else if _, err = decodeGCList(b); errors.Is(err, ErrFormatVersion) {
+				err = nil
+			}
+			if err == nil {
+				continue
+			}
+		}
+		if derr := bs.Delete(ctx, n); derr != nil {
+			return out, derr
+		}
+		out = append(out, Problem{Pack: bs.String() + "/" + n, Err: fmt.Errorf("unreadable list (%v): removed", err)})
+	}
+	return out, nil
 }
 
 func fixSegments(ctx context.Context, bs blob.Store) ([]Problem, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -149,5 +150,42 @@ func TestJournalIntactNewerVersion(t *testing.T) {
 	}
 	if err := journalIntact(name, append(body, ' ')); err == nil {
 		t.Fatal("a changed entry passed")
+	}
+}
+
+// An unreadable gc list or damage list fails every open that lists it;
+// RepairDir removes it (a list of a newer version stays).
+func TestRepairDirDamagedLists(t *testing.T) {
+	for _, name := range []string{
+		"gc/condemned-0000000000000001-abcdefabcdefabcd",
+		"damaged/" + ID{1}.String() + "-0000000000000001-abcdefabcdefabcd",
+	} {
+		t.Run(strings.SplitN(name, "/", 2)[0], func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			if err := Init(dir, InitOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			opts := OpenOptions{Exclusive: true, Command: t.Name()}
+			p := filepath.Join(dir, filepath.FromSlash(name))
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte("\x00garbage"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Open(ctx, dir, opts); !errors.Is(err, ErrListDamaged) {
+				t.Fatalf("open with a damaged list: %v, want ErrListDamaged", err)
+			}
+			rep, err := RepairDir(ctx, dir, opts)
+			if err != nil || len(rep.Problems) != 1 {
+				t.Fatalf("repair = %v, %v; want the list removed", rep.Problems, err)
+			}
+			s, err := Open(ctx, dir, opts)
+			if err != nil {
+				t.Fatalf("open after repair: %v", err)
+			}
+			s.Close()
+		})
 	}
 }
