@@ -184,13 +184,31 @@ func openLayer(path, referrer, format string, opts Options, level int, seen map[
 	return im, nil
 }
 
+// fileKind names what a file that is not regular is; Mode.Type()'s
+// "d---------" says it only to those who read ls -l.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "a special file " + m.Type().String()
+}
+
 // openRegular opens path for reading after checking that it is a regular
 // file: a name from a hostile header must not make us block on a FIFO or
 // read a device.
 func openRegular(path string) (*os.File, error) {
 	st, err := os.Stat(path)
 	if err == nil && !st.Mode().IsRegular() {
-		return nil, newErr(path, ErrUnsupportedFormat, "not a regular file (%s)", st.Mode().Type())
+		return nil, newErr(path, ErrUnsupportedFormat, "not a regular file (%s)", fileKind(st.Mode()))
 	}
 	if err != nil {
 		return nil, &Error{Path: path, Msg: err.Error(), Err: err}

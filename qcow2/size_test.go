@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/engram-vm/engram/internal/qemutest"
@@ -40,5 +41,14 @@ func TestVirtualSizeRoundsDownLikeQEMU(t *testing.T) {
 	}
 	if !bytes.Equal(got, wb) {
 		t.Fatal("guest bytes differ from qemu-img convert's")
+	}
+}
+
+// A path that is not a regular file is refused saying what it is.
+func TestOpenNamesWhatIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Open(dir, Options{})
+	if err == nil || !strings.Contains(err.Error(), "not a regular file (a directory)") {
+		t.Fatalf("Open of a directory: %v", err)
 	}
 }
