@@ -1361,6 +1361,9 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 		fd := &found{frames: map[int64]*scannedFrame{}, bad: map[int64]error{}, name: name}
 		scanned[p.num] = fd
 		st.Packs++
+		if err := s.verifySegment(ctx, p.hash, emit); err != nil {
+			return st, err
+		}
 		b, err := blob.ReadAll(ctx, s.bs, packObject(p.hash), maxPackObject)
 		if err != nil {
 			if !errors.Is(err, blob.ErrNotExist) && !errors.Is(err, blob.ErrRange) {

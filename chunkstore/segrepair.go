@@ -202,3 +202,23 @@ func fixJournal(ctx context.Context, bs blob.Store) ([]Problem, error) {
 	}
 	return out, nil
 }
+
+// verifySegment reports the index segment of pack h when it fails its
+// checks: the cache keeps its own copy of each segment it merged, so the
+// damage shows only at the next rebuild of a cache (another host's, or
+// this one's), which then fails every command until repair.
+func (s *BlobStore) verifySegment(ctx context.Context, h ID, emit func(Problem)) error {
+	b, err := blob.ReadAll(ctx, s.bs, indexObject(h), maxSegment)
+	if errors.Is(err, blob.ErrNotExist) {
+		return nil // swept since the refresh, or lost: the refresh deals with it
+	}
+	if err == nil {
+		if _, err = decodeSegment(b); err == nil || errors.Is(err, ErrFormatVersion) {
+			return nil
+		}
+	} else if !errors.Is(err, blob.ErrRange) {
+		return err
+	}
+	emit(Problem{Pack: s.bs.String() + "/" + indexObject(h), Err: fmt.Errorf("index segment damaged (%v); engram repair of a directory store replaces it from its pack", err)})
+	return nil
+}

@@ -189,3 +189,37 @@ func TestRepairDirDamagedLists(t *testing.T) {
 		})
 	}
 }
+
+// Verify reports a damaged segment that the cache still hides.
+func TestVerifyFindsDamagedSegment(t *testing.T) {
+	ctx := context.Background()
+	s := NewTestStore(t)
+	dir := s.local.dir
+	if _, err := s.PutMany(ctx, mkChunks(1, 5, 20000)); err != nil {
+		t.Fatal(err)
+	}
+	segs, err := filepath.Glob(filepath.Join(dir, "index", "*"))
+	if err != nil || len(segs) != 1 {
+		t.Fatalf("segments %v, %v", segs, err)
+	}
+	good, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), good...)
+	bad[20] ^= 0xff
+	if err := os.WriteFile(segs[0], bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var probs []Problem
+	if _, err := s.Verify(ctx, func(p Problem) { probs = append(probs, p) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(probs) != 1 || !strings.Contains(probs[0].String(), "index segment damaged") {
+		t.Fatalf("verify problems %v, want the damaged segment", probs)
+	}
+	// Put it back for the Cleanup's verify.
+	if err := os.WriteFile(segs[0], good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

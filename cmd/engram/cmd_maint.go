@@ -107,10 +107,14 @@ var verifyCommand = &cli.Command{
 		}
 		bad := map[chunkstore.ID]bool{}
 		var problems []string
+		objects := 0 // problems of a pack or segment as a whole, not of a chunk
 		if len(ids) == 0 {
 			_, err := st.Verify(c.Context, func(p chunkstore.Problem) {
 				bad[p.ID] = true
 				problems = append(problems, p.String())
+				if p.ID.IsZero() {
+					objects++
+				}
 			})
 			if err != nil {
 				return err
@@ -143,14 +147,18 @@ var verifyCommand = &cli.Command{
 			}
 		} else {
 			for _, p := range problems {
-				fmt.Fprintln(c.App.Writer, "damaged chunk:", p)
+				fmt.Fprintln(c.App.Writer, "damaged:", p)
 			}
 			for _, d := range damaged {
 				fmt.Fprintln(c.App.Writer, "damaged engram:", d)
 			}
 		}
 		if len(problems)+len(damaged) > 0 {
-			return fmt.Errorf("verify: %d damaged chunks, %d of %d engrams damaged", len(problems), len(damaged), len(ids))
+			what := ""
+			if objects > 0 {
+				what = fmt.Sprintf(", %d damaged packs or segments", objects)
+			}
+			return fmt.Errorf("verify: %d damaged chunks%s, %d of %d engrams damaged", len(problems)-objects, what, len(damaged), len(ids))
 		}
 		if !c.Bool(quietFlag.Name) && !c.Bool(jsonFlag.Name) {
 			fmt.Fprintf(c.App.Writer, "ok: %d engrams verified\n", len(ids))
