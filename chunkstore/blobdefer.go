@@ -288,3 +288,25 @@ func (s *BlobStore) indexAhead(ctx context.Context, packs []*stagedPack) ([]*sta
 	}
 	return packs, nil
 }
+
+// DiscardStaged drops the packs staged since the last durable point and
+// removes their temporary files, so that Close does not make them
+// durable: for a writer that gives up because the disk is full, whose
+// staged packs no commit will name and would keep the space the store
+// needs to run gc. It waits for a durable point under way; what that one
+// took stays durable.
+func (s *BlobStore) DiscardStaged() {
+	g := s.staged
+	if g == nil {
+		return
+	}
+	g.flush.Lock()
+	defer g.flush.Unlock()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, p := range g.packs {
+		g.st.RemoveTemps([]string{p.packTmp, p.segTmp})
+	}
+	g.n.Add(-int64(len(g.packs)))
+	g.packs, g.bytes, g.ids = nil, 0, map[ID]int{}
+}

@@ -153,7 +153,10 @@ func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
 		}
 		l, err := decodeGCList(b)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %s: %w", s.bs, n, err)
+			if errors.Is(err, ErrFormatVersion) {
+				return nil, fmt.Errorf("%s: %s: %w", s.bs, n, err)
+			}
+			return nil, fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store removes it)", s.bs, n, ErrListDamaged, err)
 		}
 		out[n] = l
 	}
@@ -584,19 +587,28 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	if err != nil {
 		return st, err
 	}
-	// Pack objects without a segment (a writer killed between the two).
+	// Pack objects without a segment (a writer killed between the two),
+	// but for those whose segment copy holds needed chunks (neededOrphans).
 	var orphans []ID
+	orphanSize := map[ID]int64{}
 	err = s.bs.List(ctx, blobPacksPrefix, func(in blob.Info) error {
 		i := strings.LastIndexByte(in.Name, '/')
 		h, err := ParseID(in.Name[i+1:])
 		if err == nil && packs[h] == nil {
 			orphans = append(orphans, h)
+			orphanSize[h] = in.Size
 		}
 		return nil
 	})
 	if err != nil {
 		return st, err
 	}
+	keep, err := s.neededOrphans(ctx, orphans, orphanSize, live)
+	if err != nil {
+		return st, err
+	}
+	orphans = slices.DeleteFunc(orphans, func(h ID) bool { return keep[h] })
+	st.Unindexed = s.packNames(keep)
 	pending := map[ID]bool{} // condemned by a list not yet due, or swept now
 	names := make([]string, 0, len(lists))
 	for n := range lists {
@@ -649,8 +661,8 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 		}
 		for _, p := range l.Orphans {
 			h, err := ParseID(p)
-			if err != nil || packs[h] != nil {
-				continue // its segment arrived: judged as a pack next time
+			if err != nil || packs[h] != nil || keep[h] {
+				continue // its segment arrived (judged as a pack next time), or it holds needed chunks
 			}
 			// Looked at again under the lease, not as of this view: a
 			// writer stalled between its pack and its segment may have put
@@ -780,7 +792,7 @@ func (s *BlobStore) catalogChangedSinceView(ctx context.Context) (bool, error) {
 func (s *BlobStore) parseSegment(h ID, b []byte) ([]indexed, int64, error) {
 	ents, err := decodeSegment(b)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: %s: %w: %w", s.bs, indexObject(h), ErrIndexDamaged, err)
+		return nil, 0, fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store replaces it from its pack)", s.bs, indexObject(h), ErrIndexDamaged, err)
 	}
 	size := int64(packHeaderSize)
 	for _, x := range ents {

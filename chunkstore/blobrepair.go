@@ -66,7 +66,10 @@ func (s *BlobStore) damageLists(ctx context.Context) (map[ID]map[int64]bool, boo
 	for n, b := range bodies {
 		var d damageList
 		if err := json.Unmarshal(b, &d); err != nil || d.V != damageVersion {
-			return nil, false, fmt.Errorf("%s: %s: not a damage list (version %d, %v)", s.bs, n, d.V, err)
+			if err == nil && d.V > damageVersion {
+				return nil, false, fmt.Errorf("%s: %s: damage list version %d: %w", s.bs, n, d.V, ErrFormatVersion)
+			}
+			return nil, false, fmt.Errorf("%s: %s: %w: not a damage list (version %d, %v; engram repair of a directory store removes it)", s.bs, n, ErrListDamaged, d.V, err)
 		}
 		h, err := ParseID(d.Pack)
 		if err != nil {

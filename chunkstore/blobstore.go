@@ -1288,6 +1288,9 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 			}
 		}
 		for i, name := range todo {
+			if err := journalIntact(name, bodies[i]); err != nil {
+				return fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store removes it and rebuilds the catalog)", s.bs, name, ErrJournalDamaged, err)
+			}
 			if err := applyJournal(tx, bodies[i]); err != nil {
 				return fmt.Errorf("%s: %s: %w", s.bs, name, err)
 			}
@@ -1364,6 +1367,9 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 		fd := &found{frames: map[int64]*scannedFrame{}, bad: map[int64]error{}, name: name}
 		scanned[p.num] = fd
 		st.Packs++
+		if err := s.verifySegment(ctx, p.hash, emit); err != nil {
+			return st, err
+		}
 		b, err := blob.ReadAll(ctx, s.bs, packObject(p.hash), maxPackObject)
 		if err != nil {
 			if !errors.Is(err, blob.ErrNotExist) && !errors.Is(err, blob.ErrRange) {

@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 
 	"github.com/engram-vm/engram/chunkstore/blob"
@@ -13,7 +14,7 @@ import (
 // a dead pack between the live set and the delete, and the packs that
 // hold no live chunk are deleted in this run (segment first, then pack),
 // as are pack objects without a segment (a writer killed between the
-// two) and every gc list (their margins protect writers, and there are
+// two; not those whose segment copy holds needed chunks) and every gc list (their margins protect writers, and there are
 // none). `engram rm X && engram gc` frees the space at once, as it did
 // before directory stores were bucket stores.
 func (s *BlobStore) gcNow(ctx context.Context, live func(ID) bool, opts GCOptions) (GCStats, error) {
@@ -24,18 +25,28 @@ func (s *BlobStore) gcNow(ctx context.Context, live func(ID) bool, opts GCOption
 	}
 	var orphans []ID
 	var orphanBytes int64
+	orphanSize := map[ID]int64{}
 	err = s.bs.List(ctx, blobPacksPrefix, func(in blob.Info) error {
 		i := strings.LastIndexByte(in.Name, '/')
 		h, err := ParseID(in.Name[i+1:])
 		if err == nil && packs[h] == nil {
 			orphans = append(orphans, h)
-			orphanBytes += in.Size
+			orphanSize[h] = in.Size
 		}
 		return nil
 	})
 	if err != nil {
 		return st, err
 	}
+	keep, err := s.neededOrphans(ctx, orphans, orphanSize, live)
+	if err != nil {
+		return st, err
+	}
+	orphans = slices.DeleteFunc(orphans, func(h ID) bool { return keep[h] })
+	for _, h := range orphans {
+		orphanBytes += orphanSize[h]
+	}
+	st.Unindexed = s.packNames(keep)
 	var lists []string
 	err = s.bs.List(ctx, blobGCPrefix, func(in blob.Info) error {
 		if _, _, ok := parseGCName(in.Name); ok {

@@ -221,11 +221,47 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*BlobStore, error)
 func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport, error) {
 	opts.ReadOnly, opts.Exclusive = false, true
 	s, err := Open(ctx, dir, opts)
+	var segs, journal []Problem
+	checked := false
+	if errors.Is(err, ErrIndexDamaged) || errors.Is(err, ErrJournalDamaged) || errors.Is(err, ErrListDamaged) {
+		// A damaged segment, journal entry or list fails every open
+		// (fixSegmentsDir).
+		var ferr error
+		if segs, journal, ferr = fixSegmentsDir(ctx, dir, opts); ferr != nil {
+			return RepairReport{}, fmt.Errorf("%w; replacing damaged objects: %w", err, ferr)
+		}
+		checked = true
+		if len(segs)+len(journal) > 0 {
+			s, err = Open(ctx, dir, opts)
+		}
+	}
 	if err != nil {
-		return RepairReport{}, err
+		return RepairReport{Problems: append(segs, journal...)}, err
+	}
+	if !checked {
+		// Damage the cache hides: it keeps a copy of each segment it
+		// merged and the effect of each entry it applied, so only a
+		// rebuild (or another host) would fail on them.
+		if segs, journal, err = fixObjects(ctx, s.bs); err != nil {
+			s.Close()
+			return RepairReport{Problems: append(segs, journal...)}, err
+		}
+		if len(journal) > 0 {
+			// What the removed entries did must go from the cache too,
+			// or the catalog rebuilt on top of it would not be journaled.
+			cache := s.db.path
+			s.Close()
+			if err := os.Remove(cache); err != nil {
+				return RepairReport{Problems: append(segs, journal...)}, err
+			}
+			if s, err = Open(ctx, dir, opts); err != nil {
+				return RepairReport{Problems: append(segs, journal...)}, err
+			}
+		}
 	}
 	defer s.Close()
 	rep, err := s.Repair(ctx)
+	rep.Problems = append(append(segs, journal...), rep.Problems...)
 	if err != nil {
 		return rep, err
 	}
@@ -241,7 +277,7 @@ func RepairDir(ctx context.Context, dir string, opts OpenOptions) (RepairReport,
 	if err != nil {
 		return rep, err
 	}
-	rep.MetadataLost = journals == 0 && st.Chunks > 0
+	rep.MetadataLost = (journals == 0 || len(journal) > 0) && st.Chunks > 0
 	return rep, nil
 }
 

@@ -84,6 +84,10 @@ type GCStats struct {
 	BytesFreed     int64 `json:"bytes_freed"`   // pack file bytes removed
 	// UploadsAborted counts stale multipart uploads aborted (bucket stores).
 	UploadsAborted int64 `json:"uploads_aborted,omitempty"`
+	// Unindexed names the packs without an index segment that gc kept
+	// because their own segment copy holds chunks engrams need (a lost
+	// segment); Repair re-indexes them.
+	Unindexed []string `json:"unindexed,omitempty"`
 }
 
 // RepairReport says what Repair found and did.

@@ -184,13 +184,31 @@ func openLayer(path, referrer, format string, opts Options, level int, seen map[
 	return im, nil
 }
 
+// fileKind names what a file that is not regular is; Mode.Type()'s
+// "d---------" says it only to those who read ls -l.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "a special file " + m.Type().String()
+}
+
 // openRegular opens path for reading after checking that it is a regular
 // file: a name from a hostile header must not make us block on a FIFO or
 // read a device.
 func openRegular(path string) (*os.File, error) {
 	st, err := os.Stat(path)
 	if err == nil && !st.Mode().IsRegular() {
-		return nil, newErr(path, ErrUnsupportedFormat, "not a regular file (%s)", st.Mode().Type())
+		return nil, newErr(path, ErrUnsupportedFormat, "not a regular file (%s)", fileKind(st.Mode()))
 	}
 	if err != nil {
 		return nil, &Error{Path: path, Msg: err.Error(), Err: err}
@@ -258,7 +276,9 @@ func (im *Image) initQcow2(h *header, fileSize int64) error {
 	info := &im.info
 	info.Version = h.version
 	info.ClusterSize = int(cs)
-	info.VirtualSize = int64(h.size)
+	// QEMU counts a qcow2 guest in whole 512-byte sectors and drops a
+	// partial last one (qcow2_do_open); qemu-img info and convert agree.
+	info.VirtualSize = int64(h.size) &^ 511
 	info.BackingFile = h.backingName
 	info.BackingFormat = h.backingFormat
 	info.RawExternal = h.autoclear&AutoclearRawExternal != 0
@@ -273,7 +293,7 @@ func (im *Image) initQcow2(h *header, fileSize int64) error {
 	info.LazyRefcounts = h.compat&CompatLazyRefcounts != 0
 	info.Snapshots = int(h.nbSnapshots)
 	info.Bitmaps = h.bitmaps
-	im.size = int64(h.size)
+	im.size = info.VirtualSize
 	if h.dataFile != "" {
 		dp := h.dataFile
 		if !filepath.IsAbs(dp) {

@@ -23,7 +23,7 @@ func permuteArgs(app *cli.App, args []string) []string {
 	}
 	cmd := app.Command(args[i])
 	if cmd == nil {
-		return args
+		return args // run reports an unknown command (unknownCommand)
 	}
 	var flags, pos []string
 	rest := args[i+1:]
@@ -61,4 +61,21 @@ func isBoolFlag(fs []cli.Flag, arg string) bool {
 		}
 	}
 	return true
+}
+
+// unknownCommand returns the command word of args when the app has no
+// such command ("" when it has, or there is none): urfave/cli would only
+// say "No help topic" and exit 3, the code of a missing engram.
+func unknownCommand(app *cli.App, args []string) string {
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "-" {
+		if !isBoolFlag(app.Flags, args[i]) && !strings.Contains(args[i], "=") {
+			i++
+		}
+		i++
+	}
+	if i >= len(args) || app.Command(args[i]) != nil {
+		return ""
+	}
+	return args[i]
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -88,6 +89,14 @@ var ingestCommand = &cli.Command{
 			}
 			layers, err := ingest.Image(c.Context, st, im, opts)
 			if err != nil {
+				if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+					// Close would make this image's staged packs durable;
+					// nothing will commit them, and on a full disk they
+					// hold the space gc itself needs to run.
+					if d, ok := st.(interface{ DiscardStaged() }); ok {
+						d.DiscardStaged()
+					}
+				}
 				// Name the image once: the error names the layer at fault,
 				// which is often the image itself.
 				if le := (*ingest.LayerError)(nil); errors.As(err, &le) && le.Path == im.Path() {

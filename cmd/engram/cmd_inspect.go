@@ -72,12 +72,12 @@ var inspectCommand = &cli.Command{
 			})
 		}
 		w := c.App.Writer
-		fmt.Fprintf(w, "image:        %s\n", im.Path())
+		fmt.Fprintf(w, "image:        %s\n", escapeControl(im.Path()))
 		fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", bytesStr(im.Size()), im.Size())
 		fmt.Fprintf(w, "data:         %s allocated data, %s allocated as zero, %s unallocated\n",
 			bytesStr(data), bytesStr(zero), bytesStr(im.Size()-data-zero))
 		for i, in := range chain {
-			fmt.Fprintf(w, "layer %d:      %s: %s\n", i, in.Path, describe(in))
+			fmt.Fprintf(w, "layer %d:      %s: %s\n", i, escapeControl(in.Path), describe(in))
 		}
 		return nil
 	},

@@ -47,7 +47,9 @@ var lsCommand = &cli.Command{
 				if r.Name != "" {
 					names = append(names, r.Name)
 				}
-				data = r.Stats.StoredBytes
+				// The engram's data, not the last ingest's reading of it:
+				// a re-ingest recognised unchanged reads (and records) none.
+				data = max(data, r.Stats.StoredBytes)
 				created = r.Created.Local().Format("2006-01-02 15:04")
 				source = r.Source
 			}
@@ -55,7 +57,7 @@ var lsCommand = &cli.Command{
 			if name == "" {
 				name = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.ID.Short(), name, bytesStr(e.Size), bytesStr(data), created, source)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.ID.Short(), escapeControl(name), bytesStr(e.Size), bytesStr(data), created, escapeControl(source))
 		}
 		return tw.Flush()
 	},
@@ -106,7 +108,7 @@ var showCommand = &cli.Command{
 			if r.Name != "" {
 				fmt.Fprintf(w, " as %q", r.Name)
 			}
-			fmt.Fprintf(w, " from %s (%s", r.Source, r.Format)
+			fmt.Fprintf(w, " from %s (%s", escapeControl(r.Source), r.Format)
 			if r.ClusterSize > 0 {
 				fmt.Fprintf(w, ", %s clusters", bytesStr(int64(r.ClusterSize)))
 			}
@@ -128,7 +130,7 @@ var showCommand = &cli.Command{
 				if l.CorruptMarked {
 					mark = ", marked corrupt"
 				}
-				fmt.Fprintf(w, "  %*s%s (%s, %s on disk%s)\n", 2*i, "", l.Path, l.Format, bytesStr(l.FileSize), mark)
+				fmt.Fprintf(w, "  %*s%s (%s, %s on disk%s)\n", 2*i, "", escapeControl(l.Path), l.Format, bytesStr(l.FileSize), mark)
 			}
 			s := r.Stats
 			fmt.Fprintf(w, "  read %s, stored %s new in %d chunks, %.1fs\n", bytesStr(s.DataBytes), bytesStr(s.NewBytes), s.NewChunks, s.Duration.Seconds())

@@ -22,6 +22,13 @@ var gcCommand = &cli.Command{
 		&cli.DurationFlag{Name: "margin", Value: chunkstore.DefaultGCMargin, Usage: "s3:// stores: how long a pack one gc condemned waits before a later gc deletes it (ingests must finish within it)"},
 	},
 	Action: func(c *cli.Context) error {
+		if c.Duration("margin") <= 0 {
+			return usagef("--margin %s: want a positive duration", c.Duration("margin"))
+		}
+		if t := c.Float64("threshold"); t < 0 || t > 1 {
+			// Above 1 every pack would be rewritten by every gc.
+			return usagef("--threshold %g: want a live fraction from 0 to 1", t)
+		}
 		// A directory store is locked against ingests for the whole run,
 		// so its dead packs go at once; a bucket waits out --margin.
 		st, err := openStoreLocked(c, true, false, true)
@@ -32,9 +39,6 @@ var gcCommand = &cli.Command{
 		live := map[chunkstore.ID]struct{}{}
 		if err := engram.LiveChunks(c.Context, st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
 			return fmt.Errorf("gc: cannot list what engrams need, nothing removed: %w", err)
-		}
-		if c.Duration("margin") <= 0 {
-			return usagef("--margin %s: want a positive duration", c.Duration("margin"))
 		}
 		// Engrams a running mount or serve reads stay, even after rm.
 		if err := view.PinnedChunks(c.Context, pinDir(st), st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
@@ -74,6 +78,15 @@ var gcCommand = &cli.Command{
 				stats.DeadChunks, stats.Chunks, bytesStr(stats.DeadBytes), verb, bytesStr(stats.BytesFreed),
 				stats.PacksRewritten, stats.PacksDeleted, stats.ChunksMoved)
 		}
+		if n := len(stats.Unindexed); n > 0 {
+			// Damage gc worked around, not a failure of gc: exit 0.
+			more := ""
+			if n > 1 {
+				more = fmt.Sprintf(" and %d more packs", n-1)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "engram: gc: kept %s%s: lost index segment, but holds chunks engrams need; run engram repair to index it again\n",
+				escapeControl(stats.Unindexed[0]), more)
+		}
 		return nil
 	},
 }
@@ -94,10 +107,14 @@ var verifyCommand = &cli.Command{
 		}
 		bad := map[chunkstore.ID]bool{}
 		var problems []string
+		objects := 0 // problems of a pack or segment as a whole, not of a chunk
 		if len(ids) == 0 {
 			_, err := st.Verify(c.Context, func(p chunkstore.Problem) {
 				bad[p.ID] = true
 				problems = append(problems, p.String())
+				if p.ID.IsZero() {
+					objects++
+				}
 			})
 			if err != nil {
 				return err
@@ -130,14 +147,18 @@ var verifyCommand = &cli.Command{
 			}
 		} else {
 			for _, p := range problems {
-				fmt.Fprintln(c.App.Writer, "damaged chunk:", p)
+				fmt.Fprintln(c.App.Writer, "damaged:", p)
 			}
 			for _, d := range damaged {
 				fmt.Fprintln(c.App.Writer, "damaged engram:", d)
 			}
 		}
 		if len(problems)+len(damaged) > 0 {
-			return fmt.Errorf("verify: %d damaged chunks, %d of %d engrams damaged", len(problems), len(damaged), len(ids))
+			what := ""
+			if objects > 0 {
+				what = fmt.Sprintf(", %d damaged packs or segments", objects)
+			}
+			return fmt.Errorf("verify: %d damaged chunks%s, %d of %d engrams damaged", len(problems)-objects, what, len(damaged), len(ids))
 		}
 		if !c.Bool(quietFlag.Name) && !c.Bool(jsonFlag.Name) {
 			fmt.Fprintf(c.App.Writer, "ok: %d engrams verified\n", len(ids))

@@ -52,13 +52,13 @@ var mountCommand = &cli.Command{
 			return err
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.ErrWriter, "engram: mounted %s at %s (by-id/, by-name/); Ctrl-C unmounts\n", oneLine(v.loc), oneLine(dir))
+			fmt.Fprintf(c.App.ErrWriter, "engram: mounted %s at %s (by-id/, by-name/); Ctrl-C unmounts\n", escapeControl(v.loc), escapeControl(dir))
 		}
 		for {
 			select {
 			case <-srv.Done():
 				if !c.Bool(quietFlag.Name) {
-					fmt.Fprintf(c.App.ErrWriter, "engram: %s was unmounted\n", oneLine(dir))
+					fmt.Fprintf(c.App.ErrWriter, "engram: %s was unmounted\n", escapeControl(dir))
 				}
 				return nil
 			case <-sigs:
@@ -67,10 +67,10 @@ var mountCommand = &cli.Command{
 					return nil
 				}
 				if errors.Is(err, syscall.EBUSY) || strings.Contains(err.Error(), "busy") {
-					fmt.Fprintf(c.App.ErrWriter, "engram: %s is busy (files or a loop device open in it); still mounted: close them and press Ctrl-C again\n", oneLine(dir))
+					fmt.Fprintf(c.App.ErrWriter, "engram: %s is busy (files or a loop device open in it); still mounted: close them and press Ctrl-C again\n", escapeControl(dir))
 					continue
 				}
-				fmt.Fprintf(c.App.ErrWriter, "engram: %s; still mounted\n", oneLine(err.Error()))
+				fmt.Fprintf(c.App.ErrWriter, "engram: %s; still mounted\n", errorLine(err))
 			}
 		}
 	},

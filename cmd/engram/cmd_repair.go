@@ -133,7 +133,7 @@ func printRepair(c *cli.Context, dir string, res *repairResult) {
 			ix.Packs, ix.Frames, ix.Chunks, ix.Added, ix.Dropped, ix.BadFrames)
 	}
 	if ix.MetadataLost {
-		fmt.Fprintf(w, "catalog: %s holds chunks but no catalog journal (meta/); rebuilding the catalog from catalog chunks\n", dir)
+		fmt.Fprintf(w, "catalog: %s holds chunks but its catalog journal (meta/) is lost or damaged; rebuilding the catalog from catalog chunks\n", dir)
 	}
 	if cr := res.Catalog; cr != nil {
 		for _, u := range cr.Unreadable {

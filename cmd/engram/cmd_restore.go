@@ -50,6 +50,11 @@ var restoreCommand = &cli.Command{
 		if out == "-" && format != "raw" && c.IsSet("output-format") {
 			return usagef("-o - streams raw only")
 		}
+		if out != "-" && !c.Bool("chain") {
+			if err := checkOutputFile(out); err != nil {
+				return err
+			}
+		}
 		st, err := openStore(c, false, false)
 		if err != nil {
 			return err
@@ -124,6 +129,27 @@ var restoreCommand = &cli.Command{
 		}
 		return nil
 	},
+}
+
+// checkOutputFile refuses an -o that exists and is not a regular file
+// (through symlinks): a restore is published by renaming the finished file
+// over the target, which would replace a device node such as /dev/sdb or
+// /dev/null with a file, or fail on a directory only once all is written.
+func checkOutputFile(out string) error {
+	fi, err := os.Stat(out)
+	if err != nil || fi.Mode().IsRegular() {
+		return nil // absent (or unreadable: the restore says why)
+	}
+	what, hint := "a directory", ""
+	switch {
+	case fi.Mode()&os.ModeDevice != 0:
+		what, hint = "a device", " (to write a device, stream raw: -o - > DEVICE)"
+	case fi.Mode()&(os.ModeNamedPipe|os.ModeSocket) != 0:
+		what, hint = "a pipe or socket", " (to feed a pipe, stream raw: -o -)"
+	case !fi.IsDir():
+		what = "a special file"
+	}
+	return usagef("-o %s is %s, not a regular file: a restore would replace it with the file it writes%s", escapeControl(out), what, hint)
 }
 
 // parseSize reads 512, 64k, 2M, 1G (binary units).

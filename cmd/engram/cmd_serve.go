@@ -64,7 +64,7 @@ var serveCommand = &cli.Command{
 			if sock != "" {
 				url = "nbd+unix:///NAME?socket=" + sock
 			}
-			fmt.Fprintf(w, "engram: serving %d engrams read-only at %s; Ctrl-C stops\n", countIDs(exports), oneLine(url))
+			fmt.Fprintf(w, "engram: serving %d engrams read-only at %s; Ctrl-C stops\n", countIDs(exports), escapeControl(url))
 		}
 		return srv.Serve(c.Context, l)
 	},
@@ -82,7 +82,7 @@ func serveExports(c *cli.Context, v *openedView) ([]nbd.Export, error) {
 			return nil, err
 		}
 		if len(entries) == 0 {
-			return nil, fmt.Errorf("%w: the store %s has no engrams to serve", engram.ErrNotFound, oneLine(v.loc))
+			return nil, fmt.Errorf("%w: the store %s has no engrams to serve", engram.ErrNotFound, escapeControl(v.loc))
 		}
 	} else {
 		ids, err := resolveAll(ctx, v.store, c.Args().Slice())
@@ -165,11 +165,11 @@ func listenUnix(path string) (net.Listener, error) {
 		return l, err
 	}
 	if fi, serr := os.Lstat(path); serr != nil || fi.Mode()&os.ModeSocket == 0 {
-		return nil, fmt.Errorf("--socket %s: exists and is not a socket", oneLine(path))
+		return nil, fmt.Errorf("--socket %s: exists and is not a socket", escapeControl(path))
 	}
 	if c, derr := net.Dial("unix", path); derr == nil {
 		c.Close()
-		return nil, fmt.Errorf("--socket %s: another server is listening on it", oneLine(path))
+		return nil, fmt.Errorf("--socket %s: another server is listening on it", escapeControl(path))
 	}
 	if err := os.Remove(path); err != nil {
 		return nil, err

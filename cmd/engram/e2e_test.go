@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/engram-vm/engram/chunkstore/blob/s3/s3test"
@@ -419,6 +420,26 @@ func TestBadInput(t *testing.T) {
 	fails(t, store, exitFailure, []string{"restore", id, "-o", filepath.Join(dir, "no", "such", "dir", "x.qcow2")}, filepath.Join(dir, "no", "such", "dir"))
 	fails(t, store, exitUsage, []string{"restore", id})
 	fails(t, store, exitUsage, []string{"restore", id, "-o", filepath.Join(dir, "y"), "-O", "vmdk"}, "vmdk")
+	// An -o that is not a regular file is refused before anything is
+	// written: the finished file would be renamed over it (a device node
+	// such as /dev/sdb or /dev/null replaced by a file), even with --force.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fails(t, store, exitUsage, []string{"restore", id, "-o", fifo, "-O", "raw", "--force"}, "fifo", "not a regular file")
+	if fi, err := os.Lstat(fifo); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Errorf("restore over a FIFO replaced it: %v %v", fi.Mode(), err)
+	}
+	fails(t, store, exitUsage, []string{"restore", id, "-o", dir, "--force"}, "is a directory")
+	// Every bad command line exits 2: a command's own unknown flag, an
+	// unknown command, arguments to a command that takes none (gc would
+	// have collected the whole store), a --threshold outside 0..1.
+	fails(t, store, exitUsage, []string{"ls", "--bogus"}, "bogus")
+	fails(t, store, exitUsage, []string{"frobnicate"}, "frobnicate")
+	fails(t, store, exitUsage, []string{"gc", id}, "gc takes no arguments")
+	fails(t, store, exitUsage, []string{"ls", id}, "ls takes no arguments")
+	fails(t, store, exitUsage, []string{"gc", "--threshold", "2"}, "--threshold")
 
 	// Nothing above damaged the store or left output behind.
 	ok(t, store, "verify")

@@ -198,3 +198,26 @@ func chainDepth(t *testing.T, path string) int {
 	}
 	return len(infos)
 }
+
+// --chain of an overlay whose parent engram was removed writes the chain
+// as far as it still exists: the overlay standalone, with a note, rather
+// than failing with "no such engram" about an ID the user never gave.
+func TestRestoreChainParentRemoved(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base, clones := fleet(t, dir, 1)
+	baseID := strings.TrimSpace(ok(t, store, "ingest", base))
+	cloneID := strings.TrimSpace(ok(t, store, "ingest", clones[0]))
+	ok(t, store, "rm", baseID)
+	out := filepath.Join(dir, "chain")
+	r := runEngram(t, store, "restore", "--chain", cloneID, "-o", out)
+	if r.code != 0 || !strings.Contains(r.stderr, "was removed") {
+		t.Fatalf("restore --chain with its parent removed: exit %d: %s", r.code, r.stderr)
+	}
+	top := filepath.Join(out, filepath.Base(clones[0]))
+	qemutest.Compare(t, clones[0], top)
+	if got := chainDepth(t, top); got != 1 {
+		t.Errorf("restored chain has %d files, want the overlay standalone", got)
+	}
+}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -170,7 +172,8 @@ func TestStderrEscapesControlCharacters(t *testing.T) {
 			t.Fatalf("stderr carries control character %#x: %q", c, r.stderr)
 		}
 	}
-	if !strings.Contains(msg, `\x1b[31m; \x07\x7f.raw`) {
+	// The newline is the file name's, not a break between two errors.
+	if !strings.Contains(msg, `\x1b[31m\x0a\x07\x7f.raw`) {
 		t.Errorf("stderr %q does not show the escaped name", msg)
 	}
 }
@@ -328,5 +331,68 @@ func TestIngestRefusesOtherFormatsByName(t *testing.T) {
 			t.Fatalf("refusing %s created the store", c.want)
 		}
 		os.Remove(p)
+	}
+}
+
+func TestErrorLine(t *testing.T) {
+	joined := errors.Join(errors.New("a.qcow2\nb: bad"), errors.New("second"))
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{errors.New("x\x1b[2J\ny"), `x\x1b[2J\x0ay`},
+		{joined, `a.qcow2\x0ab: bad; second`},
+		{fmt.Errorf("dir /s\n: %w", joined), `dir /s\x0a: a.qcow2\x0ab: bad; second`},
+		{fmt.Errorf("%w: %w", errors.New("p\nq"), errors.New("r")), `p\x0aq: r`},
+	} {
+		if got := errorLine(c.err); got != c.want {
+			t.Errorf("errorLine(%q) = %q, want %q", c.err, got, c.want)
+		}
+	}
+}
+
+// ls shows an engram's data size even when its last ingest was
+// recognised unchanged and read nothing (it showed 0 B).
+func TestLsDataAfterUnchangedIngest(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := qcowWith("16M", nil, "write -P 0x5a 0 1M")(t, dir)
+	ok(t, store, "ingest", src)
+	ok(t, store, "ingest", "--name", "again", src) // unchanged: reads nothing
+	if ls := ok(t, store, "ls"); !strings.Contains(ls, "1.0 MiB") {
+		t.Errorf("ls does not show the engram's 1 MiB of data: %q", ls)
+	}
+}
+
+// Names and paths with control characters reach stdout escaped too (ls,
+// show, stats), not only stderr.
+func TestStdoutEscapesNames(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := qcowWith("16M", nil, "write -P 0x5a 0 1M")(t, dir)
+	ok(t, store, "ingest", "--name", "evil\x1b[2J\r", src)
+	for _, args := range [][]string{{"ls"}, {"show", "evil\x1b[2J\r"}, {"stats"}} {
+		out := ok(t, store, args...)
+		if strings.ContainsAny(out, "\x1b\r") {
+			t.Errorf("engram %s: raw control characters on stdout: %q", args[0], out)
+		}
+		if !strings.Contains(out, `evil\x1b[2J\x0d`) && !strings.Contains(out, `"evil\x1b[2J\r"`) {
+			t.Errorf("engram %s: the name is not shown escaped: %q", args[0], out)
+		}
+	}
+}
+
+func TestSafeWriterSplitsRunes(t *testing.T) {
+	var b strings.Builder
+	w := &safeWriter{w: &b}
+	in := "é\x1b[1m\tx\n✓"
+	for i := 0; i < len(in); i++ {
+		w.Write([]byte{in[i]})
+	}
+	w.flush()
+	if want := `é\x1b[1m` + "\tx\n✓"; b.String() != want {
+		t.Fatalf("got %q, want %q", b.String(), want)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"runtime/pprof"
 	"runtime/trace"
 	"strings"
+	"sync"
 	"syscall"
 	"unicode/utf8"
 
@@ -62,14 +63,52 @@ func startDiagnostics() (stop func()) {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	app := newApp(stdout, stderr)
-	err := app.RunContext(ctx, permuteArgs(app, args))
+	out := &safeWriter{w: stdout}
+	defer out.flush()
+	app := newApp(out, stderr)
+	var err error
+	if name := unknownCommand(app, args); name != "" {
+		err = usagef("no command %q (engram --help lists them)", name)
+	} else {
+		err = app.RunContext(ctx, permuteArgs(app, args))
+	}
 	if err == nil {
 		return 0
 	}
 	code := exitCode(ctx, err)
-	fmt.Fprintf(stderr, "engram: %s\n", oneLine(errorText(ctx, err)))
+	fmt.Fprintf(stderr, "engram: %s\n", errorText(ctx, err))
 	return code
+}
+
+// errorLine is err's message on one line: the errors errors.Join put on
+// lines of their own are separated by "; ", and every other control
+// character — a newline in a file name included — is escaped, so the
+// name is not mistaken for two errors.
+func errorLine(err error) string {
+	msg := err.Error()
+	if !strings.Contains(msg, "\n") {
+		return escapeControl(msg)
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() []error }:
+		subs := u.Unwrap()
+		texts := make([]string, len(subs))
+		for i, e := range subs {
+			texts[i] = e.Error()
+		}
+		if msg == strings.Join(texts, "\n") { // errors.Join's
+			lines := make([]string, len(subs))
+			for i, e := range subs {
+				lines[i] = errorLine(e)
+			}
+			return strings.Join(lines, "; ")
+		}
+	case interface{ Unwrap() error }:
+		if in := u.Unwrap(); in != nil && strings.HasSuffix(msg, in.Error()) {
+			return escapeControl(msg[:len(msg)-len(in.Error())]) + errorLine(in)
+		}
+	}
+	return escapeControl(msg)
 }
 
 // escapeControl makes s safe for one line on a terminal: names from image
@@ -98,6 +137,7 @@ func warnFunc(c *cli.Context) func(string) {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
+	commandsOnce.Do(setUsageChecks)
 	return &cli.App{
 		Name:                 "engram",
 		Version:              buildVersion().Version,
@@ -111,28 +151,53 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
-		Commands: []*cli.Command{
-			initCommand,
-			ingestCommand,
-			restoreCommand,
-			lsCommand,
-			showCommand,
-			rmCommand,
-			gcCommand,
-			verifyCommand,
-			repairCommand,
-			upgradeCommand,
-			statsCommand,
-			diffCommand,
-			inspectCommand,
-			versionCommand,
-			sketchCommand,
-			similarCommand,
-			lineageCommand,
-			treeCommand,
-			mountCommand,
-			serveCommand,
-		},
+		Commands: commands,
+	}
+}
+
+var commands = []*cli.Command{
+	initCommand,
+	ingestCommand,
+	restoreCommand,
+	lsCommand,
+	showCommand,
+	rmCommand,
+	gcCommand,
+	verifyCommand,
+	repairCommand,
+	upgradeCommand,
+	statsCommand,
+	diffCommand,
+	inspectCommand,
+	versionCommand,
+	sketchCommand,
+	similarCommand,
+	lineageCommand,
+	treeCommand,
+	mountCommand,
+	serveCommand,
+}
+
+var commandsOnce sync.Once
+
+// setUsageChecks makes every command's bad command line exit 2 as the
+// global flags' does (a command's own flag errors went to exit 1), and
+// refuses arguments to the commands that take none (ArgsUsage " "):
+// `engram gc web-01` must not collect the whole store unasked.
+func setUsageChecks() {
+	for _, cmd := range commands {
+		if cmd.OnUsageError == nil {
+			cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+		}
+		if cmd.ArgsUsage == " " && cmd.Before == nil {
+			name := cmd.Name
+			cmd.Before = func(c *cli.Context) error {
+				if c.NArg() > 0 {
+					return usagef("%s takes no arguments", name)
+				}
+				return nil
+			}
+		}
 	}
 }
 
@@ -148,5 +213,5 @@ func errorText(ctx context.Context, err error) string {
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return "interrupted; nothing partial was committed"
 	}
-	return err.Error()
+	return errorLine(err)
 }

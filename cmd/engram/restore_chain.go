@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -81,6 +82,13 @@ func restoreChain(c *cli.Context, st storeurl.Store, id engram.ID, dir string, o
 		}
 		seen[cur] = true
 		e, err := engram.Get(c.Context, st, cur)
+		if err != nil && len(chain) > 0 && errors.Is(err, engram.ErrNotFound) {
+			// A parent removed since: every engram is a whole guest
+			// view, so the chain ends with the layer above, standalone.
+			below := chain[len(chain)-1].id
+			fmt.Fprintf(c.App.ErrWriter, "engram: --chain: %s's parent %s was removed; writing %s standalone\n", below.Short(), cur.Short(), below.Short())
+			break
+		}
 		if err != nil {
 			return err
 		}

@@ -63,7 +63,7 @@ func openView(c *cli.Context, what string) (*openedView, error) {
 	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
 		// Whoever may not write the store cannot pin; whoever may can
 		// also gc, so say what that means and serve anyway.
-		fmt.Fprintf(c.App.ErrWriter, "engram: warning: %s; an engram removed while in use here may lose its chunks to gc\n", oneLine(err.Error()))
+		fmt.Fprintf(c.App.ErrWriter, "engram: warning: %s; an engram removed while in use here may lose its chunks to gc\n", errorLine(err))
 		pins, err = nil, nil
 	}
 	if err != nil {

@@ -67,7 +67,7 @@ func TestDiskFull(t *testing.T) {
 	big := image(t, work, 5001, 64, 24) // ~18 MiB stored: does not fit what is left
 	// Free space left at the start of the big ingest: none, a little, most
 	// of a block, several blocks.
-	leaves := []int64{0, 64 << 10, 900 << 10, 6 << 20}
+	leaves := []int64{0, 64 << 10, 900 << 10, 6 << 20, 10 << 20} // 10 MiB: a pack staged, the next one fails
 	if full {
 		leaves = append(leaves, 4<<10, 300<<10, 2<<20, 12<<20)
 	}
@@ -77,6 +77,7 @@ func TestDiskFull(t *testing.T) {
 			store := filepath.Join(mnt, "store")
 			ok(t, store, "init")
 			idBase := ingest(t, store, base)
+			segsBefore, _ := filepath.Glob(filepath.Join(store, "index", "*"))
 			filler := fill(t, mnt, leave)
 			r := engram(t, engramBin, store, "-q", "ingest", big)
 			err := func() error {
@@ -88,6 +89,11 @@ func TestDiskFull(t *testing.T) {
 					return fmt.Errorf("ingest on a full disk: exit %d, want a clear \"no space\" error, got %q", r.code, msg)
 				}
 				t.Logf("full disk: exit %d: %s", r.code, msg)
+				// The failed ingest's packs are not left behind: nothing
+				// names them, and they would hold the space gc needs.
+				if segs, _ := filepath.Glob(filepath.Join(store, "index", "*")); len(segs) != len(segsBefore) {
+					return fmt.Errorf("the failed ingest left %d packs in the store", len(segs)-len(segsBefore))
+				}
 				// No partial engram: ls shows only the base.
 				ls := engram(t, engramBin, store, "--json", "ls")
 				if ls.code != 0 {

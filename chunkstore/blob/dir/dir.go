@@ -319,7 +319,7 @@ func (s *Store) WriteTemp(ctx context.Context, parts ...[]byte) (string, error) 
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return "", fmt.Errorf("%s: write %s: %w", s, tmp, err)
+		return "", fmt.Errorf("%s: %w", s, err) // a *PathError: names tmp and the operation
 	}
 	return tmp, nil
 }
