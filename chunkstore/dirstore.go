@@ -142,12 +142,7 @@ func dirLayout(dir string) (legacy bool, err error) {
 // opts.LockTimeout) and upgrades a store of format 1 in place first. A
 // read-only open of a format-1 store fails with ErrNeedsUpgrade.
 func Open(ctx context.Context, dir string, opts OpenOptions) (*BlobStore, error) {
-	timeout := opts.LockTimeout
-	if timeout == 0 {
-		timeout = DefaultLockTimeout
-	} else if timeout < 0 {
-		timeout = 0
-	}
+	timeout := lockWait(opts.LockTimeout)
 	legacy, err := dirLayout(dir)
 	if err != nil {
 		return nil, err

@@ -16,6 +16,18 @@ import (
 // index.db) when OpenOptions.LockTimeout is zero.
 const DefaultLockTimeout = time.Minute
 
+// lockWait is how long to wait for the store lock given an options'
+// LockTimeout: 0 means DefaultLockTimeout, a negative value not at all.
+func lockWait(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultLockTimeout
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 // storeLock is the flock on dir/lock. Writers of a directory store hold it
 // shared (any number of ingests at once, as in a bucket), gc and the format
 // upgrade exclusively (nothing writes meanwhile, so gc may delete at once).

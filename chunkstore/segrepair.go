@@ -21,12 +21,7 @@ import (
 // segment of a newer format is left alone. Damaged journal entries go too
 // (fixJournal).
 func fixSegmentsDir(ctx context.Context, dir string, opts OpenOptions) (segs, journal []Problem, err error) {
-	timeout := opts.LockTimeout // as Open reads it
-	if timeout == 0 {
-		timeout = DefaultLockTimeout
-	} else if timeout < 0 {
-		timeout = 0
-	}
+	timeout := lockWait(opts.LockTimeout)
 	lock, err := acquireLock(ctx, dir, timeout, opts.Command, true)
 	if err != nil {
 		return nil, nil, err
@@ -69,9 +64,32 @@ func fixLists(ctx context.Context, bs blob.Store) ([]Problem, error) {
 			return nil, err
 		}
 	}
+	return removeDamaged(ctx, bs, names, maxGCList, func(n string, b []byte) error {
+		if strings.HasPrefix(n, blobDamagePrefix) {
+			var d damageList
+			if err := json.Unmarshal(b, &d); err != nil {
+				return err
+			} else if d.V < damageVersion {
+				return fmt.Errorf("bad version %d", d.V)
+			}
+			return nil
+		}
+		if _, err := decodeGCList(b); err != nil && !errors.Is(err, ErrFormatVersion) {
+			return err
+		}
+		return nil
+	}, func(err error) error { return fmt.Errorf("unreadable list (%v): removed", err) })
+}
+
+// removeDamaged reads each object of names (at most max bytes) and
+// deletes those that cannot be read whole or that check refuses, with a
+// Problem each says why; objects gone meanwhile are skipped, and an error
+// of the store itself ends it.
+func removeDamaged(ctx context.Context, bs blob.Store, names []string, max int64,
+	check func(name string, b []byte) error, why func(error) error) ([]Problem, error) {
 	var out []Problem
 	for _, n := range names {
-		b, err := blob.ReadAll(ctx, bs, n, maxGCList)
+		b, err := blob.ReadAll(ctx, bs, n, max)
 		if errors.Is(err, blob.ErrNotExist) {
 			continue
 		}
@@ -79,22 +97,14 @@ func fixLists(ctx context.Context, bs blob.Store) ([]Problem, error) {
 			return out, err
 		}
 		if err == nil {
-			if strings.HasPrefix(n, blobDamagePrefix) {
-				var d damageList
-				if err = json.Unmarshal(b, &d); err == nil && d.V < damageVersion {
-					err = fmt.Errorf("bad version %d", d.V)
-				}
-			} else if _, err = decodeGCList(b); errors.Is(err, ErrFormatVersion) {
-				err = nil
-			}
-			if err == nil {
+			if err = check(n, b); err == nil {
 				continue
 			}
 		}
 		if derr := bs.Delete(ctx, n); derr != nil {
 			return out, derr
 		}
-		out = append(out, Problem{Pack: bs.String() + "/" + n, Err: fmt.Errorf("unreadable list (%v): removed", err)})
+		out = append(out, Problem{Pack: bs.String() + "/" + n, Err: why(err)})
 	}
 	return out, nil
 }
@@ -178,29 +188,15 @@ func fixJournal(ctx context.Context, bs blob.Store) ([]Problem, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []Problem
-	for _, n := range names {
-		b, err := blob.ReadAll(ctx, bs, n, maxJournalObject)
-		if errors.Is(err, blob.ErrNotExist) {
-			continue
+	return removeDamaged(ctx, bs, names, maxJournalObject, func(n string, b []byte) error {
+		if err := journalIntact(n, b); err != nil {
+			return err
 		}
-		if err != nil && !errors.Is(err, blob.ErrRange) {
-			return out, err
-		}
-		if err == nil {
-			if err = journalIntact(n, b); err == nil {
-				var j journal
-				if err = json.Unmarshal(b, &j); err == nil {
-					continue
-				}
-			}
-		}
-		if derr := bs.Delete(ctx, n); derr != nil {
-			return out, derr
-		}
-		out = append(out, Problem{Pack: bs.String() + "/" + n, Err: fmt.Errorf("catalog journal entry damaged (%v): removed; the catalog is rebuilt from catalog chunks", err)})
-	}
-	return out, nil
+		var j journal
+		return json.Unmarshal(b, &j)
+	}, func(err error) error {
+		return fmt.Errorf("catalog journal entry damaged (%v): removed; the catalog is rebuilt from catalog chunks", err)
+	})
 }
 
 // verifySegment reports the index segment of pack h when it fails its

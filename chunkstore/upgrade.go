@@ -109,12 +109,7 @@ func Upgrade(ctx context.Context, dir string, opts UpgradeOptions) (UpgradeRepor
 	if err != nil || !legacy {
 		return UpgradeReport{}, err
 	}
-	timeout := opts.LockTimeout
-	if timeout == 0 {
-		timeout = DefaultLockTimeout
-	} else if timeout < 0 {
-		timeout = 0
-	}
+	timeout := lockWait(opts.LockTimeout)
 	lock, err := acquireLock(ctx, dir, timeout, opts.Command, true)
 	if err != nil {
 		return UpgradeReport{}, err
