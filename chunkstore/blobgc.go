@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -68,6 +69,10 @@ type gcList struct {
 	Margin  int64    `json:"margin_ns"` // how long they wait
 	Packs   []string `json:"packs,omitempty"`
 	Orphans []string `json:"orphans,omitempty"` // pack objects without a segment
+
+	// damaged is why a list that could not be read was skipped
+	// (degraded.go); such a list names no packs.
+	damaged error
 }
 
 func parseGCName(name string) (pending bool, t int64, ok bool) {
@@ -145,6 +150,8 @@ func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
 			if !ok {
 				if errors.Is(err, blob.ErrNotExist) {
 					continue // a done marker deleted meanwhile, a day after its sweep
+				} else if errors.Is(err, blob.ErrRange) && s.degraded() {
+					b = nil // too large to be a list: damaged, below
 				} else if err != nil {
 					return nil, err
 				}
@@ -156,7 +163,14 @@ func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
 			if errors.Is(err, ErrFormatVersion) {
 				return nil, fmt.Errorf("%s: %s: %w", s.bs, n, err)
 			}
-			return nil, fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store removes it)", s.bs, n, ErrListDamaged, err)
+			if !s.degraded() {
+				return nil, fmt.Errorf("%s: %s: %w: %w (engram repair removes it)", s.bs, n, ErrListDamaged, err)
+			}
+			// Its mark's time from its name; what it condemned is unknown.
+			_, t, _ := parseGCName(n)
+			delete(fresh, n)
+			out[n] = &gcList{V: gcListVersion, Time: max(t, 1), damaged: err}
+			continue
 		}
 		out[n] = l
 	}
@@ -210,9 +224,9 @@ func condemnedSet(lists map[string]*gcList) map[ID]bool {
 // gone (gc swept it) or the set of condemned packs changed, it rebuilds
 // the chunk index from its copies of the segments, so every cache agrees
 // on which copy of a chunk is indexed.
-func (s *BlobStore) refreshPacks(ctx context.Context, lists map[string]*gcList, segs []string) error {
+func (s *BlobStore) refreshPacks(ctx context.Context, lists map[string]*gcList, segs []string, d *refreshDamage) error {
 	cond := condemnedSet(lists)
-	dmg, dmgChanged, err := s.damageLists(ctx)
+	dmg, dmgChanged, err := s.damageLists(ctx, d)
 	if err != nil {
 		return err
 	}
@@ -251,6 +265,16 @@ func (s *BlobStore) refreshPacks(ctx context.Context, lists map[string]*gcList, 
 	fetched, err := s.readSegments(ctx, missing)
 	if err != nil {
 		return err
+	}
+	if s.degraded() {
+		// Not merged, so not kept in blob.segs: the next refresh reads it
+		// again (and finds it replaced once repair has run).
+		for h, b := range fetched {
+			if _, err := decodeSegment(b); err != nil && !errors.Is(err, ErrFormatVersion) {
+				s.skipSegment(d, h, err)
+				delete(fetched, h)
+			}
+		}
 	}
 	if !rebuild && len(fetched) == 0 {
 		return nil
@@ -359,6 +383,9 @@ func (s *BlobStore) checkView(ctx context.Context, v *viewLists) error {
 		return err
 	}
 	for n, l := range lists {
+		if l.damaged != nil {
+			return fmt.Errorf("%s: %s: %w (%v), so whether gc swept what this commit relies on cannot be told until `engram repair` replaces it: %w", s.bs, n, ErrListDamaged, l.damaged, ErrStaleView)
+		}
 		if (l.Time > view || !seen[gcMarkID(n)]) && now >= l.Time+l.Margin {
 			return fmt.Errorf("%s: gc marked packs (%s) after this view and its margin of %s has passed: %w", s.bs, n, time.Duration(l.Margin), ErrStaleView)
 		}
@@ -583,6 +610,11 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	if err != nil {
 		return st, err
 	}
+	for _, n := range slices.Sorted(maps.Keys(lists)) {
+		if l := lists[n]; l.damaged != nil {
+			return st, fmt.Errorf("%s: %s: %w (%v): gc cannot tell what it condemned; nothing was swept or marked, run engram repair", s.bs, n, ErrListDamaged, l.damaged)
+		}
+	}
 	packs, err := s.gcPacks(ctx, live, &st)
 	if err != nil {
 		return st, err
@@ -591,10 +623,16 @@ func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) 
 	// but for those whose segment copy holds needed chunks (neededOrphans).
 	var orphans []ID
 	orphanSize := map[ID]int64{}
+	// A pack whose damaged segment the view skipped holds chunks gc cannot
+	// know: it is kept, neither marked nor swept, until repair.
+	var skipped map[ID]error
+	if d := s.damage.Load(); d != nil {
+		skipped = d.segs
+	}
 	err = s.bs.List(ctx, blobPacksPrefix, func(in blob.Info) error {
 		i := strings.LastIndexByte(in.Name, '/')
 		h, err := ParseID(in.Name[i+1:])
-		if err == nil && packs[h] == nil {
+		if err == nil && packs[h] == nil && skipped[h] == nil {
 			orphans = append(orphans, h)
 			orphanSize[h] = in.Size
 		}
@@ -792,7 +830,7 @@ func (s *BlobStore) catalogChangedSinceView(ctx context.Context) (bool, error) {
 func (s *BlobStore) parseSegment(h ID, b []byte) ([]indexed, int64, error) {
 	ents, err := decodeSegment(b)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store replaces it from its pack)", s.bs, indexObject(h), ErrIndexDamaged, err)
+		return nil, 0, fmt.Errorf("%s: %s: %w: %w (engram repair replaces it from its pack)", s.bs, indexObject(h), ErrIndexDamaged, err)
 	}
 	size := int64(packHeaderSize)
 	for _, x := range ents {

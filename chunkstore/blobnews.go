@@ -363,6 +363,11 @@ func (s *BlobStore) mergeNewPacks(ctx context.Context, packs []ID) (int, error) 
 		if err != nil {
 			return 0, err
 		}
+		if _, err := decodeSegment(b); err != nil && s.degraded() && !errors.Is(err, ErrFormatVersion) {
+			// As a refresh does (degraded.go): its chunks are stored again.
+			s.skipSegment(newRefreshDamage(), h, err)
+			continue
+		}
 		segs[h] = b
 	}
 	merged := 0

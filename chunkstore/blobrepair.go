@@ -35,7 +35,7 @@ type damageList struct {
 
 // damageLists lists damaged/ and returns the damaged frames by pack, and
 // whether the set of lists differs from the one the cache last saw.
-func (s *BlobStore) damageLists(ctx context.Context) (map[ID]map[int64]bool, bool, error) {
+func (s *BlobStore) damageLists(ctx context.Context, dm *refreshDamage) (map[ID]map[int64]bool, bool, error) {
 	var names []string
 	err := s.bs.List(ctx, blobDamagePrefix, func(in blob.Info) error { names = append(names, in.Name); return nil })
 	if err != nil {
@@ -48,13 +48,15 @@ func (s *BlobStore) damageLists(ctx context.Context) (map[ID]map[int64]bool, boo
 	if err != nil {
 		return nil, false, err
 	}
-	changed := len(names) != len(cached)
+	changed := false
 	bodies := map[string][]byte{}
 	for _, n := range names {
 		b, ok := cached[n]
 		if !ok {
-			changed = true
 			if b, err = blob.ReadAll(ctx, s.bs, n, maxGCList); errors.Is(err, blob.ErrNotExist) {
+				continue
+			} else if errors.Is(err, blob.ErrRange) && s.degraded() {
+				s.skipList(dm, n, err)
 				continue
 			} else if err != nil {
 				return nil, false, err
@@ -69,10 +71,20 @@ func (s *BlobStore) damageLists(ctx context.Context) (map[ID]map[int64]bool, boo
 			if err == nil && d.V > damageVersion {
 				return nil, false, fmt.Errorf("%s: %s: damage list version %d: %w", s.bs, n, d.V, ErrFormatVersion)
 			}
-			return nil, false, fmt.Errorf("%s: %s: %w: not a damage list (version %d, %v; engram repair of a directory store removes it)", s.bs, n, ErrListDamaged, d.V, err)
+			if s.degraded() {
+				s.skipList(dm, n, fmt.Errorf("not a damage list (version %d, %v)", d.V, err))
+				delete(bodies, n)
+				continue
+			}
+			return nil, false, fmt.Errorf("%s: %s: %w: not a damage list (version %d, %v; engram repair removes it)", s.bs, n, ErrListDamaged, d.V, err)
 		}
 		h, err := ParseID(d.Pack)
 		if err != nil {
+			if s.degraded() {
+				s.skipList(dm, n, err)
+				delete(bodies, n)
+				continue
+			}
 			return nil, false, fmt.Errorf("%s: %s: %w", s.bs, n, err)
 		}
 		if out[h] == nil {
@@ -80,6 +92,13 @@ func (s *BlobStore) damageLists(ctx context.Context) (map[ID]map[int64]bool, boo
 		}
 		for _, off := range d.Frames {
 			out[h][off] = true
+		}
+	}
+	// Changed: a list read now (and readable), or one cached gone.
+	changed = len(bodies) != len(cached)
+	for n := range bodies {
+		if _, ok := cached[n]; !ok {
+			changed = true
 		}
 	}
 	if changed {
@@ -133,6 +152,19 @@ func (s *BlobStore) Repair(ctx context.Context) (RepairReport, error) {
 		return rep, err
 	}
 	defer s.beatLease(ctx, DefaultGCLeaseTimeout/4)()
+	dropping := map[string]bool{}
+	if s.local == nil {
+		// A bucket: what a degraded refresh skips (degraded.go). (A
+		// directory's RepairDir did it under the exclusive lock.)
+		if err := s.fixBucket(ctx, &rep); err != nil {
+			return rep, err
+		}
+		if p := s.dropJournal.Load(); p != nil {
+			for _, n := range *p {
+				dropping[s.bs.String()+"/"+n] = true
+			}
+		}
+	}
 	known := map[ID]bool{}
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobHash).ForEach(func(k, _ []byte) error { known[ID(k)] = true; return nil })
@@ -183,6 +215,9 @@ func (s *BlobStore) Repair(ctx context.Context) (RepairReport, error) {
 	// Verify, and list the damaged frames entries point at, by pack.
 	bad := map[ID]map[int64]bool{}
 	vst, err := s.Verify(ctx, func(p Problem) {
+		if dropping[p.Pack] {
+			return // reported by fixBucket
+		}
 		rep.Problems = append(rep.Problems, p)
 		if p.ID.IsZero() {
 			return

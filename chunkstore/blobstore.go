@@ -69,6 +69,16 @@ type BlobStore struct {
 	news       *newsState
 	soleWriter bool
 
+	// warn, when set, lets a refresh skip a damaged segment, journal
+	// entry or gc list with a warning instead of failing (degraded.go);
+	// damage is what the last refresh skipped.
+	warn   func(string)
+	warned sync.Map
+	damage atomic.Pointer[refreshDamage]
+	// dropJournal: the damaged journal entries Repair found
+	// (RemoveDamagedJournal).
+	dropJournal atomic.Pointer[[]string]
+
 	// local is set for a store in a directory (dirstore.go).
 	local *dirLocal
 	// staged is set with OpenOptions.DeferSync (blobdefer.go).
@@ -159,6 +169,12 @@ type BlobOpenOptions struct {
 	// under a writer lock): PutMany then neither reads nor writes news/
 	// (blobnews.go), which only pays when writers run at once.
 	SoleWriter bool
+	// Warn, when set, makes the store usable while an object every
+	// refresh reads is damaged (a bucket shared by many hosts, where one
+	// such object would otherwise stop every command, repair included):
+	// the refresh skips it and Warn gets one line naming it, once per
+	// object and process. What a skip leaves out is in degraded.go.
+	Warn func(msg string)
 }
 
 // DefaultCacheRoot is $ENGRAM_CACHE_DIR, else $XDG_CACHE_HOME/engram,
@@ -304,7 +320,7 @@ func OpenBlob(ctx context.Context, bs blob.Store, opts BlobOpenOptions) (*BlobSt
 	}
 	s := &BlobStore{bs: bs, cfg: cfg, codec: c, readOnly: opts.ReadOnly, trustIDs: opts.TrustIDs, cacheDir: dir,
 		db: newDBPool(idx, false, timeout), cache: newBlockCache(opts.BlockCacheBytes),
-		news: newNewsState(), soleWriter: opts.SoleWriter}
+		news: newNewsState(), soleWriter: opts.SoleWriter, warn: opts.Warn}
 	if err := s.checkCache(ctx); err != nil {
 		s.db.close()
 		return nil, err
@@ -1183,13 +1199,19 @@ func applyJournal(tx *bolt.Tx, body []byte) error {
 // replayed in name order. An entry that sorts before one already applied
 // (written concurrently by another host) makes it rebuild the metadata
 // from every journal entry, so every cache ends in the same state.
-func (s *BlobStore) Refresh(ctx context.Context) error {
+func (s *BlobStore) Refresh(ctx context.Context) (err error) {
 	if err := s.check(false); err != nil {
 		return err
 	}
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
 	start := s.now()
+	d := newRefreshDamage()
+	defer func() {
+		if err == nil {
+			s.damage.Store(d)
+		}
+	}()
 	var segs []string
 	// The journal first, then the segments: a writer puts its segments
 	// before its record, so every record listed here has its segments in
@@ -1211,6 +1233,11 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	for n, l := range lists {
+		if l.damaged != nil {
+			s.skipList(d, n, l.damaged)
+		}
+	}
 	err = s.bs.List(ctx, blobIndexPrefix, func(in blob.Info) error {
 		segs = append(segs, in.Name)
 		return nil
@@ -1218,12 +1245,14 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.refreshPacks(ctx, lists, segs); err != nil {
+	if err := s.refreshPacks(ctx, lists, segs, d); err != nil {
 		return err
 	}
 	ids := make(map[string]bool, len(lists))
-	for n := range lists {
-		ids[gcMarkID(n)] = true
+	for n, l := range lists {
+		if l.damaged == nil { // (a damaged list was not heeded: checkView refuses)
+			ids[gcMarkID(n)] = true
+		}
 	}
 	s.viewGC.Store(&viewLists{time: start, ids: ids}) // before viewTime: checkCommit loads them the other way round
 	s.viewTime.Store(start)
@@ -1239,16 +1268,23 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Entries read and checked before deciding on a rebuild: a damaged
+	// one skipped (degraded) must not make every refresh rebuild.
 	var todo []string
-	rebuild := false
 	for _, name := range journals {
-		if applied[name] {
-			continue
+		if !applied[name] {
+			todo = append(todo, name)
 		}
-		if name < last {
+	}
+	bodies := map[string][]byte{}
+	if err := s.readJournal(ctx, todo, bodies, d); err != nil {
+		return err
+	}
+	rebuild := false
+	for _, name := range todo {
+		if _, ok := bodies[name]; ok && name < last {
 			rebuild = true
 		}
-		todo = append(todo, name)
 	}
 	if rebuild && !full {
 		if journals, full, err = s.listJournal(ctx, true); err != nil {
@@ -1258,18 +1294,16 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 	}
 	if rebuild {
 		todo = journals
+		if err := s.readJournal(ctx, todo, bodies, d); err != nil {
+			return err
+		}
 	}
+	todo = slices.DeleteFunc(todo, func(n string) bool { _, ok := bodies[n]; return !ok })
 	if len(todo) == 0 {
 		if full {
 			return s.db.update(ctx, func(tx *bolt.Tx) error { return markJournalListed(tx, start) })
 		}
 		return nil
-	}
-	bodies := make([][]byte, len(todo))
-	for i, name := range todo {
-		if bodies[i], err = blob.ReadAll(ctx, s.bs, name, maxJournalObject); err != nil {
-			return err
-		}
 	}
 	return s.db.update(ctx, func(tx *bolt.Tx) error {
 		if rebuild {
@@ -1287,11 +1321,8 @@ func (s *BlobStore) Refresh(ctx context.Context) error {
 				return err
 			}
 		}
-		for i, name := range todo {
-			if err := journalIntact(name, bodies[i]); err != nil {
-				return fmt.Errorf("%s: %s: %w: %w (engram repair of a directory store removes it and rebuilds the catalog)", s.bs, name, ErrJournalDamaged, err)
-			}
-			if err := applyJournal(tx, bodies[i]); err != nil {
+		for _, name := range todo {
+			if err := applyJournal(tx, bodies[name]); err != nil {
 				return fmt.Errorf("%s: %s: %w", s.bs, name, err)
 			}
 			if err := tx.Bucket(bucketBlobMeta).Put([]byte(name), nil); err != nil {
@@ -1324,6 +1355,7 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 			report(p)
 		}
 	}
+	s.emitDamage(emit) // what the refresh skipped (degraded.go)
 	type packInfo struct {
 		num  uint32
 		hash ID

@@ -43,17 +43,17 @@ func fixObjects(ctx context.Context, bs blob.Store) (segs, journal []Problem, er
 	if journal, err = fixJournal(ctx, bs); err != nil {
 		return segs, journal, err
 	}
-	lists, err := fixLists(ctx, bs)
+	lists, err := fixLists(ctx, bs, blobGCPrefix, blobDamagePrefix)
 	return append(segs, lists...), journal, err
 }
 
-// fixLists removes the gc lists and damage lists that cannot be read (and
-// are not of a newer version): a directory store's gc, holding the store
-// alone, needs no list and deletes them all, and a damage list only tells
-// caches what verify finds again.
-func fixLists(ctx context.Context, bs blob.Store) ([]Problem, error) {
+// fixLists removes the gc lists and damage lists (those of prefixes) that
+// cannot be read (and are not of a newer version): a directory store's
+// gc, holding the store alone, needs no list and deletes them all, and a
+// damage list only tells caches what verify finds again.
+func fixLists(ctx context.Context, bs blob.Store, prefixes ...string) ([]Problem, error) {
 	var names []string
-	for _, prefix := range []string{blobGCPrefix, blobDamagePrefix} {
+	for _, prefix := range prefixes {
 		err := bs.List(ctx, prefix, func(in blob.Info) error {
 			if _, _, ok := parseGCName(in.Name); ok || strings.HasPrefix(in.Name, blobDamagePrefix) {
 				names = append(names, in.Name)
@@ -215,6 +215,6 @@ func (s *BlobStore) verifySegment(ctx context.Context, h ID, emit func(Problem))
 	} else if !errors.Is(err, blob.ErrRange) {
 		return err
 	}
-	emit(Problem{Pack: s.bs.String() + "/" + indexObject(h), Err: fmt.Errorf("index segment damaged (%v); engram repair of a directory store replaces it from its pack", err)})
+	emit(Problem{Pack: s.bs.String() + "/" + indexObject(h), Err: fmt.Errorf("index segment damaged (%v); engram repair replaces it from its pack", err)})
 	return nil
 }

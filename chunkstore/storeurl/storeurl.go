@@ -38,6 +38,9 @@ type Options struct {
 	BlockCacheBytes int64
 	// DeferSync: directory store only, see chunkstore.OpenOptions.
 	DeferSync bool
+	// Warn: bucket only, see chunkstore.BlobOpenOptions (a damaged object
+	// is skipped with a warning instead of failing every command).
+	Warn func(string)
 }
 
 // IsBucket reports whether loc names a bucket store.
@@ -65,7 +68,7 @@ func Open(ctx context.Context, loc string, opts Options) (Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := chunkstore.OpenBlob(ctx, bs, chunkstore.BlobOpenOptions{ReadOnly: opts.ReadOnly, CacheRoot: opts.CacheRoot, TrustIDs: opts.TrustIDs, LockTimeout: opts.LockTimeout, BlockCacheBytes: opts.BlockCacheBytes})
+	st, err := chunkstore.OpenBlob(ctx, bs, chunkstore.BlobOpenOptions{ReadOnly: opts.ReadOnly, CacheRoot: opts.CacheRoot, TrustIDs: opts.TrustIDs, LockTimeout: opts.LockTimeout, BlockCacheBytes: opts.BlockCacheBytes, Warn: opts.Warn})
 	if err != nil {
 		bs.Close()
 		return nil, err

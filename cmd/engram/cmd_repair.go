@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -83,6 +84,16 @@ var repairCommand = &cli.Command{
 				return err
 			}
 			res.Catalog = &cr
+		}
+		if d, ok := st.(interface {
+			RemoveDamagedJournal(context.Context) ([]chunkstore.Problem, error)
+		}); ok && storeurl.IsBucket(dir) {
+			// Only now that the catalog holds what they recorded (the
+			// bucket's repair left them so that gc sweeps nothing until
+			// then; reported above).
+			if _, err := d.RemoveDamagedJournal(c.Context); err != nil {
+				return fmt.Errorf("repair %s: removing damaged journal entries: %w", dir, err)
+			}
 		}
 		entries, err := engram.List(c.Context, st)
 		if err != nil {

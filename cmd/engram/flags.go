@@ -101,6 +101,7 @@ func openStoreWith(c *cli.Context, write, create bool, o storeurl.Options) (stor
 		Command:     strings.Join(os.Args, " "),
 		TrustIDs:    true, // every chunk the CLI puts was hashed just before
 		CacheRoot:   c.String(cacheDirFlag.Name),
+		Warn:        warnFunc(c),
 	})
 }
 

@@ -1,0 +1,305 @@
+package chunkstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/engram-vm/engram/chunkstore/blob"
+)
+
+// Degraded refreshes of a bucket (BlobOpenOptions.Warn). A bucket is read
+// by many hosts at once, and every refresh reads each segment, journal
+// entry and list it has not seen: one damaged object would stop every
+// command on every host, repair included. With Warn set a refresh skips
+// it instead, and each skip is made safe where it matters:
+//
+//   - a damaged index/H: that pack's chunks are unknown to this cache, so
+//     a writer stores them again and a reader gets not-found; gc cannot
+//     tell what the pack holds, so it never marks or sweeps it (GC).
+//   - a damaged meta/ entry: what it did is missing from this catalog; gc
+//     counts it as a record its view lacks and sweeps nothing
+//     (catalogChangedSinceView), so no chunk it names is swept.
+//   - a damaged gc/ list: which packs it condemned or swept is unknown, so
+//     every commit check refuses (checkView) and gc refuses to run.
+//   - a damaged damaged/ list: its frames stay indexed; reading them fails
+//     their checks as before repair listed them.
+//
+// engram repair, holding the gc lease, replaces or removes them
+// (fixBucket).
+
+// refreshDamage is what one refresh skipped, by object name.
+type refreshDamage struct {
+	segs    map[ID]error
+	journal map[string]error
+	lists   map[string]error
+}
+
+func newRefreshDamage() *refreshDamage {
+	return &refreshDamage{segs: map[ID]error{}, journal: map[string]error{}, lists: map[string]error{}}
+}
+
+func (s *BlobStore) degraded() bool { return s.warn != nil }
+
+// warnOnce tells the user about a skipped object once per process, not
+// at every refresh of a long-running one.
+func (s *BlobStore) warnOnce(name, msg string) {
+	if _, seen := s.warned.LoadOrStore(name, true); !seen && s.warn != nil {
+		s.warn(msg)
+	}
+}
+
+func (s *BlobStore) skipSegment(d *refreshDamage, h ID, err error) {
+	d.segs[h] = err
+	s.warnOnce(indexObject(h), fmt.Sprintf("%s/%s: index segment damaged (%v); skipped: this host does not know that pack's chunks until `engram repair` replaces it", s.bs, indexObject(h), err))
+}
+
+func (s *BlobStore) skipJournal(d *refreshDamage, name string, err error) {
+	d.journal[name] = err
+	s.warnOnce(name, fmt.Sprintf("%s/%s: catalog journal entry damaged (%v); skipped: what it recorded is missing and gc sweeps nothing until `engram repair`", s.bs, name, err))
+}
+
+func (s *BlobStore) skipList(d *refreshDamage, name string, err error) {
+	if d != nil {
+		d.lists[name] = err
+	}
+	what := "commits and gc are refused"
+	if strings.HasPrefix(name, blobDamagePrefix) {
+		what = "its frames stay indexed"
+	}
+	s.warnOnce(name, fmt.Sprintf("%s/%s: list damaged (%v); skipped: %s until `engram repair` replaces it", s.bs, name, err, what))
+}
+
+// checkJournalBody is applyJournal's parse without the apply, so that a
+// refresh can skip an entry no program can apply. An entry of a newer
+// version is not damage (ErrFormatVersion).
+func checkJournalBody(b []byte) error {
+	var j journal
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	if j.V > journalVersion {
+		return fmt.Errorf("journal version %d: %w", j.V, ErrFormatVersion)
+	} else if j.V != journalVersion {
+		return fmt.Errorf("bad journal version %d", j.V)
+	}
+	for _, op := range j.Ops {
+		if op.Op != "put" && op.Op != "del" {
+			return fmt.Errorf("unknown journal op %q", op.Op)
+		}
+	}
+	return nil
+}
+
+// readJournal reads the entries names into bodies (those not there yet).
+// An entry gone since the listing (repair removed it) is left out; a
+// damaged one fails the refresh, or is skipped when degraded.
+func (s *BlobStore) readJournal(ctx context.Context, names []string, bodies map[string][]byte, d *refreshDamage) error {
+	for _, name := range names {
+		if _, ok := bodies[name]; ok || d.journal[name] != nil {
+			continue
+		}
+		b, err := blob.ReadAll(ctx, s.bs, name, maxJournalObject)
+		if errors.Is(err, blob.ErrNotExist) {
+			continue
+		}
+		if err != nil && !errors.Is(err, blob.ErrRange) {
+			return err
+		}
+		if err == nil {
+			err = journalIntact(name, b)
+		}
+		if err == nil && s.degraded() {
+			if err = checkJournalBody(b); errors.Is(err, ErrFormatVersion) {
+				return fmt.Errorf("%s: %s: %w", s.bs, name, err)
+			}
+		}
+		if err != nil {
+			if !s.degraded() {
+				return fmt.Errorf("%s: %s: %w: %w (engram repair removes it and rebuilds the catalog)", s.bs, name, ErrJournalDamaged, err)
+			}
+			s.skipJournal(d, name, err)
+			continue
+		}
+		bodies[name] = b
+	}
+	return nil
+}
+
+// emitDamage reports what the last refresh skipped as verify problems.
+func (s *BlobStore) emitDamage(emit func(Problem)) {
+	d := s.damage.Load()
+	if d == nil {
+		return
+	}
+	var ps []Problem
+	for h, err := range d.segs {
+		ps = append(ps, Problem{Pack: s.bs.String() + "/" + indexObject(h), Err: fmt.Errorf("index segment damaged (%v); engram repair replaces it from its pack", err)})
+	}
+	for n, err := range d.journal {
+		ps = append(ps, Problem{Pack: s.bs.String() + "/" + n, Err: fmt.Errorf("catalog journal entry damaged (%v); engram repair removes it and rebuilds the catalog", err)})
+	}
+	for n, err := range d.lists {
+		ps = append(ps, Problem{Pack: s.bs.String() + "/" + n, Err: fmt.Errorf("list damaged (%v); engram repair replaces it", err)})
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Pack < ps[j].Pack })
+	for _, p := range ps {
+		emit(p)
+	}
+}
+
+// fixBucket is Repair's first step on a bucket, under the gc lease: the
+// damaged objects a degraded refresh skips. A segment is replaced by the
+// copy at the end of its pack (the same bytes its writer put, so hosts
+// that merged it before the damage agree), a gc list by a done marker
+// (fixBucketLists), a damage list is removed. Damaged journal entries are
+// only reported, and this cache's catalog is replayed without them: the
+// caller rebuilds the catalog from catalog chunks (MetadataLost) before
+// RemoveDamagedJournal deletes them, so that no gc sweeps by a catalog
+// that lacks their records in between (while they are listed, gc sweeps
+// nothing).
+func (s *BlobStore) fixBucket(ctx context.Context, rep *RepairReport) error {
+	segs, err := fixSegments(ctx, s.bs)
+	rep.Problems = append(rep.Problems, segs...)
+	if err != nil {
+		return err
+	}
+	lists, err := s.fixBucketLists(ctx)
+	rep.Problems = append(rep.Problems, lists...)
+	if err != nil {
+		return err
+	}
+	var names []string
+	err = s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
+		if _, ok := parseJournalName(in.Name); ok {
+			names = append(names, in.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for _, n := range names {
+		b, err := blob.ReadAll(ctx, s.bs, n, maxJournalObject)
+		if errors.Is(err, blob.ErrNotExist) {
+			continue
+		}
+		if err != nil && !errors.Is(err, blob.ErrRange) {
+			return err
+		}
+		if err == nil {
+			if err = journalIntact(n, b); err == nil {
+				if err = checkJournalBody(b); err == nil || errors.Is(err, ErrFormatVersion) {
+					continue
+				}
+			}
+		}
+		bad = append(bad, n)
+		rep.Problems = append(rep.Problems, Problem{Pack: s.bs.String() + "/" + n,
+			Err: fmt.Errorf("catalog journal entry damaged (%v): removed once the catalog is rebuilt from catalog chunks", err)})
+	}
+	s.dropJournal.Store(&bad)
+	if len(bad) > 0 {
+		rep.MetadataLost = true
+		// This cache may have applied them before the damage: replay the
+		// journal without them, so that the rebuilt catalog journals what
+		// they did.
+		err := s.db.update(ctx, func(tx *bolt.Tx) error {
+			for _, b := range [][]byte{bucketUser, bucketBlobMeta} {
+				if err := tx.DeleteBucket(b); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+					return err
+				}
+				if _, err := tx.CreateBucket(b); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if len(segs)+len(lists)+len(bad) == 0 {
+		return nil
+	}
+	return s.Refresh(ctx)
+}
+
+// RemoveDamagedJournal deletes the journal entries the last Repair of a
+// bucket found damaged, once the caller has rebuilt the catalog from
+// catalog chunks (engram.RecoverCatalog), and returns what it removed.
+func (s *BlobStore) RemoveDamagedJournal(ctx context.Context) ([]Problem, error) {
+	p := s.dropJournal.Swap(nil)
+	if p == nil || len(*p) == 0 {
+		return nil, nil
+	}
+	// Read again: only what is still damaged goes.
+	out, err := removeDamaged(ctx, s.bs, *p, maxJournalObject, func(n string, b []byte) error {
+		if err := journalIntact(n, b); err != nil {
+			return err
+		}
+		if err := checkJournalBody(b); err != nil && !errors.Is(err, ErrFormatVersion) {
+			return err
+		}
+		return nil
+	}, func(err error) error { return fmt.Errorf("catalog journal entry damaged (%v): removed", err) })
+	if err != nil {
+		return out, err
+	}
+	return out, s.Refresh(ctx)
+}
+
+// fixBucketLists replaces each gc list that cannot be read by a done
+// marker of the same mark time with no margin, put before the damaged
+// list is deleted: what the list condemned is unknown, so every writer
+// whose view did not see the marker is refused once (checkView) rather
+// than commit against a pack a sweep may have taken; a pack it condemned
+// is marked again by the next gc. Unreadable damage lists are removed
+// (verify finds the damage again, and Repair lists it anew).
+func (s *BlobStore) fixBucketLists(ctx context.Context) ([]Problem, error) {
+	var names []string
+	err := s.bs.List(ctx, blobGCPrefix, func(in blob.Info) error {
+		if _, _, ok := parseGCName(in.Name); ok {
+			names = append(names, in.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []Problem
+	for _, n := range names {
+		b, err := blob.ReadAll(ctx, s.bs, n, maxGCList)
+		if errors.Is(err, blob.ErrNotExist) {
+			continue
+		}
+		if err != nil && !errors.Is(err, blob.ErrRange) {
+			return out, err
+		}
+		if err == nil {
+			if _, err = decodeGCList(b); err == nil || errors.Is(err, ErrFormatVersion) {
+				continue
+			}
+		}
+		_, t, _ := parseGCName(n)
+		t = max(t, 1)
+		body, _ := json.Marshal(gcList{V: gcListVersion, Time: t})
+		done := fmt.Sprintf("%s%016x-%s", gcDonePrefix, t, Sum(body).String()[:16])
+		if perr := s.bs.Put(ctx, done, body); perr != nil && !errors.Is(perr, blob.ErrExist) {
+			return out, perr
+		}
+		if derr := s.bs.Delete(ctx, n); derr != nil {
+			return out, derr
+		}
+		out = append(out, Problem{Pack: s.bs.String() + "/" + n,
+			Err: fmt.Errorf("gc list damaged (%v): replaced by %s, which refuses commits of older views once", err, done)})
+	}
+	dmg, err := fixLists(ctx, s.bs, blobDamagePrefix)
+	return append(out, dmg...), err
+}
