@@ -34,12 +34,14 @@ var (
 	// RepairDir when the store cannot be opened) rebuilds it from the packs.
 	ErrIndexDamaged = errors.New("chunk store index is damaged")
 	// ErrJournalDamaged means a catalog journal entry (meta/) does not
-	// match the hash in its name or cannot be read; RepairDir removes it
-	// and the catalog is rebuilt from catalog chunks (engram repair).
+	// match the hash in its name or cannot be read; RepairDir (on a
+	// bucket: Repair, then RemoveDamagedJournal) removes it and the
+	// catalog is rebuilt from catalog chunks (engram repair).
 	ErrJournalDamaged = errors.New("catalog journal entry is damaged")
 	// ErrListDamaged means a gc list (gc/) or a damage list (damaged/)
 	// cannot be read; RepairDir removes it (a directory store's gc needs
-	// none, and verify finds damage again).
+	// none, and verify finds damage again); Repair of a bucket replaces a
+	// gc list by a done marker. A commit check that meets one is refused.
 	ErrListDamaged = errors.New("gc or damage list is damaged")
 	// ErrClosed is returned by methods of a closed store.
 	ErrClosed = errors.New("chunk store is closed")
