@@ -384,7 +384,7 @@ func (s *BlobStore) checkView(ctx context.Context, v *viewLists) error {
 	}
 	for n, l := range lists {
 		if l.damaged != nil {
-			return fmt.Errorf("%s: %s: %w (%v), so whether gc swept what this commit relies on cannot be told until `engram repair` replaces it: %w", s.bs, n, ErrListDamaged, l.damaged, ErrStaleView)
+			return &damagedListCommitError{fmt.Sprintf("%s: %s: gc list damaged (%v): nothing was committed, since whether gc swept what this commit relies on cannot be told until `engram repair` replaces it", s.bs, n, l.damaged)}
 		}
 		if (l.Time > view || !seen[gcMarkID(n)]) && now >= l.Time+l.Margin {
 			return fmt.Errorf("%s: gc marked packs (%s) after this view and its margin of %s has passed: %w", s.bs, n, time.Duration(l.Margin), ErrStaleView)

@@ -303,3 +303,14 @@ func (s *BlobStore) fixBucketLists(ctx context.Context) ([]Problem, error) {
 	dmg, err := fixLists(ctx, s.bs, blobDamagePrefix)
 	return append(out, dmg...), err
 }
+
+// damagedListCommitError is a commit check refused by a damaged gc list:
+// both ErrStaleView (nothing was committed) and ErrListDamaged (running
+// again does not help before repair), with a message saying so.
+type damagedListCommitError struct{ msg string }
+
+func (e *damagedListCommitError) Error() string { return e.msg }
+
+func (e *damagedListCommitError) Is(target error) bool {
+	return target == ErrStaleView || target == ErrListDamaged
+}

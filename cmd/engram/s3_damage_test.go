@@ -138,3 +138,79 @@ func TestS3DamagedObjects(t *testing.T) {
 		})
 	}
 }
+
+// TestS3DamagedGCList: with a pending gc list damaged, a second host still
+// lists and restores (with a warning), but its ingest is refused rather
+// than commit against packs the list may have condemned and a sweep taken,
+// and gc refuses; repair replaces the list and both work again.
+func TestS3DamagedGCList(t *testing.T) {
+	qemutest.Require(t)
+	s3test.SetEnv(t)
+	dir := t.TempDir()
+	bucket := s3test.Bucket(t)
+	store := "s3://" + bucket + "/fleet"
+	host := func(name string) string { return filepath.Join(dir, "cache-"+name) }
+	cfg := s3test.Config(t)
+	cfg.Bucket, cfg.Prefix = bucket, "fleet"
+	ok(t, store, "init")
+	bs, err := s3.Open(context.Background(), cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.Close()
+	base, _ := qcowWith("64M", nil, pattern...)(t, mkdir(t, dir, "a"))
+	other, _ := qcowWith("64M", nil, "write -P 0x77 0 6M")(t, mkdir(t, dir, "b"))
+	ok(t, store, "--cache-dir", host("A"), "ingest", "--name", "base", base)
+	ok(t, store, "--cache-dir", host("A"), "ingest", "--name", "other", other)
+	ok(t, store, "--cache-dir", host("A"), "rm", "other")
+	ok(t, store, "--cache-dir", host("A"), "gc", "--margin", "1ns") // marks other's packs
+	var lists []string
+	_ = bs.List(context.Background(), "gc/condemned-", func(in blob.Info) error { lists = append(lists, in.Name); return nil })
+	if len(lists) != 1 {
+		t.Fatalf("pending lists %v", lists)
+	}
+	b, err := bs.Get(context.Background(), lists[0], 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Delete(context.Background(), lists[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Put(context.Background(), lists[0], b[:len(b)/2]); err != nil {
+		t.Fatal(err)
+	}
+
+	r := runEngram(t, store, "--cache-dir", host("B"), "ls")
+	if r.code != 0 || !strings.Contains(r.stdout, "base") || !strings.Contains(r.stderr, lists[0]) {
+		t.Fatalf("ls with a damaged gc list: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	out := filepath.Join(dir, "base-B.qcow2")
+	ok(t, store, "--cache-dir", host("B"), "restore", "-o", out, "base")
+	qemutest.Compare(t, base, out)
+	// B cannot know other's packs are condemned, so it would deduplicate
+	// against them: its commit is refused.
+	r = runEngram(t, store, "--cache-dir", host("B"), "ingest", "--name", "other", other)
+	if r.code == 0 || !strings.Contains(r.stderr, "whether gc swept what this commit relies on") {
+		t.Fatalf("ingest with a damaged gc list: exit %d, want refused naming it\n%s", r.code, r.stderr)
+	}
+	t.Logf("ingest:\n%s", r.stderr)
+	r = runEngram(t, store, "--cache-dir", host("B"), "gc", "--margin", "1ns")
+	if r.code == 0 || !strings.Contains(r.stderr, "gc cannot tell what it condemned") {
+		t.Fatalf("gc with a damaged gc list: exit %d, want refused\n%s", r.code, r.stderr)
+	}
+	r = runEngram(t, store, "--cache-dir", host("C"), "repair")
+	if r.code != 0 || !strings.Contains(r.stdout, lists[0]) {
+		t.Fatalf("repair: exit %d, want 0 naming %s\n%s%s", r.code, lists[0], r.stdout, r.stderr)
+	}
+	ok(t, store, "--cache-dir", host("B"), "ingest", "--name", "other", other)
+	ok(t, store, "--cache-dir", host("D"), "gc", "--margin", "1ns")
+	ok(t, store, "--cache-dir", host("D"), "gc", "--margin", "1ns")
+	for name, src := range map[string]string{"base": base, "other": other} {
+		out := filepath.Join(dir, name+"-E.qcow2")
+		ok(t, store, "--cache-dir", host("E"), "restore", "-o", out, name)
+		qemutest.Compare(t, src, out)
+	}
+	if r := runEngram(t, store, "--cache-dir", host("E"), "verify"); r.code != 0 || r.stderr != "" {
+		t.Fatalf("verify after repair: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
