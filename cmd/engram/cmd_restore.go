@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -132,24 +133,21 @@ var restoreCommand = &cli.Command{
 }
 
 // checkOutputFile refuses an -o that exists and is not a regular file
-// (through symlinks): a restore is published by renaming the finished file
-// over the target, which would replace a device node such as /dev/sdb or
-// /dev/null with a file, or fail on a directory only once all is written.
+// before the store is opened (restore.ToFile refuses it too, but only
+// after loading the engram), with a hint at what to do instead.
 func checkOutputFile(out string) error {
-	fi, err := os.Stat(out)
-	if err != nil || fi.Mode().IsRegular() {
-		return nil // absent (or unreadable: the restore says why)
+	var ne *restore.NotRegularError
+	if !errors.As(restore.CheckOutput(out), &ne) {
+		return nil
 	}
-	what, hint := "a directory", ""
+	hint := ""
 	switch {
-	case fi.Mode()&os.ModeDevice != 0:
-		what, hint = "a device", " (to write a device, stream raw: -o - > DEVICE)"
-	case fi.Mode()&(os.ModeNamedPipe|os.ModeSocket) != 0:
-		what, hint = "a pipe or socket", " (to feed a pipe, stream raw: -o -)"
-	case !fi.IsDir():
-		what = "a special file"
+	case ne.Mode&os.ModeDevice != 0:
+		hint = " (to write a device, stream raw: -o - > DEVICE)"
+	case ne.Mode&(os.ModeNamedPipe|os.ModeSocket) != 0:
+		hint = " (to feed a pipe, stream raw: -o -)"
 	}
-	return usagef("-o %s is %s, not a regular file: a restore would replace it with the file it writes%s", escapeControl(out), what, hint)
+	return usagef("-o %s is %s, not a regular file: a restore would replace it with the file it writes%s", escapeControl(out), ne.Kind(), hint)
 }
 
 // parseSize reads 512, 64k, 2M, 1G (binary units).
