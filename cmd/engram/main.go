@@ -69,6 +69,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	if name := unknownCommand(app, args); name != "" {
 		err = usagef("no command %q (engram --help lists them)", name)
+	} else if f, cmd := misplacedGlobal(app, args); f != "" {
+		f, _, _ = strings.Cut(f, "=")
+		err = usagef("%s is a global flag: it goes before the command (engram %s ... %s ...)", escapeControl(f), escapeControl(f), cmd)
 	} else {
 		err = app.RunContext(ctx, permuteArgs(app, args))
 	}
