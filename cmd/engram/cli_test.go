@@ -41,3 +41,18 @@ func TestGlobalFlagAfterCommand(t *testing.T) {
 	// A flag's value that looks like a global flag is the flag's.
 	ok(t, store, "ingest", "--name", "-q", img)
 }
+
+// TestLabelGivenTwice: one key with two values is refused, naming the key
+// (exit 2), and nothing is ingested; the same pair twice is harmless.
+func TestLabelGivenTwice(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "init")
+	fails(t, store, exitUsage, []string{"ingest", "--label", "role=web", "--label", "role=db", img}, `"role"`, "twice")
+	if out := ok(t, store, "-q", "ls"); strings.TrimSpace(out) != "" {
+		t.Errorf("refused ingest stored %q", out)
+	}
+	ok(t, store, "ingest", "--label", "role=web", "--label", "role=web", img)
+}
