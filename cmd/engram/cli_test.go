@@ -56,3 +56,17 @@ func TestLabelGivenTwice(t *testing.T) {
 	}
 	ok(t, store, "ingest", "--label", "role=web", "--label", "role=web", img)
 }
+
+// TestLabelValueWithComma: a label value may hold a comma (a list of
+// owners, a qemu-style option string); urfave/cli's slice flags split
+// "note=a,b" into "note=a" and "b" by default.
+func TestLabelValueWithComma(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", "--label", "owners=ann,bob", img)
+	if out := ok(t, store, "show", "a"); !strings.Contains(out, "owners=ann,bob") {
+		t.Errorf("show: label lost its comma:\n%s", out)
+	}
+}

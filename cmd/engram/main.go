@@ -148,9 +148,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Writer:               stdout,
 		ErrWriter:            stderr,
 		EnableBashCompletion: true,
-		HideHelpCommand:      true,
-		Flags:                globalFlags,
-		ExitErrHandler:       func(*cli.Context, error) {}, // run() maps errors to exit codes
+		// --label owners=ann,bob is one label, not "owners=ann" and "bob".
+		DisableSliceFlagSeparator: true,
+		HideHelpCommand:           true,
+		Flags:                     globalFlags,
+		ExitErrHandler:            func(*cli.Context, error) {}, // run() maps errors to exit codes
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
