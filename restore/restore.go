@@ -147,9 +147,10 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			defer d.Close()
 			out = newDirectSink(f, d)
 		}
+		// os errors name the file already ("sync F: ...").
 		finish = func() error {
 			if err := f.Sync(); err != nil {
-				return fmt.Errorf("sync: %w", err)
+				return err
 			}
 			return f.Close()
 		}
@@ -198,7 +199,7 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		}
 	}
 	if err := finish(); err != nil {
-		return fmt.Errorf("%s: %w", tmp, err)
+		return err // it names the file
 	}
 	// Again: a device or pipe may have been made at path while we wrote.
 	if err := CheckOutput(path); err != nil {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -313,5 +315,38 @@ func TestToFileRefusesNotRegular(t *testing.T) {
 	}
 	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("symlink replaced: %v %v", fi.Mode(), err)
+	}
+}
+
+// TestDiskFullNamesFileOnce: a restore onto a full file system fails with
+// ENOSPC naming its output once, whichever write (data, or the metadata
+// a compressed qcow2 writes at the end) hit the full disk. It needs a
+// tmpfs of its own, so root.
+func TestDiskFullNamesFileOnce(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	// Fill it up.
+	filler, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for buf := make([]byte, 64<<10); ; {
+		if _, err := filler.Write(buf); err != nil {
+			break
+		}
+	}
+	filler.Close()
+	ctx := context.Background()
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	id, _ := storeImage(t, st)
+	for _, o := range []Options{{Format: "raw"}, {Format: "qcow2"}, {Format: "qcow2", Compress: true}} {
+		out := filepath.Join(dir, "out."+o.Format)
+		err := ToFile(ctx, st, id, out, o)
+		if !errors.Is(err, unix.ENOSPC) || strings.Count(err.Error(), ".out."+o.Format) != 1 {
+			t.Errorf("%+v: %v, want ENOSPC naming the output once", o, err)
+		}
 	}
 }
