@@ -70,3 +70,41 @@ func TestLabelValueWithComma(t *testing.T) {
 		t.Errorf("show: label lost its comma:\n%s", out)
 	}
 }
+
+// TestCountsAgree: a count of one reads "1 range", "1 engram", not
+// "1 ranges" (diff, verify, repair, stats, show).
+func TestCountsAgree(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	b := filepath.Join(dir, "b.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", a, b)
+	qemutest.IO(t, b, "qcow2", "write -P 0x12 4096 1")
+	ok(t, store, "ingest", "--name", "a", a)
+	ok(t, store, "ingest", "--name", "b", b)
+	out := ok(t, store, "diff", "a", "b")
+	if !strings.Contains(out, "1 byte differs") || !strings.Contains(out, "1 range, ") {
+		t.Errorf("diff:\n%s", out)
+	}
+	ok(t, store, "rm", "b")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"verify"}, "ok: 1 engram verified"},
+		{[]string{"repair"}, "ok: 1 engram complete"},
+		{[]string{"show", "a"}, "1 manifest page"},
+	} {
+		if out := ok(t, store, c.args...); !strings.Contains(out, c.want) {
+			t.Errorf("engram %s: no %q in\n%s", strings.Join(c.args, " "), c.want, out)
+		}
+	}
+	for _, out := range []string{ok(t, store, "stats"), ok(t, store, "show", "a"), ok(t, store, "repair")} {
+		for _, bad := range []string{" 1 chunks", " 1 packs", " 1 engrams", " 1 records", " 1 frames", " 1 intact frames"} {
+			if strings.Contains(out, bad) {
+				t.Errorf("%q in\n%s", bad, out)
+			}
+		}
+	}
+}
