@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,5 +107,43 @@ func TestCountsAgree(t *testing.T) {
 				t.Errorf("%q in\n%s", bad, out)
 			}
 		}
+	}
+}
+
+// TestBadChunkingNamesConfig: chunking parameters in config.json that this
+// version cannot cut with fail an ingest naming the store's config.json,
+// not the image; restore still works (a newer version's store must).
+func TestBadChunkingNamesConfig(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", a)
+	b := filepath.Join(dir, "b.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", a, b)
+	qemutest.IO(t, b, "qcow2", "write -P 0x12 0 4k")
+	cfg := filepath.Join(store, "config.json")
+	orig, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ from, to string }{
+		{`"avg": 65536`, `"avg": 1000`},
+		{`"algorithm": "aligned-cdc-xxh3"`, `"algorithm": "fastcdc-v9"`},
+	} {
+		bad := strings.Replace(string(orig), c.from, c.to, 1)
+		if bad == string(orig) {
+			t.Fatalf("config.json has no %s:\n%s", c.from, orig)
+		}
+		if err := os.WriteFile(cfg, []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runEngram(t, store, "ingest", b)
+		if r.code != exitFailure || !strings.Contains(r.stderr, cfg) || strings.Contains(r.stderr, "b.qcow2") {
+			t.Errorf("%s: exit %d, stderr %q; want 1 naming %s and not the image", c.to, r.code, r.stderr, cfg)
+		}
+		out := filepath.Join(dir, "out.qcow2")
+		ok(t, store, "restore", "--force", "a", "-o", out)
+		qemutest.Compare(t, a, out)
 	}
 }
