@@ -1,10 +1,16 @@
 package main
 
 import (
+	"errors"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/engram-vm/engram/internal/qemutest"
 )
@@ -146,4 +152,50 @@ func TestBadChunkingNamesConfig(t *testing.T) {
 		ok(t, store, "restore", "--force", "a", "-o", out)
 		qemutest.Compare(t, a, out)
 	}
+}
+
+// TestRestoreToTerminalRefused: `restore -o -` with stdout a terminal is
+// refused (exit 2) before anything is written, as restic dump does: gigabytes
+// of raw disk on a terminal are never what the user meant.
+func TestRestoreToTerminalRefused(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", a)
+	tty := openPTY(t)
+	cmd := engramCmd(store, "restore", "a", "-o", "-")
+	var se strings.Builder
+	cmd.Stdout, cmd.Stderr = tty, &se
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitUsage || !strings.Contains(se.String(), "terminal") {
+		t.Errorf("restore -o - to a terminal: %v, stderr %q; want exit 2 naming the terminal", err, se.String())
+	}
+}
+
+// openPTY returns the terminal side of a new pseudo-terminal (its master
+// is closed with it at the end of the test).
+func openPTY(t *testing.T) *os.File {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlockpt: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("ptsname: %v", err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("open pty: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	// Drain what reaches the terminal, so a write never blocks.
+	go io.Copy(io.Discard, m)
+	return s
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/qcow2"
@@ -50,6 +51,10 @@ var restoreCommand = &cli.Command{
 		}
 		if out == "-" && format != "raw" && c.IsSet("output-format") {
 			return usagef("-o - streams raw only")
+		}
+		if out == "-" && !c.Bool("chain") && term.IsTerminal(int(os.Stdout.Fd())) {
+			// As restic dump: a raw disk on a terminal is never meant.
+			return usagef("-o - streams the raw image to stdout, which is a terminal: redirect it (-o - > FILE) or pipe it")
 		}
 		if out != "-" && !c.Bool("chain") {
 			if err := checkOutputFile(out); err != nil {
