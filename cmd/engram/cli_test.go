@@ -199,3 +199,15 @@ func openPTY(t *testing.T) *os.File {
 	go io.Copy(io.Discard, m)
 	return s
 }
+
+// TestMissingImageNamedOnce: an ingest argument that does not exist is
+// named once ("x.qcow2: no such file or directory"), not "x: stat x: ...".
+func TestMissingImageNamedOnce(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	missing := filepath.Join(dir, "missing.qcow2")
+	fails(t, store, exitFailure, []string{"ingest", missing}, missing+": no such file or directory")
+	if r := runEngram(t, store, "ingest", missing); strings.Count(r.stderr, missing) != 1 {
+		t.Errorf("stderr %q names %s more than once", r.stderr, missing)
+	}
+}
