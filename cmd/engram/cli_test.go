@@ -211,3 +211,24 @@ func TestMissingImageNamedOnce(t *testing.T) {
 		t.Errorf("stderr %q names %s more than once", r.stderr, missing)
 	}
 }
+
+// TestChainThinOutputNotDirectory: --chain and --thin write into the
+// directory -o; an -o that is a file is refused as a bad command line
+// (exit 2) saying so, not "mkdir F: not a directory", and left alone.
+func TestChainThinOutputNotDirectory(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", a)
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"--chain", "--thin"} {
+		fails(t, store, exitUsage, []string{"restore", mode, "a", "-o", file}, "-o "+file, "not a directory")
+		if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+			t.Errorf("restore %s changed %s: %q %v", mode, file, b, err)
+		}
+	}
+}

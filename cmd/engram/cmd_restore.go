@@ -60,6 +60,10 @@ var restoreCommand = &cli.Command{
 			if err := checkOutputFile(out); err != nil {
 				return err
 			}
+		} else if out != "-" {
+			if err := checkOutputDir("--chain", out); err != nil {
+				return err
+			}
 		}
 		st, err := openStore(c, false, false)
 		if err != nil {
@@ -153,6 +157,15 @@ func checkOutputFile(out string) error {
 		hint = " (to feed a pipe, stream raw: -o -)"
 	}
 	return usagef("-o %s is %s, not a regular file: a restore would replace it with the file it writes%s", escapeControl(out), ne.Kind(), hint)
+}
+
+// checkOutputDir refuses an -o for --chain or --thin (mode) that exists
+// and is not a directory: they write one file per engram into it.
+func checkOutputDir(mode, out string) error {
+	if fi, err := os.Stat(out); err == nil && !fi.IsDir() {
+		return usagef("-o %s is not a directory: %s writes one file per engram into the directory -o", escapeControl(out), mode)
+	}
+	return nil
 }
 
 // parseSize reads 512, 64k, 2M, 1G (binary units).

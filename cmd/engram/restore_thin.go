@@ -38,6 +38,9 @@ func restoreThin(c *cli.Context) error {
 	if c.IsSet("backing") || c.Bool("chain") || c.IsSet("output-format") && c.String("output-format") != "qcow2" {
 		return usagef("--thin writes qcow2 files; it takes no --backing, --chain or -O raw")
 	}
+	if err := checkOutputDir("--thin", dir); err != nil {
+		return err
+	}
 	st, err := openStore(c, false, false)
 	if err != nil {
 		return err
