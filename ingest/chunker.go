@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -22,6 +23,20 @@ type Chunker struct {
 	zero      []byte
 	work      sync.Pool   // Max-sized buffers chunks grow in
 	sized     []sync.Pool // chunk buffers by length in Align units, so memory in flight is what the chunks hold
+}
+
+// ErrStoreChunking is returned when the store's chunking parameters (its
+// config.json) are ones this version cannot cut with: the store is at
+// fault, not the image. Restore does not need them.
+var ErrStoreChunking = errors.New("the store's chunking parameters cannot be used for ingest")
+
+// storeChunker is NewChunker for st's parameters.
+func storeChunker(st chunkstore.Reader) (*Chunker, error) {
+	ch, err := NewChunker(st.Params().Chunking)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStoreChunking, err)
+	}
+	return ch, nil
 }
 
 // NewChunker checks p and returns a Chunker for it.

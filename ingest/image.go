@@ -61,6 +61,11 @@ func (e *LayerError) Unwrap() error { return e.Err }
 // base first; the last is img itself. Errors are *LayerError naming the
 // layer at fault.
 func Image(ctx context.Context, st chunkstore.Store, img *qcow2.Image, opts ImageOptions) ([]LayerResult, error) {
+	// Before any layer: a bad store config is not the image's fault
+	// (and would otherwise be reported as a LayerError naming it).
+	if _, err := storeChunker(st); err != nil {
+		return nil, err
+	}
 	var layers []*qcow2.Image
 	for l := img; l != nil; l = l.Backing() {
 		layers = append(layers, l)

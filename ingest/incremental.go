@@ -30,7 +30,7 @@ type Layer interface {
 // parent chunk straddles, both cut identically from there on, and the
 // parent's chunk list is reused until the next dirty range.
 func RunIncremental(ctx context.Context, st chunkstore.Store, src Layer, parent engram.Root, opts Options) (*Result, error) {
-	ch, err := NewChunker(st.Params().Chunking)
+	ch, err := storeChunker(st)
 	if err != nil {
 		return nil, err
 	}

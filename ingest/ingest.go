@@ -154,7 +154,7 @@ func Run(ctx context.Context, st chunkstore.Store, src Source, opts Options) (*R
 
 // run is Run with the policy for mapped reads given (tests force it).
 func run(ctx context.Context, st chunkstore.Store, src Source, opts Options, pol *mapPolicy) (*Result, error) {
-	ch, err := NewChunker(st.Params().Chunking)
+	ch, err := storeChunker(st)
 	if err != nil {
 		return nil, err
 	}

@@ -139,7 +139,7 @@ func openLayer(path, referrer, format string, opts Options, level int, seen map[
 	}
 	var magic [4]byte
 	if n, _ := f.ReadAt(magic[:], 0); n < 4 || be.Uint32(magic[:]) != Magic {
-		return nil, newErr(path, ErrNotQcow2, "not a qcow2 image: magic %x, want %x", magic[:n], be.AppendUint32(nil, Magic))
+		return nil, badMagic(path, magic[:n])
 	}
 	h, err := parseHeader(path, f, fileSize)
 	if err != nil {

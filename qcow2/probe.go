@@ -60,7 +60,7 @@ func detect(path string, f *os.File, fileSize int64, warn func(string)) (string,
 	}
 	if strings.EqualFold(filepath.Ext(path), ".qcow2") {
 		m := b[:min(n, 4)]
-		return "", newErr(path, ErrNotQcow2, "not a qcow2 image: magic %x, want %x", m, be.AppendUint32(nil, Magic))
+		return "", badMagic(path, m)
 	}
 	if warn != nil {
 		warn(path + ": no known format magic, reading as raw (use --format raw to silence)")
@@ -169,4 +169,19 @@ func probeDMG(path string, f *os.File, fileSize int64) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// badMagic is the ErrNotQcow2 of a file that does not start with the qcow2
+// magic; m is what it starts with (up to 4 bytes). An empty or tiny file is
+// named as such: "magic , want 514649fb" says nothing to a user.
+func badMagic(path string, m []byte) error {
+	switch len(m) {
+	case 0:
+		return newErr(path, ErrNotQcow2, "not a qcow2 image: the file is empty")
+	case 1:
+		return newErr(path, ErrNotQcow2, "not a qcow2 image: the file is 1 byte, too short to be qcow2")
+	case 2, 3:
+		return newErr(path, ErrNotQcow2, "not a qcow2 image: the file is %d bytes, too short to be qcow2", len(m))
+	}
+	return newErr(path, ErrNotQcow2, "not a qcow2 image: magic %x, want %x", m, be.AppendUint32(nil, Magic))
 }

@@ -40,6 +40,22 @@ func TestRefusals(t *testing.T) {
 			os.WriteFile(p, bytes.Repeat([]byte("junk"), 300), 0o644)
 			return p
 		}, "magic"},
+		// An empty or tiny file is named as such, not as "magic , want ...".
+		{"empty-by-name", ErrNotQcow2, Options{}, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "empty.qcow2")
+			os.WriteFile(p, nil, 0o644)
+			return p
+		}, "empty.qcow2: not a qcow2 image: the file is empty"},
+		{"empty-by-option", ErrNotQcow2, Options{Format: "qcow2"}, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "empty.img")
+			os.WriteFile(p, nil, 0o644)
+			return p
+		}, "empty.img: not a qcow2 image: the file is empty"},
+		{"tiny-by-name", ErrNotQcow2, Options{}, func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "tiny.qcow2")
+			os.WriteFile(p, []byte("QF"), 0o644)
+			return p
+		}, "tiny.qcow2: not a qcow2 image: the file is 2 bytes, too short to be qcow2"},
 		{"not-qcow2-by-option", ErrNotQcow2, Options{Format: "qcow2"}, func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "disk.img")
 			qemutest.Create(t, "raw", p, "1M")

@@ -63,6 +63,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"math/bits"
 	"os"
@@ -430,7 +431,7 @@ func (w *Writer) directWriteAt(p []byte, off int64) error {
 		_, err := d.WriteAt(p, off)
 		if !errors.Is(err, syscall.EINVAL) {
 			if err != nil {
-				return fmt.Errorf("%s: %w", w.name, err)
+				return w.fileErr("", err)
 			}
 			return nil
 		}
@@ -439,7 +440,7 @@ func (w *Writer) directWriteAt(p []byte, off int64) error {
 		w.mu.Unlock()
 	}
 	if _, err := w.f.WriteAt(p, off); err != nil {
-		return fmt.Errorf("%s: %w", w.name, err)
+		return w.fileErr("", err)
 	}
 	return nil
 }
@@ -527,7 +528,7 @@ func (w *Writer) wZeroSubclusters(gc int64, mask uint64) error {
 			i := int64(bits.TrailingZeros64(m))
 			n := int64(bits.TrailingZeros64(^(m >> i))) // run of allocated subclusters
 			if _, err := w.f.WriteAt(w.zero[:n*sub], host+i*sub); err != nil {
-				return fmt.Errorf("%s: %w", w.name, err)
+				return w.fileErr("", err)
 			}
 			m &^= (uint64(1)<<n - 1) << i
 		}
@@ -558,7 +559,7 @@ func (w *Writer) Close() error {
 		w.zenc.Close()
 	}
 	if cerr := w.f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("%s: %w", w.name, cerr)
+		err = w.fileErr("", cerr)
 	}
 	return err
 }
@@ -576,6 +577,22 @@ func (w *Writer) Abort() error {
 		w.zenc.Close()
 	}
 	return w.f.Close()
+}
+
+// fileErr is err of an operation on the output file, naming the file once:
+// an *fs.PathError from os names it already ("write NAME: no space left
+// on device"), so only what was being done is added.
+func (w *Writer) fileErr(what string, err error) error {
+	var pe *fs.PathError
+	switch named := errors.As(err, &pe) && pe.Path == w.name; {
+	case named && what == "":
+		return err
+	case named:
+		return fmt.Errorf("%s: %w", what, err)
+	case what == "":
+		return fmt.Errorf("%s: %w", w.name, err)
+	}
+	return fmt.Errorf("%s: %s: %w", w.name, what, err)
 }
 
 func (w *Writer) wUsable() error {
@@ -758,14 +775,14 @@ func (w *Writer) wData(p []byte, off int64) error {
 			return nil
 		}
 		if !errors.Is(err, syscall.EINVAL) {
-			return fmt.Errorf("%s: %w", w.name, err)
+			return w.fileErr("", err)
 		}
 		// The file system wants another alignment, or no O_DIRECT at
 		// all: the page cache it is (rewriting what may have gone through).
 		w.direct = nil
 	}
 	if _, err := w.f.WriteAt(p, off); err != nil {
-		return fmt.Errorf("%s: %w", w.name, err)
+		return w.fileErr("", err)
 	}
 	return nil
 }
@@ -910,7 +927,7 @@ func (w *Writer) wZeroCluster(gc int64) error {
 		// keep a preallocated zero cluster whose stale bytes a later partial
 		// write would expose.
 		if _, err := w.f.WriteAt(w.zero, int64(e&offsetMask)); err != nil {
-			return fmt.Errorf("%s: %w", w.name, err)
+			return w.fileErr("", err)
 		}
 	case w.backing:
 		w.wSetEntry(gc, entryZero)
@@ -951,7 +968,7 @@ func (w *Writer) wFlushCompressed() error {
 			return err
 		}
 		if _, err := w.f.WriteAt(data, host); err != nil {
-			return fmt.Errorf("%s: %w", w.name, err)
+			return w.fileErr("", err)
 		}
 		if w.extL2 {
 			// Only the non-zero subclusters are allocated; the rest read
@@ -976,7 +993,7 @@ func (w *Writer) wFlushCompressed() error {
 			w.name, last, offBits, w.clusterSize, ErrWriterTooLarge)
 	}
 	if _, err := w.f.WriteAt(c, host); err != nil {
-		return fmt.Errorf("%s: %w", w.name, err)
+		return w.fileErr("", err)
 	}
 	// Additional sectors beyond the one holding the first byte.
 	sectors := uint64(last/writerSectorSize - host/writerSectorSize)
@@ -1099,15 +1116,15 @@ func (w *Writer) wFinish() error {
 	}
 	hdr := writerHeaderBytes(w.opts, g, l1Off, rtOff, nRT)
 	if _, err := w.f.WriteAt(hdr, 0); err != nil {
-		return fmt.Errorf("%s: writing header: %w", w.name, err)
+		return w.fileErr("writing header", err)
 	}
 	if w.prealloc > fileEnd {
 		if err := w.f.Truncate(fileEnd); err != nil {
-			return fmt.Errorf("%s: trimming preallocated space: %w", w.name, err)
+			return w.fileErr("trimming preallocated space", err)
 		}
 	}
 	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("%s: fsync: %w", w.name, err)
+		return w.fileErr("fsync", err)
 	}
 	return nil
 }
@@ -1137,7 +1154,7 @@ func (o *writerSeqOut) u16(v uint16) {
 func (o *writerSeqOut) flush() error {
 	if o.err == nil && len(o.buf) > 0 {
 		if _, err := o.w.f.WriteAt(o.buf, o.off); err != nil {
-			o.err = fmt.Errorf("%s: writing metadata at %#x: %w", o.w.name, o.off, err)
+			o.err = o.w.fileErr(fmt.Sprintf("writing metadata at %#x", o.off), err)
 		}
 	}
 	o.off += int64(len(o.buf))

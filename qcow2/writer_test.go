@@ -805,3 +805,28 @@ func TestWriterExtendedL2(t *testing.T) {
 		})
 	}
 }
+
+// TestWriterErrorNamesFileOnce: an I/O error of the output file (a full
+// disk, here a closed file) names the file once, not "F: write F: ...".
+func TestWriterErrorNamesFileOnce(t *testing.T) {
+	for _, compression := range []string{"", "zstd"} {
+		p := filepath.Join(t.TempDir(), "out.qcow2")
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := NewWriter(f, WriterOptions{Size: 4 << 20, Compression: compression})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		data := bytes.Repeat([]byte{1, 2, 3, 4}, 1<<18) // 1 MiB: whole clusters
+		_, err = w.WriteAt(data, 0)
+		if err == nil {
+			err = w.Close()
+		}
+		if err == nil || strings.Count(err.Error(), p) != 1 || !errors.Is(err, os.ErrClosed) {
+			t.Errorf("compression %q: %v, want one mention of %s", compression, err, p)
+		}
+	}
+}

@@ -23,6 +23,50 @@ import (
 // ErrExists is returned when the output file exists and Force is not set.
 var ErrExists = errors.New("output file exists (use --force to overwrite)")
 
+// ErrNotRegular is returned (in a *NotRegularError) when the output path
+// exists and is not a regular file, Force or not: a restore is published by
+// renaming the finished file over the path, which would replace a device
+// node such as /dev/sdb with a file, or fail on a directory only once all
+// is written.
+var ErrNotRegular = errors.New("not a regular file")
+
+// NotRegularError says what the output path is instead of a regular file.
+type NotRegularError struct {
+	Path string
+	Mode os.FileMode // of the file the path leads to (symlinks followed)
+}
+
+func (e *NotRegularError) Error() string {
+	return fmt.Sprintf("%s is %s, not a regular file: a restore would replace it with the file it writes", e.Path, e.Kind())
+}
+
+func (e *NotRegularError) Unwrap() error { return ErrNotRegular }
+
+// Kind names the file type: "a directory", "a device", "a pipe or socket"
+// or "a special file".
+func (e *NotRegularError) Kind() string {
+	switch m := e.Mode; {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&(os.ModeNamedPipe|os.ModeSocket) != 0:
+		return "a pipe or socket"
+	}
+	return "a special file"
+}
+
+// CheckOutput returns a *NotRegularError when path exists and is not a
+// regular file (through symlinks); an absent or unreadable path passes
+// (the restore says why it cannot write there). ToFile checks it itself.
+func CheckOutput(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().IsRegular() {
+		return nil
+	}
+	return &NotRegularError{Path: path, Mode: fi.Mode()}
+}
+
 // Progress receives how many guest bytes have been written.
 type Progress interface {
 	Start(total int64)
@@ -66,6 +110,9 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	if opts.Backing != nil && format != "qcow2" {
 		return fmt.Errorf("a backing file needs qcow2 output, not %s", format)
 	}
+	if err := CheckOutput(path); err != nil {
+		return err
+	}
 	if !opts.Force {
 		if _, err := os.Lstat(path); err == nil {
 			return fmt.Errorf("%s: %w", path, ErrExists)
@@ -100,9 +147,10 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			defer d.Close()
 			out = newDirectSink(f, d)
 		}
+		// os errors name the file already ("sync F: ...").
 		finish = func() error {
 			if err := f.Sync(); err != nil {
-				return fmt.Errorf("sync: %w", err)
+				return err
 			}
 			return f.Close()
 		}
@@ -151,7 +199,11 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		}
 	}
 	if err := finish(); err != nil {
-		return fmt.Errorf("%s: %w", tmp, err)
+		return err // it names the file
+	}
+	// Again: a device or pipe may have been made at path while we wrote.
+	if err := CheckOutput(path); err != nil {
+		return err
 	}
 	if err := o.publish(path); err != nil {
 		return err

@@ -5,11 +5,15 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
@@ -268,6 +272,81 @@ func TestArenaBuffers(t *testing.T) {
 		b := (*p)[:size]
 		if b[0] != byte(i+1) || b[size-1] != byte(i+1) {
 			t.Fatalf("buffer %d overlaps another", i)
+		}
+	}
+}
+
+// TestToFileRefusesNotRegular: a library caller's output path that is a
+// FIFO, a device node or a directory is refused, Force or not, and left as
+// it was (publishing renames over the path, which would replace it).
+func TestToFileRefusesNotRegular(t *testing.T) {
+	ctx := context.Background()
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	id, _ := storeImage(t, st)
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]os.FileMode{fifo: os.ModeNamedPipe, dir: os.ModeDir}
+	// A character device made here (never a real one such as /dev/null);
+	// mknod needs root.
+	if dev := filepath.Join(dir, "null"); unix.Mknod(dev, unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))) == nil {
+		paths[dev] = os.ModeDevice | os.ModeCharDevice
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(fifo, link); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range paths {
+		for _, format := range []string{"raw", "qcow2"} {
+			err := ToFile(ctx, st, id, p, Options{Format: format, Force: true})
+			var ne *NotRegularError
+			if !errors.Is(err, ErrNotRegular) || !errors.As(err, &ne) || ne.Path != p {
+				t.Errorf("%s (%s): %v, want ErrNotRegular", p, format, err)
+			}
+			if fi, err := os.Lstat(p); err != nil || fi.Mode().Type() != want.Type() {
+				t.Errorf("%s (%s): now %v (%v), want %v", p, format, fi.Mode(), err, want)
+			}
+		}
+	}
+	if err := ToFile(ctx, st, id, link, Options{Force: true}); !errors.Is(err, ErrNotRegular) {
+		t.Errorf("symlink to a FIFO: %v, want ErrNotRegular", err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("symlink replaced: %v %v", fi.Mode(), err)
+	}
+}
+
+// TestDiskFullNamesFileOnce: a restore onto a full file system fails with
+// ENOSPC naming its output once, whichever write (data, or the metadata
+// a compressed qcow2 writes at the end) hit the full disk. It needs a
+// tmpfs of its own, so root.
+func TestDiskFullNamesFileOnce(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	// Fill it up.
+	filler, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for buf := make([]byte, 64<<10); ; {
+		if _, err := filler.Write(buf); err != nil {
+			break
+		}
+	}
+	filler.Close()
+	ctx := context.Background()
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	id, _ := storeImage(t, st)
+	for _, o := range []Options{{Format: "raw"}, {Format: "qcow2"}, {Format: "qcow2", Compress: true}} {
+		out := filepath.Join(dir, "out."+o.Format)
+		err := ToFile(ctx, st, id, out, o)
+		if !errors.Is(err, unix.ENOSPC) || strings.Count(err.Error(), ".out."+o.Format) != 1 {
+			t.Errorf("%+v: %v, want ENOSPC naming the output once", o, err)
 		}
 	}
 }

@@ -79,3 +79,58 @@ func unknownCommand(app *cli.App, args []string) string {
 	}
 	return args[i]
 }
+
+// misplacedGlobal returns the first global flag given after the command
+// (`engram ingest x.qcow2 -q`, `engram ls --store S`) and the command's
+// name, "" if none: the
+// command's parser knows only its own flags and would say the flag "is
+// not defined", though README documents it. A flag the command defines
+// itself is the command's.
+func misplacedGlobal(app *cli.App, args []string) (flag, command string) {
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "-" {
+		if !isBoolFlag(app.Flags, args[i]) && !strings.Contains(args[i], "=") {
+			i++
+		}
+		i++
+	}
+	if i >= len(args) {
+		return "", ""
+	}
+	cmd := app.Command(args[i])
+	if cmd == nil {
+		return "", ""
+	}
+	globals := append([]cli.Flag{cli.VersionFlag}, app.Flags...)
+	for j := i + 1; j < len(args); j++ {
+		a := args[j]
+		if a == "--" {
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if hasFlag(cmd.Flags, name) {
+			if !isBoolFlag(cmd.Flags, a) && !strings.Contains(a, "=") {
+				j++ // its value
+			}
+			continue
+		}
+		if hasFlag(globals, name) {
+			return a, cmd.Name
+		}
+	}
+	return "", ""
+}
+
+func hasFlag(fs []cli.Flag, name string) bool {
+	for _, f := range fs {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -79,10 +79,10 @@ var diffCommand = &cli.Command{
 			fmt.Fprintf(w, "virtual size: %d vs %d bytes\n", roots[0].Size, roots[1].Size)
 		}
 		for _, r := range out {
-			fmt.Fprintf(w, "%#012x-%#012x  %10s  %d bytes differ\n", r.Start, r.Start+r.Length, bytesStr(r.Length), r.DiffBytes)
+			fmt.Fprintf(w, "%#012x-%#012x  %10s  %s\n", r.Start, r.Start+r.Length, bytesStr(r.Length), pluralVerb(r.DiffBytes, "byte", "differs", "differ"))
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(w, "%d ranges, %s differ\n", len(out), bytesStr(total))
+			fmt.Fprintf(w, "%s, %s differ\n", plural(len(out), "range"), bytesStr(total))
 		}
 		return nil
 	},

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -97,6 +98,9 @@ var ingestCommand = &cli.Command{
 						d.DiscardStaged()
 					}
 				}
+				if errors.Is(err, ingest.ErrStoreChunking) {
+					return fmt.Errorf("%s: %w", storeConfigPath(c), err)
+				}
 				// Name the image once: the error names the layer at fault,
 				// which is often the image itself.
 				if le := (*ingest.LayerError)(nil); errors.As(err, &le) && le.Path == im.Path() {
@@ -178,6 +182,10 @@ func expandImages(args []string) ([]string, error) {
 	for _, a := range args {
 		fi, err := os.Stat(a)
 		if err != nil {
+			// The *fs.PathError names a already: "a: stat a: ..." otherwise.
+			if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+				err = pe.Err
+			}
 			return nil, fmt.Errorf("%s: %w", a, err)
 		}
 		if !fi.IsDir() {
@@ -213,4 +221,13 @@ func isQcow2(path string) bool {
 	var m [4]byte
 	_, err = f.ReadAt(m[:], 0)
 	return err == nil && string(m[:]) == "QFI\xfb"
+}
+
+// storeConfigPath names the store's config.json for messages.
+func storeConfigPath(c *cli.Context) string {
+	dir, _ := storeDir(c)
+	if storeurl.IsBucket(dir) {
+		return strings.TrimSuffix(dir, "/") + "/config.json"
+	}
+	return escapeControl(filepath.Join(dir, "config.json"))
 }

@@ -102,10 +102,10 @@ func describe(in qcow2.Info) string {
 		parts = append(parts, "marked corrupt (read read-only, as QEMU does)")
 	}
 	if in.Snapshots > 0 {
-		parts = append(parts, fmt.Sprintf("%d internal snapshots (read past)", in.Snapshots))
+		parts = append(parts, plural(in.Snapshots, "internal snapshot")+" (read past)")
 	}
 	if in.Bitmaps > 0 {
-		parts = append(parts, fmt.Sprintf("%d bitmaps (read past)", in.Bitmaps))
+		parts = append(parts, plural(in.Bitmaps, "bitmap")+" (read past)")
 	}
 	if in.BackingFile != "" {
 		parts = append(parts, fmt.Sprintf("backing %s (%s)", in.BackingFile, in.BackingFormat))

@@ -97,7 +97,7 @@ var treeCommand = &cli.Command{
 		}
 		printTree(c.App.Writer, roots, "")
 		if n := len(f.Unsigned); n > 0 && !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.ErrWriter, "engram: %d engrams have no signature (placed only by overlay records); run engram sketch --rebuild\n", n)
+			fmt.Fprintf(c.App.ErrWriter, "engram: %s no signature (placed only by overlay records); run engram sketch --rebuild\n", pluralVerb(n, "engram", "has", "have"))
 		}
 		return nil
 	},

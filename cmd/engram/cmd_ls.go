@@ -102,7 +102,7 @@ var showCommand = &cli.Command{
 		w := c.App.Writer
 		fmt.Fprintf(w, "engram:       %s\n", id)
 		fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", bytesStr(root.Size), root.Size)
-		fmt.Fprintf(w, "data:         %s in %d chunks, %d manifest pages\n", bytesStr(data), chunks, len(root.Pages))
+		fmt.Fprintf(w, "data:         %s in %s, %s\n", bytesStr(data), plural(chunks, "chunk"), plural(len(root.Pages), "manifest page"))
 		for _, r := range e.Records {
 			fmt.Fprintf(w, "\ningested %s", r.Created.Local().Format("2006-01-02 15:04:05"))
 			if r.Name != "" {
@@ -133,7 +133,7 @@ var showCommand = &cli.Command{
 				fmt.Fprintf(w, "  %*s%s (%s, %s on disk%s)\n", 2*i, "", escapeControl(l.Path), l.Format, bytesStr(l.FileSize), mark)
 			}
 			s := r.Stats
-			fmt.Fprintf(w, "  read %s, stored %s new in %d chunks, %.1fs\n", bytesStr(s.DataBytes), bytesStr(s.NewBytes), s.NewChunks, s.Duration.Seconds())
+			fmt.Fprintf(w, "  read %s, stored %s new in %s, %.1fs\n", bytesStr(s.DataBytes), bytesStr(s.NewBytes), plural(s.NewChunks, "chunk"), s.Duration.Seconds())
 		}
 		return nil
 	},

@@ -74,9 +74,9 @@ var gcCommand = &cli.Command{
 			if c.Bool("dry-run") {
 				verb = "would free"
 			}
-			fmt.Fprintf(c.App.Writer, "%d of %d chunks unreferenced (%s stored); %s %s of pack files (%d packs rewritten, %d deleted, %d chunks moved)\n",
-				stats.DeadChunks, stats.Chunks, bytesStr(stats.DeadBytes), verb, bytesStr(stats.BytesFreed),
-				stats.PacksRewritten, stats.PacksDeleted, stats.ChunksMoved)
+			fmt.Fprintf(c.App.Writer, "%d of %s unreferenced (%s stored); %s %s of pack files (%s rewritten, %d deleted, %s moved)\n",
+				stats.DeadChunks, plural(stats.Chunks, "chunk"), bytesStr(stats.DeadBytes), verb, bytesStr(stats.BytesFreed),
+				plural(stats.PacksRewritten, "pack"), stats.PacksDeleted, plural(stats.ChunksMoved, "chunk"))
 		}
 		if n := len(stats.Unindexed); n > 0 {
 			// Damage gc worked around, not a failure of gc: exit 0.
@@ -156,12 +156,12 @@ var verifyCommand = &cli.Command{
 		if len(problems)+len(damaged) > 0 {
 			what := ""
 			if objects > 0 {
-				what = fmt.Sprintf(", %d damaged packs or segments", objects)
+				what = fmt.Sprintf(", %d damaged %s", objects, pick(objects, "pack or segment", "packs or segments"))
 			}
-			return fmt.Errorf("verify: %d damaged chunks%s, %d of %d engrams damaged", len(problems)-objects, what, len(damaged), len(ids))
+			return fmt.Errorf("verify: %s%s, %d of %s damaged", plural(len(problems)-objects, "damaged chunk"), what, len(damaged), plural(len(ids), "engram"))
 		}
 		if !c.Bool(quietFlag.Name) && !c.Bool(jsonFlag.Name) {
-			fmt.Fprintf(c.App.Writer, "ok: %d engrams verified\n", len(ids))
+			fmt.Fprintf(c.App.Writer, "ok: %s verified\n", plural(len(ids), "engram"))
 		}
 		return nil
 	},
@@ -201,8 +201,8 @@ var statsCommand = &cli.Command{
 		w := c.App.Writer
 		fmt.Fprintf(w, "engrams:     %d\n", len(us))
 		fmt.Fprintf(w, "logical:     %s virtual, %s data\n", bytesStr(virt), bytesStr(data))
-		fmt.Fprintf(w, "unique data: %s in %d chunks (dedup %.2fx)\n", bytesStr(s.RawBytes), s.Chunks, dedup)
-		fmt.Fprintf(w, "stored:      %s (compression %.2fx), %s in %d packs on disk\n", bytesStr(s.StoredBytes), comp, bytesStr(s.PackBytes), s.Packs)
+		fmt.Fprintf(w, "unique data: %s in %s (dedup %.2fx)\n", bytesStr(s.RawBytes), plural(s.Chunks, "chunk"), dedup)
+		fmt.Fprintf(w, "stored:      %s (compression %.2fx), %s in %s on disk\n", bytesStr(s.StoredBytes), comp, bytesStr(s.PackBytes), plural(s.Packs, "pack"))
 		if len(us) > 0 {
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "\nID\tNAME\tVIRTUAL\tDATA\tUNIQUE\tSHARED")

@@ -127,7 +127,7 @@ var repairCommand = &cli.Command{
 			printRepair(c, dir, &res)
 		}
 		if len(res.Lost) > 0 {
-			return fmt.Errorf("repair: %d of %d engrams cannot be restored (listed above); re-ingest their sources or rm them", len(res.Lost), res.Engrams)
+			return fmt.Errorf("repair: %d of %s cannot be restored (listed above); re-ingest their sources or rm them", len(res.Lost), plural(res.Engrams, "engram"))
 		}
 		return nil
 	},
@@ -140,8 +140,8 @@ func printRepair(c *cli.Context, dir string, res *repairResult) {
 		fmt.Fprintln(w, "damaged:", p)
 	}
 	if !c.Bool(quietFlag.Name) {
-		fmt.Fprintf(w, "index: %d packs, %d intact frames, %d chunks indexed (%d new to the index, %d dropped), %d damaged frames\n",
-			ix.Packs, ix.Frames, ix.Chunks, ix.Added, ix.Dropped, ix.BadFrames)
+		fmt.Fprintf(w, "index: %s, %s, %s indexed (%d new to the index, %d dropped), %s\n",
+			plural(ix.Packs, "pack"), plural(ix.Frames, "intact frame"), plural(ix.Chunks, "chunk"), ix.Added, ix.Dropped, plural(ix.BadFrames, "damaged frame"))
 	}
 	if ix.MetadataLost {
 		fmt.Fprintf(w, "catalog: %s holds chunks but its catalog journal (meta/) is lost or damaged; rebuilding the catalog from catalog chunks\n", dir)
@@ -155,10 +155,10 @@ func printRepair(c *cli.Context, dir string, res *repairResult) {
 			if len(e.Names) > 0 {
 				fmt.Fprintf(w, " (%s)", strings.Join(e.Names, ", "))
 			}
-			fmt.Fprintf(w, ": %d records\n", e.Records)
+			fmt.Fprintf(w, ": %s\n", plural(e.Records, "record"))
 		}
 		if !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(w, "catalog: %d catalog chunks found, %d engrams re-inserted\n", cr.CatalogChunks, len(cr.Engrams))
+			fmt.Fprintf(w, "catalog: %s found, %s re-inserted\n", plural(cr.CatalogChunks, "catalog chunk"), plural(len(cr.Engrams), "engram"))
 		}
 		if ix.MetadataLost && cr.CatalogChunks == 0 {
 			fmt.Fprintln(w, "catalog: no catalog chunks found; engrams ingested before catalog chunks existed are lost (their data chunks stay until gc)")
@@ -171,7 +171,7 @@ func printRepair(c *cli.Context, dir string, res *repairResult) {
 		fmt.Fprintf(w, "signatures: %d rebuilt from manifests\n", n)
 	}
 	if len(res.Lost) == 0 && !c.Bool(quietFlag.Name) {
-		fmt.Fprintf(w, "ok: %d engrams complete\n", res.Engrams)
+		fmt.Fprintf(w, "ok: %s complete\n", plural(res.Engrams, "engram"))
 	}
 }
 

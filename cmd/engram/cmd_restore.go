@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/qcow2"
@@ -50,8 +52,16 @@ var restoreCommand = &cli.Command{
 		if out == "-" && format != "raw" && c.IsSet("output-format") {
 			return usagef("-o - streams raw only")
 		}
+		if out == "-" && !c.Bool("chain") && term.IsTerminal(int(os.Stdout.Fd())) {
+			// As restic dump: a raw disk on a terminal is never meant.
+			return usagef("-o - streams the raw image to stdout, which is a terminal: redirect it (-o - > FILE) or pipe it")
+		}
 		if out != "-" && !c.Bool("chain") {
 			if err := checkOutputFile(out); err != nil {
+				return err
+			}
+		} else if out != "-" {
+			if err := checkOutputDir("--chain", out); err != nil {
 				return err
 			}
 		}
@@ -132,24 +142,30 @@ var restoreCommand = &cli.Command{
 }
 
 // checkOutputFile refuses an -o that exists and is not a regular file
-// (through symlinks): a restore is published by renaming the finished file
-// over the target, which would replace a device node such as /dev/sdb or
-// /dev/null with a file, or fail on a directory only once all is written.
+// before the store is opened (restore.ToFile refuses it too, but only
+// after loading the engram), with a hint at what to do instead.
 func checkOutputFile(out string) error {
-	fi, err := os.Stat(out)
-	if err != nil || fi.Mode().IsRegular() {
-		return nil // absent (or unreadable: the restore says why)
+	var ne *restore.NotRegularError
+	if !errors.As(restore.CheckOutput(out), &ne) {
+		return nil
 	}
-	what, hint := "a directory", ""
+	hint := ""
 	switch {
-	case fi.Mode()&os.ModeDevice != 0:
-		what, hint = "a device", " (to write a device, stream raw: -o - > DEVICE)"
-	case fi.Mode()&(os.ModeNamedPipe|os.ModeSocket) != 0:
-		what, hint = "a pipe or socket", " (to feed a pipe, stream raw: -o -)"
-	case !fi.IsDir():
-		what = "a special file"
+	case ne.Mode&os.ModeDevice != 0:
+		hint = " (to write a device, stream raw: -o - > DEVICE)"
+	case ne.Mode&(os.ModeNamedPipe|os.ModeSocket) != 0:
+		hint = " (to feed a pipe, stream raw: -o -)"
 	}
-	return usagef("-o %s is %s, not a regular file: a restore would replace it with the file it writes%s", escapeControl(out), what, hint)
+	return usagef("-o %s is %s, not a regular file: a restore would replace it with the file it writes%s", escapeControl(out), ne.Kind(), hint)
+}
+
+// checkOutputDir refuses an -o for --chain or --thin (mode) that exists
+// and is not a directory: they write one file per engram into it.
+func checkOutputDir(mode, out string) error {
+	if fi, err := os.Stat(out); err == nil && !fi.IsDir() {
+		return usagef("-o %s is not a directory: %s writes one file per engram into the directory -o", escapeControl(out), mode)
+	}
+	return nil
 }
 
 // parseSize reads 512, 64k, 2M, 1G (binary units).

@@ -64,7 +64,7 @@ var serveCommand = &cli.Command{
 			if sock != "" {
 				url = "nbd+unix:///NAME?socket=" + sock
 			}
-			fmt.Fprintf(w, "engram: serving %d engrams read-only at %s; Ctrl-C stops\n", countIDs(exports), escapeControl(url))
+			fmt.Fprintf(w, "engram: serving %s read-only at %s; Ctrl-C stops\n", plural(countIDs(exports), "engram"), escapeControl(url))
 		}
 		return srv.Serve(c.Context, l)
 	},

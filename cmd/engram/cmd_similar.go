@@ -62,7 +62,7 @@ var similarCommand = &cli.Command{
 			return err
 		}
 		if n := unsigned; n > 0 && !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.ErrWriter, "engram: %d engrams have no signature and were not compared; run engram sketch --rebuild\n", n)
+			fmt.Fprintf(c.App.ErrWriter, "engram: %s no signature and %s not compared; run engram sketch --rebuild\n", pluralVerb(n, "engram", "has", "have"), pick(n, "was", "were"))
 		}
 		return nil
 	},

@@ -46,11 +46,11 @@ var sketchCommand = &cli.Command{
 					fmt.Fprintln(c.App.Writer, "failed:", f)
 				}
 				if !c.Bool(quietFlag.Name) {
-					fmt.Fprintf(c.App.Writer, "signatures: %d computed, %d engrams in the store\n", len(rep.Built), rep.Engrams)
+					fmt.Fprintf(c.App.Writer, "signatures: %d computed, %s in the store\n", len(rep.Built), plural(rep.Engrams, "engram"))
 				}
 			}
 			if len(rep.Failed) > 0 {
-				return fmt.Errorf("sketch --rebuild: %d engrams could not be read (listed above); run engram repair", len(rep.Failed))
+				return fmt.Errorf("sketch --rebuild: %s could not be read (listed above); run engram repair", plural(len(rep.Failed), "engram"))
 			}
 			return nil
 		}
@@ -112,7 +112,7 @@ var sketchCommand = &cli.Command{
 			return err
 		}
 		if missing > 0 && !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.ErrWriter, "engram: %d engrams have no signature; run engram sketch --rebuild\n", missing)
+			fmt.Fprintf(c.App.ErrWriter, "engram: %s no signature; run engram sketch --rebuild\n", pluralVerb(missing, "engram", "has", "have"))
 		}
 		return nil
 	},

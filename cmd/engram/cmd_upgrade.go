@@ -66,16 +66,16 @@ var upgradeCommand = &cli.Command{
 		}
 		if !c.Bool(quietFlag.Name) {
 			if rep.Upgraded {
-				fmt.Fprintf(c.App.Writer, "upgraded store %s to the current format: %d packs, %d chunks copied\n", escapeControl(dir), rep.Packs, rep.Chunks)
+				fmt.Fprintf(c.App.Writer, "upgraded store %s to the current format: %s, %s copied\n", escapeControl(dir), plural(rep.Packs, "pack"), plural(rep.Chunks, "chunk"))
 			} else {
 				fmt.Fprintf(c.App.Writer, "store %s is in the current format already\n", escapeControl(dir))
 			}
 		}
 		if cat != nil && !c.Bool(quietFlag.Name) {
-			fmt.Fprintf(c.App.Writer, "catalog: rebuilt from %d catalog chunks, %d engrams (%d damaged frames skipped)\n", cat.CatalogChunks, len(cat.Engrams), rep.BadFrames)
+			fmt.Fprintf(c.App.Writer, "catalog: rebuilt from %s, %s (%s skipped)\n", plural(cat.CatalogChunks, "catalog chunk"), plural(len(cat.Engrams), "engram"), plural(rep.BadFrames, "damaged frame"))
 		}
 		if rep.Dropped > 0 {
-			fmt.Fprintf(c.App.ErrWriter, "engram: %d chunks the old index pointed at were not in their packs and were left out; `engram repair` names the engrams that lack them\n", rep.Dropped)
+			fmt.Fprintf(c.App.ErrWriter, "engram: %s the old index pointed at %s not in their packs and %s left out; `engram repair` names the engrams that lack them\n", plural(rep.Dropped, "chunk"), pick(rep.Dropped, "was", "were"), pick(rep.Dropped, "was", "were"))
 		}
 		return nil
 	},

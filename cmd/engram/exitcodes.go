@@ -27,7 +27,7 @@ func exitCode(ctx context.Context, err error) int {
 	switch {
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		return exitInterrupted
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.Is(err, restore.ErrNotRegular):
 		return exitUsage
 	case errors.Is(err, engram.ErrNotFound), errors.Is(err, engram.ErrAmbiguous):
 		return exitNotFound

@@ -172,6 +172,9 @@ func bytesStr(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
+// parseLabels reads the --label k=v flags. A key given twice with two
+// values is refused: keeping either silently would store a label the user
+// did not mean.
 func parseLabels(ss []string) (map[string]string, error) {
 	if len(ss) == 0 {
 		return nil, nil
@@ -181,6 +184,9 @@ func parseLabels(ss []string) (map[string]string, error) {
 		k, v, ok := strings.Cut(s, "=")
 		if !ok || k == "" {
 			return nil, usagef("--label %q: want key=value", s)
+		}
+		if old, dup := m[k]; dup && old != v {
+			return nil, usagef("--label %q given twice (%q and %q): give each key once", k, k+"="+old, k+"="+v)
 		}
 		m[k] = v
 	}

@@ -69,6 +69,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	if name := unknownCommand(app, args); name != "" {
 		err = usagef("no command %q (engram --help lists them)", name)
+	} else if f, cmd := misplacedGlobal(app, args); f != "" {
+		f, _, _ = strings.Cut(f, "=")
+		err = usagef("%s is a global flag: it goes before the command (engram %s ... %s ...)", escapeControl(f), escapeControl(f), cmd)
 	} else {
 		err = app.RunContext(ctx, permuteArgs(app, args))
 	}
@@ -145,9 +148,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Writer:               stdout,
 		ErrWriter:            stderr,
 		EnableBashCompletion: true,
-		HideHelpCommand:      true,
-		Flags:                globalFlags,
-		ExitErrHandler:       func(*cli.Context, error) {}, // run() maps errors to exit codes
+		// --label owners=ann,bob is one label, not "owners=ann" and "bob".
+		DisableSliceFlagSeparator: true,
+		HideHelpCommand:           true,
+		Flags:                     globalFlags,
+		ExitErrHandler:            func(*cli.Context, error) {}, // run() maps errors to exit codes
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},

@@ -38,6 +38,9 @@ func restoreThin(c *cli.Context) error {
 	if c.IsSet("backing") || c.Bool("chain") || c.IsSet("output-format") && c.String("output-format") != "qcow2" {
 		return usagef("--thin writes qcow2 files; it takes no --backing, --chain or -O raw")
 	}
+	if err := checkOutputDir("--thin", dir); err != nil {
+		return err
+	}
 	st, err := openStore(c, false, false)
 	if err != nil {
 		return err
@@ -97,7 +100,7 @@ func restoreThin(c *cli.Context) error {
 		return printJSON(c.App.Writer, map[string]any{"dir": dir, "files": rows, "data_bytes": plan.Total, "flat_data_bytes": plan.FlatTotal, "file_bytes": total})
 	}
 	if !c.Bool(quietFlag.Name) {
-		fmt.Fprintf(c.App.ErrWriter, "restored %d engrams into %s: %s on disk\n", len(written), dir, bytesStr(total))
+		fmt.Fprintf(c.App.ErrWriter, "restored %s into %s: %s on disk\n", plural(len(written), "engram"), dir, bytesStr(total))
 	}
 	return nil
 }
@@ -116,7 +119,7 @@ func printThinPlan(c *cli.Context, dir string, rows []thinRow, plan *fleetview.T
 	if plan.FlatTotal > 0 {
 		saved = 100 * float64(plan.FlatTotal-plan.Total) / float64(plan.FlatTotal)
 	}
-	fmt.Fprintf(tw, "total\t%d files\t\t%s\t%s\t(%.1f%% less than all flat)\n", len(rows), bytesStr(plan.Total), bytesStr(plan.FlatTotal), saved)
+	fmt.Fprintf(tw, "total\t%s\t\t%s\t%s\t(%.1f%% less than all flat)\n", plural(len(rows), "file"), bytesStr(plan.Total), bytesStr(plan.FlatTotal), saved)
 	tw.Flush()
 }
 

@@ -61,7 +61,7 @@ func TestUpgradeFormat1Store(t *testing.T) {
 		t.Fatal(err)
 	}
 	fails(t, store3, 1, []string{"upgrade"}, "index.db", "--from-packs")
-	if out := ok(t, store3, "upgrade", "--from-packs"); !strings.Contains(out, "1 engrams") {
+	if out := ok(t, store3, "upgrade", "--from-packs"); !strings.Contains(out, ", 1 engram (") {
 		t.Errorf("upgrade --from-packs: %q", out)
 	}
 	if out := ok(t, store3, "ls"); !strings.Contains(out, "small") {

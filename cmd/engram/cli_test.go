@@ -1,0 +1,234 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/engram-vm/engram/internal/qemutest"
+)
+
+// TestGlobalFlagAfterCommand: a global flag given after the command is
+// named in one line as a global one that goes before the command (exit 2),
+// not reported as unknown; a command's own flag of the same spelling and
+// anything after "--" are the command's.
+func TestGlobalFlagAfterCommand(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", img)
+	for _, c := range []struct {
+		flag string
+		args []string
+	}{
+		{"-q", []string{"ingest", img, "-q"}},
+		{"--store", []string{"ls", "--store", store}},
+		{"--store", []string{"ls", "--store=" + store}},
+		{"--json", []string{"show", "a", "--json"}},
+		{"--lock-timeout", []string{"restore", "a", "-o", filepath.Join(dir, "out.qcow2"), "--lock-timeout", "1s"}},
+	} {
+		args := c.args
+		r := runEngram(t, store, args...)
+		if r.code != exitUsage {
+			t.Errorf("engram %s: exit %d, want %d", strings.Join(args, " "), r.code, exitUsage)
+		}
+		msg := strings.TrimSpace(r.stderr)
+		if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, c.flag+" is a global flag") || !strings.Contains(msg, "before the command") {
+			t.Errorf("engram %s: stderr %q, want one line naming a global flag", strings.Join(args, " "), r.stderr)
+		}
+	}
+	// A flag's value that looks like a global flag is the flag's.
+	ok(t, store, "ingest", "--name", "-q", img)
+}
+
+// TestLabelGivenTwice: one key with two values is refused, naming the key
+// (exit 2), and nothing is ingested; the same pair twice is harmless.
+func TestLabelGivenTwice(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "init")
+	fails(t, store, exitUsage, []string{"ingest", "--label", "role=web", "--label", "role=db", img}, `"role"`, "twice")
+	if out := ok(t, store, "-q", "ls"); strings.TrimSpace(out) != "" {
+		t.Errorf("refused ingest stored %q", out)
+	}
+	ok(t, store, "ingest", "--label", "role=web", "--label", "role=web", img)
+}
+
+// TestLabelValueWithComma: a label value may hold a comma (a list of
+// owners, a qemu-style option string); urfave/cli's slice flags split
+// "note=a,b" into "note=a" and "b" by default.
+func TestLabelValueWithComma(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", "--label", "owners=ann,bob", img)
+	if out := ok(t, store, "show", "a"); !strings.Contains(out, "owners=ann,bob") {
+		t.Errorf("show: label lost its comma:\n%s", out)
+	}
+}
+
+// TestCountsAgree: a count of one reads "1 range", "1 engram", not
+// "1 ranges" (diff, verify, repair, stats, show).
+func TestCountsAgree(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	b := filepath.Join(dir, "b.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", a, b)
+	qemutest.IO(t, b, "qcow2", "write -P 0x12 4096 1")
+	ok(t, store, "ingest", "--name", "a", a)
+	ok(t, store, "ingest", "--name", "b", b)
+	out := ok(t, store, "diff", "a", "b")
+	if !strings.Contains(out, "1 byte differs") || !strings.Contains(out, "1 range, ") {
+		t.Errorf("diff:\n%s", out)
+	}
+	ok(t, store, "rm", "b")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"verify"}, "ok: 1 engram verified"},
+		{[]string{"repair"}, "ok: 1 engram complete"},
+		{[]string{"show", "a"}, "1 manifest page"},
+	} {
+		if out := ok(t, store, c.args...); !strings.Contains(out, c.want) {
+			t.Errorf("engram %s: no %q in\n%s", strings.Join(c.args, " "), c.want, out)
+		}
+	}
+	for _, out := range []string{ok(t, store, "stats"), ok(t, store, "show", "a"), ok(t, store, "repair")} {
+		for _, bad := range []string{" 1 chunks", " 1 packs", " 1 engrams", " 1 records", " 1 frames", " 1 intact frames"} {
+			if strings.Contains(out, bad) {
+				t.Errorf("%q in\n%s", bad, out)
+			}
+		}
+	}
+}
+
+// TestBadChunkingNamesConfig: chunking parameters in config.json that this
+// version cannot cut with fail an ingest naming the store's config.json,
+// not the image; restore still works (a newer version's store must).
+func TestBadChunkingNamesConfig(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", a)
+	b := filepath.Join(dir, "b.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", a, b)
+	qemutest.IO(t, b, "qcow2", "write -P 0x12 0 4k")
+	cfg := filepath.Join(store, "config.json")
+	orig, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ from, to string }{
+		{`"avg": 65536`, `"avg": 1000`},
+		{`"algorithm": "aligned-cdc-xxh3"`, `"algorithm": "fastcdc-v9"`},
+	} {
+		bad := strings.Replace(string(orig), c.from, c.to, 1)
+		if bad == string(orig) {
+			t.Fatalf("config.json has no %s:\n%s", c.from, orig)
+		}
+		if err := os.WriteFile(cfg, []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runEngram(t, store, "ingest", b)
+		if r.code != exitFailure || !strings.Contains(r.stderr, cfg) || strings.Contains(r.stderr, "b.qcow2") {
+			t.Errorf("%s: exit %d, stderr %q; want 1 naming %s and not the image", c.to, r.code, r.stderr, cfg)
+		}
+		out := filepath.Join(dir, "out.qcow2")
+		ok(t, store, "restore", "--force", "a", "-o", out)
+		qemutest.Compare(t, a, out)
+	}
+}
+
+// TestRestoreToTerminalRefused: `restore -o -` with stdout a terminal is
+// refused (exit 2) before anything is written, as restic dump does: gigabytes
+// of raw disk on a terminal are never what the user meant.
+func TestRestoreToTerminalRefused(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", a)
+	tty := openPTY(t)
+	cmd := engramCmd(store, "restore", "a", "-o", "-")
+	var se strings.Builder
+	cmd.Stdout, cmd.Stderr = tty, &se
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitUsage || !strings.Contains(se.String(), "terminal") {
+		t.Errorf("restore -o - to a terminal: %v, stderr %q; want exit 2 naming the terminal", err, se.String())
+	}
+}
+
+// openPTY returns the terminal side of a new pseudo-terminal (its master
+// is closed with it at the end of the test).
+func openPTY(t *testing.T) *os.File {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlockpt: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("ptsname: %v", err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("open pty: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	// Drain what reaches the terminal, so a write never blocks.
+	go io.Copy(io.Discard, m)
+	return s
+}
+
+// TestMissingImageNamedOnce: an ingest argument that does not exist is
+// named once ("x.qcow2: no such file or directory"), not "x: stat x: ...".
+func TestMissingImageNamedOnce(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	missing := filepath.Join(dir, "missing.qcow2")
+	fails(t, store, exitFailure, []string{"ingest", missing}, missing+": no such file or directory")
+	if r := runEngram(t, store, "ingest", missing); strings.Count(r.stderr, missing) != 1 {
+		t.Errorf("stderr %q names %s more than once", r.stderr, missing)
+	}
+}
+
+// TestChainThinOutputNotDirectory: --chain and --thin write into the
+// directory -o; an -o that is a file is refused as a bad command line
+// (exit 2) saying so, not "mkdir F: not a directory", and left alone.
+func TestChainThinOutputNotDirectory(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", a)
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"--chain", "--thin"} {
+		fails(t, store, exitUsage, []string{"restore", mode, "a", "-o", file}, "-o "+file, "not a directory")
+		if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+			t.Errorf("restore %s changed %s: %q %v", mode, file, b, err)
+		}
+	}
+}
