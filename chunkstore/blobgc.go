@@ -109,16 +109,34 @@ func decodeGCList(b []byte) (*gcList, error) {
 	return &l, nil
 }
 
-// gcLists lists gc/ and returns the lists by name, reading only those the
-// cache does not hold yet.
-func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
+// gcNames lists the gc lists and done markers in bs.
+func gcNames(ctx context.Context, bs blob.Store) ([]string, error) {
 	var names []string
-	err := s.bs.List(ctx, blobGCPrefix, func(in blob.Info) error {
+	err := bs.List(ctx, blobGCPrefix, func(in blob.Info) error {
 		if _, _, ok := parseGCName(in.Name); ok {
 			names = append(names, in.Name)
 		}
 		return nil
 	})
+	return names, err
+}
+
+// journalNames lists every catalog journal entry in bs.
+func journalNames(ctx context.Context, bs blob.Store) ([]string, error) {
+	var names []string
+	err := bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
+		if _, ok := parseJournalName(in.Name); ok {
+			names = append(names, in.Name)
+		}
+		return nil
+	})
+	return names, err
+}
+
+// gcLists lists gc/ and returns the lists by name, reading only those the
+// cache does not hold yet.
+func (s *BlobStore) gcLists(ctx context.Context) (map[string]*gcList, error) {
+	names, err := gcNames(ctx, s.bs)
 	if err != nil {
 		return nil, err
 	}

@@ -174,13 +174,7 @@ func (s *BlobStore) fixBucket(ctx context.Context, rep *RepairReport) error {
 	if err != nil {
 		return err
 	}
-	var names []string
-	err = s.bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
-		if _, ok := parseJournalName(in.Name); ok {
-			names = append(names, in.Name)
-		}
-		return nil
-	})
+	names, err := journalNames(ctx, s.bs)
 	if err != nil {
 		return err
 	}
@@ -263,13 +257,7 @@ func (s *BlobStore) RemoveDamagedJournal(ctx context.Context) ([]Problem, error)
 // is marked again by the next gc. Unreadable damage lists are removed
 // (verify finds the damage again, and Repair lists it anew).
 func (s *BlobStore) fixBucketLists(ctx context.Context) ([]Problem, error) {
-	var names []string
-	err := s.bs.List(ctx, blobGCPrefix, func(in blob.Info) error {
-		if _, _, ok := parseGCName(in.Name); ok {
-			names = append(names, in.Name)
-		}
-		return nil
-	})
+	names, err := gcNames(ctx, s.bs)
 	if err != nil {
 		return nil, err
 	}

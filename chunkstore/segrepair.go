@@ -178,13 +178,7 @@ func journalIntact(name string, body []byte) error {
 // rebuilt from catalog chunks (RecoverCatalog), since what those entries
 // did is lost.
 func fixJournal(ctx context.Context, bs blob.Store) ([]Problem, error) {
-	var names []string
-	err := bs.List(ctx, blobMetaPrefix, func(in blob.Info) error {
-		if _, ok := parseJournalName(in.Name); ok {
-			names = append(names, in.Name)
-		}
-		return nil
-	})
+	names, err := journalNames(ctx, bs)
 	if err != nil {
 		return nil, err
 	}
