@@ -142,6 +142,7 @@ type tcase struct {
 	size       func(dir string) (int64, error)
 	check      func(dir string, s *sample, last bool) error
 	keep       bool // keep the last run's scratch for a later case
+	minRuns    int  // at least this many runs (short, close comparisons)
 }
 
 type bench struct {
@@ -190,7 +191,7 @@ func run(ctx context.Context, cfg *config) error {
 	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Mode: cfg.mode, Machine: machine(ctx, cfg)}
 	rep.Notes = []string{
 		"Warm page cache: inputs are read once before measuring and caches are not dropped between runs.",
-		fmt.Sprintf("Each figure is the median of %d runs, each in a fresh scratch store; time is wall clock, RSS is the peak from /usr/bin/time -v (the largest over a case's commands).", cfg.runs),
+		fmt.Sprintf("Each figure is the median of %d runs (the restore rows: at least %d), each in a fresh scratch store, the tools of one row taking turns run by run; time is wall clock, RSS is the peak from /usr/bin/time -v (the largest over a case's commands).", cfg.runs, restoreRuns),
 		"Sizes are bytes allocated on disk (du) of the store, repository or output file.",
 		"restic 0.14 has no --insecure-no-password: restic runs with a fixed password (encrypted, compression auto); borg runs with --encryption=none.",
 		"The machine may be shared with other work: figures are noisy.",
@@ -373,58 +374,94 @@ func tail(s string, n int) string {
 
 // runCase runs one case cfg.runs times and appends its row.
 func (b *bench) runCase(tc tcase) (*Row, error) {
-	if err := b.ctx.Err(); err != nil {
+	rows, err := b.runCases([]tcase{tc})
+	if err != nil {
 		return nil, err
 	}
-	slug := strings.NewReplacer(" ", "-", "/", "-", "(", "", ")", "", "+", "").Replace(tc.test + "-" + tc.tool)
-	var ss []sample
-	var cmdline string
-	for r := 0; r < b.cfg.runs; r++ {
-		dir := filepath.Join(b.scratch, fmt.Sprintf("%s-%d", slug, r))
-		if err := os.RemoveAll(dir); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
-		}
-		if tc.setup != nil {
-			if err := tc.setup(dir); err != nil {
-				return nil, fmt.Errorf("%s / %s: setup: %w", tc.test, tc.tool, err)
-			}
-		}
-		var total sample
-		var cmds []string
-		for _, argv := range tc.cmds(dir) {
-			s, err := b.exec(dir, argv)
+	return rows[0], nil
+}
+
+// runCases runs the tools of one comparison in alternating rounds (each
+// tool once per round), so that a change in the machine's load during the
+// comparison falls on every tool alike rather than on whichever ran then.
+// Every case gets the most runs any of them asks for.
+func (b *bench) runCases(tcs []tcase) ([]*Row, error) {
+	runs := b.cfg.runs
+	for _, tc := range tcs {
+		runs = max(runs, tc.minRuns)
+	}
+	ss := make([][]sample, len(tcs))
+	cmdlines := make([]string, len(tcs))
+	for r := 0; r < runs; r++ {
+		for k, tc := range tcs {
+			s, cmdline, err := b.runOnce(tc, r, r == runs-1)
 			if err != nil {
-				return nil, fmt.Errorf("%s / %s: %w", tc.test, tc.tool, err)
+				return nil, err
 			}
-			total.wall += s.wall
-			total.cpu += s.cpu
-			total.rssKiB = max(total.rssKiB, s.rssKiB)
-			total.stdout = append(total.stdout, s.stdout...)
-			cmds = append(cmds, b.short(argv))
-		}
-		cmdline = strings.Join(cmds, " && ")
-		if tc.size != nil {
-			n, err := tc.size(dir)
-			if err != nil {
-				return nil, fmt.Errorf("%s / %s: size: %w", tc.test, tc.tool, err)
-			}
-			total.size = n
-		}
-		if tc.check != nil {
-			if err := tc.check(dir, &total, r == b.cfg.runs-1); err != nil {
-				return nil, fmt.Errorf("%s / %s: check: %w", tc.test, tc.tool, err)
-			}
-		}
-		ss = append(ss, total)
-		if tc.keep && r == b.cfg.runs-1 {
-			b.kept[tc.test+"/"+tc.tool] = dir
-		} else if err := os.RemoveAll(dir); err != nil {
-			return nil, err
+			ss[k] = append(ss[k], s)
+			cmdlines[k] = cmdline
 		}
 	}
+	rows := make([]*Row, len(tcs))
+	for k, tc := range tcs {
+		rows[k] = b.addRow(tc, cmdlines[k], ss[k])
+	}
+	return rows, nil
+}
+
+// runOnce is run r of case tc, in a fresh scratch directory.
+func (b *bench) runOnce(tc tcase, r int, last bool) (sample, string, error) {
+	var total sample
+	if err := b.ctx.Err(); err != nil {
+		return total, "", err
+	}
+	slug := strings.NewReplacer(" ", "-", "/", "-", "(", "", ")", "", "+", "").Replace(tc.test + "-" + tc.tool)
+	dir := filepath.Join(b.scratch, fmt.Sprintf("%s-%d", slug, r))
+	if err := os.RemoveAll(dir); err != nil {
+		return total, "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return total, "", err
+	}
+	if tc.setup != nil {
+		if err := tc.setup(dir); err != nil {
+			return total, "", fmt.Errorf("%s / %s: setup: %w", tc.test, tc.tool, err)
+		}
+	}
+	var cmds []string
+	for _, argv := range tc.cmds(dir) {
+		s, err := b.exec(dir, argv)
+		if err != nil {
+			return total, "", fmt.Errorf("%s / %s: %w", tc.test, tc.tool, err)
+		}
+		total.wall += s.wall
+		total.cpu += s.cpu
+		total.rssKiB = max(total.rssKiB, s.rssKiB)
+		total.stdout = append(total.stdout, s.stdout...)
+		cmds = append(cmds, b.short(argv))
+	}
+	if tc.size != nil {
+		n, err := tc.size(dir)
+		if err != nil {
+			return total, "", fmt.Errorf("%s / %s: size: %w", tc.test, tc.tool, err)
+		}
+		total.size = n
+	}
+	if tc.check != nil {
+		if err := tc.check(dir, &total, last); err != nil {
+			return total, "", fmt.Errorf("%s / %s: check: %w", tc.test, tc.tool, err)
+		}
+	}
+	if tc.keep && last {
+		b.kept[tc.test+"/"+tc.tool] = dir
+	} else if err := os.RemoveAll(dir); err != nil {
+		return total, "", err
+	}
+	return total, strings.Join(cmds, " && "), nil
+}
+
+// addRow records the medians of a case's samples.
+func (b *bench) addRow(tc tcase, cmdline string, ss []sample) *Row {
 	row := &Row{Test: tc.test, Tool: tc.tool, Command: cmdline, Runs: len(ss), Extra: map[string]float64{}}
 	pick := func(f func(sample) float64) float64 {
 		v := make([]float64, len(ss))
@@ -446,7 +483,23 @@ func (b *bench) runCase(tc tcase) (*Row, error) {
 	b.rows = append(b.rows, row)
 	b.samples[tc.test+"/"+tc.tool] = ss
 	logf("%-34s %-26s %7.2fs  %6.0f MiB RSS  %s", tc.test, tc.tool, row.WallS, row.PeakRSSMiB, mb(row.SizeBytes))
-	return row, nil
+	return row
+}
+
+// runGroups runs cases, each run of consecutive cases of one test as one
+// alternating comparison (runCases).
+func (b *bench) runGroups(cases []tcase) error {
+	for i := 0; i < len(cases); {
+		j := i + 1
+		for j < len(cases) && cases[j].test == cases[i].test {
+			j++
+		}
+		if _, err := b.runCases(cases[i:j]); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }
 
 // short shows a command with the corpus and scratch paths cut, for the table.
@@ -800,10 +853,8 @@ func (b *bench) runAll(rep *Report) error {
 	} else {
 		cases = append(cases, reingest(reingestName))
 	}
-	for _, tc := range cases {
-		if _, err := b.runCase(tc); err != nil {
-			return err
-		}
+	if err := b.runGroups(cases); err != nil {
+		return err
 	}
 	// The hashing ceiling on the template's bytes, right after the re-ingest
 	// cases so both meet the same load on a shared machine.
@@ -835,7 +886,8 @@ func (b *bench) runAll(rep *Report) error {
 	// 5. Restore of clone 1 (from the flattened fleet's stores).
 	target := b.flat(1)
 	engramStore := filepath.Join(b.kept[flatName+"/engram"], "store")
-	recs, err := parseIngest(b.samples[flatName+"/engram"][b.cfg.runs-1].stdout)
+	flatSamples := b.samples[flatName+"/engram"]
+	recs, err := parseIngest(flatSamples[len(flatSamples)-1].stdout)
 	if err != nil {
 		return err
 	}
@@ -902,10 +954,11 @@ dd if="$m/by-id/%s.raw" of=/dev/null bs=1M status=none; s=$?; kill -INT $p; wait
 			tcase{test: seqReadName, tool: mountTool,
 				cmds: func(d string) [][]string { return [][]string{{"sh", "-c", mountDD}} }})
 	}
-	for _, tc := range restores {
-		if _, err := b.runCase(tc); err != nil {
-			return err
-		}
+	for i := range restores {
+		restores[i].minRuns = restoreRuns
+	}
+	if err := b.runGroups(restores); err != nil {
+		return err
 	}
 	if b.cfg.scale && b.cfg.mode == "full" {
 		return b.runScale(rep, engramStore, id)
@@ -937,6 +990,11 @@ func (b *bench) ratios() {
 		r.WallS, r.CPUS, r.PeakRSSMiB = round(r.WallS, 3), round(r.CPUS, 2), round(r.PeakRSSMiB, 1)
 	}
 }
+
+// restoreRuns is the least number of runs of the restore rows: each takes
+// 0.5-2 s, so a run's noise (0.1-0.2 s on a shared 2-core machine) moves
+// their ratios by 10-30%; five alternated rounds cost ~20 s more than three.
+const restoreRuns = 5
 
 // The sequential-read rows: restore streamed to /dev/null is the
 // reference ("engram"); the mount row reads the clone's file with dd.
