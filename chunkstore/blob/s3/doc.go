@@ -10,7 +10,9 @@
 // Put is one PutObject request with If-None-Match: * and multipart
 // disabled (minio-go switches to multipart above 16 MiB, and servers drop
 // the condition on multipart uploads), so create-only holds up to the
-// 5 GiB single-PUT limit. Transient failures (5xx, 429, network errors)
+// 5 GiB single-PUT limit. The server checks every body: over plain HTTP
+// minio-go signs it (SHA-256 per 64 KiB), over HTTPS it carries a
+// Content-MD5. Transient failures (5xx, 429, network errors)
 // are retried by minio-go's retry timer, with exponential backoff and
 // jitter, Config.MaxRetries times. Server errors become one line each,
 // matching blob.ErrNoBucket, ErrAccessDenied, ErrUnreachable or

@@ -1,14 +1,17 @@
 package s3_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,5 +194,76 @@ func TestAbortStaleUploads(t *testing.T) {
 	}
 	if n, err := o.AbortStaleUploads(ctx, time.Now().Add(time.Minute)); err != nil || n != 1 {
 		t.Fatalf("the other prefix: aborted %d, %v; want 1", n, err)
+	}
+}
+
+// flipReader flips one byte of what it reads, at offset at.
+type flipReader struct {
+	r   io.ReadCloser
+	off int64
+	at  int64
+}
+
+func (f *flipReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if f.at >= f.off && f.at < f.off+int64(n) {
+		p[f.at-f.off] ^= 0x01
+	}
+	f.off += int64(n)
+	return n, err
+}
+
+func (f *flipReader) Close() error { return f.r.Close() }
+
+// A PUT whose body is damaged between engram and the server is refused,
+// so a damaged pack is never stored as if it were whole. Over plain HTTP
+// the body's signature guards it (no Content-MD5 is sent); a proxy in
+// front of the real server flips one byte of every PUT body.
+func TestDamagedBodyRefused(t *testing.T) {
+	ctx := context.Background()
+	cfg := s3test.Config(t)
+	if _, err := open(t, cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	target, err := url.Parse(cfg.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	direct := proxy.Director
+	var md5Sent atomic.Bool
+	proxy.Director = func(r *http.Request) {
+		direct(r)
+		if r.Method == http.MethodPut && r.Body != nil {
+			if r.Header.Get("Content-Md5") != "" {
+				md5Sent.Store(true)
+			}
+			r.Body = &flipReader{r: r.Body, at: 3000}
+		}
+	}
+	srv := httptest.NewServer(proxy)
+	defer srv.Close()
+	plain := cfg
+	cfg.Endpoint = srv.URL
+	cfg.MaxRetries = 1
+	s, err := open(t, cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("engram "), 1000)
+	if err := s.Put(ctx, "p", data); err == nil {
+		t.Fatal("a PUT with a damaged body was accepted")
+	} else {
+		t.Log(err)
+	}
+	if md5Sent.Load() {
+		t.Error("Content-MD5 sent over plain HTTP, where the body is signed")
+	}
+	direct2, err := open(t, plain, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct2.Get(ctx, "p", 0, -1); !errors.Is(err, blob.ErrNotExist) {
+		t.Fatalf("after the refused PUT, get: %v, want not found", err)
 	}
 }
