@@ -130,6 +130,30 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store, opts Options) {
 		}
 	})
 
+	t.Run("GetInto", func(t *testing.T) {
+		s := newStore(t)
+		ig, ok := s.(blob.IntoGetter)
+		if !ok {
+			t.Skip("the store reads into no caller's buffer")
+		}
+		b := data(10000, 5)
+		mustPut(t, s, "r", b)
+		for _, c := range []struct{ off, n int64 }{{0, 1}, {0, 10000}, {1, 9999}, {9999, 1}, {5000, 100}, {10000, 0}, {0, 0}} {
+			p := bytes.Repeat([]byte{0xee}, int(c.n))
+			if err := ig.GetInto(ctx, "r", c.off, p); err != nil || !bytes.Equal(p, b[c.off:c.off+c.n]) {
+				t.Errorf("GetInto(%d, %d) = %v, or other bytes", c.off, c.n, err)
+			}
+		}
+		for _, c := range []struct{ off, n int64 }{{9999, 2}, {10001, 1}, {20000, 10}, {-1, 5}} {
+			if err := ig.GetInto(ctx, "r", c.off, make([]byte, max(c.n, 0))); !errors.Is(err, blob.ErrRange) {
+				t.Errorf("GetInto(%d, %d) = %v, want ErrRange", c.off, c.n, err)
+			}
+		}
+		if err := ig.GetInto(ctx, "nope", 0, make([]byte, 10)); !errors.Is(err, blob.ErrNotExist) {
+			t.Errorf("GetInto(missing) = %v, want ErrNotExist", err)
+		}
+	})
+
 	t.Run("List", func(t *testing.T) {
 		s := newStore(t)
 		names := []string{"packs/aa/1", "packs/aa/2", "packs/ab/3", "index/1", "index/2", "records/x", "packsx"}
