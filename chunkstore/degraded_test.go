@@ -367,3 +367,89 @@ func mustPack(t *testing.T, s *BlobStore, id ID) ID {
 	}
 	return h
 }
+
+// watchStore calls after once each write to an object has returned, so a
+// test can look at the bucket between two steps of a repair. It forwards
+// Replace (blob.Replace: atomic when the inner store is a Replacer).
+type watchStore struct {
+	blob.Store
+	after func(op, name string)
+}
+
+func (w watchStore) Close() error { return nil }
+
+func (w watchStore) Put(ctx context.Context, name string, data []byte) error {
+	err := w.Store.Put(ctx, name, data)
+	w.after("put", name)
+	return err
+}
+
+func (w watchStore) Delete(ctx context.Context, name string) error {
+	err := w.Store.Delete(ctx, name)
+	w.after("delete", name)
+	return err
+}
+
+func (w watchStore) Replace(ctx context.Context, name string, data []byte) error {
+	err := blob.Replace(ctx, w.Store, name, data)
+	w.after("replace", name)
+	return err
+}
+
+// Repair puts back a damaged segment without a moment in which it is
+// missing: a host that opens the bucket after any of repair's writes to
+// index/H either still warns about the segment or knows the pack's chunks.
+// (With delete, then put, a host listing in between saw no segment, no
+// warning, and missed the chunks until its next refresh.)
+func TestBlobDegradedSegmentRepairNoGap(t *testing.T) {
+	for _, be := range degradedBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			bs := be.open(t)
+			initBlob(t, bs, InitOptions{})
+			clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+			a := gcHost(t, bs, clk)
+			xs := mkChunks(1, 4, 20000)
+			if _, err := a.PutMany(ctx, xs); err != nil {
+				t.Fatal(err)
+			}
+			_, hx, _, err := a.lookup(ctx, xs[0].ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			damage(t, bs, indexObject(hx))
+
+			var ops []string
+			watched := watchStore{Store: bs, after: func(op, name string) {
+				if name != indexObject(hx) {
+					return
+				}
+				ops = append(ops, op)
+				var w warnings
+				c := warnHost(t, bs, clk, &w)
+				if ok, err := c.Has(ctx, xs[0].ID); err != nil {
+					t.Fatal(err)
+				} else if !ok && w.naming(indexObject(hx)) == 0 {
+					t.Errorf("after repair's %s of %s, a fresh host neither knows the pack's chunks nor warns", op, indexObject(hx))
+				}
+			}}
+			var w warnings
+			r, err := OpenBlob(ctx, watched, BlobOpenOptions{CacheRoot: t.TempDir(), Warn: w.add})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			r.clock = clk.now
+			if _, err := r.Repair(ctx); err != nil {
+				t.Fatalf("repair: %v", err)
+			}
+			if len(ops) == 0 {
+				t.Fatal("repair did not write the segment")
+			}
+			t.Logf("repair's writes to the segment: %v", ops)
+			if _, err := freshVerified(t, bs).Get(ctx, xs[0].ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
