@@ -453,3 +453,94 @@ func TestBlobDegradedSegmentRepairNoGap(t *testing.T) {
 		})
 	}
 }
+
+// openHostAt opens a host on bs with the cache under root and Warn set,
+// on the clock clk: a new process on a host whose cache is root.
+func openHostAt(t *testing.T, bs blob.Store, clk *fakeClock, w *warnings, root string) *BlobStore {
+	t.Helper()
+	s, err := OpenBlob(context.Background(), nopClose{bs}, BlobOpenOptions{CacheRoot: root, Warn: w.add})
+	if err != nil {
+		t.Fatalf("open with a damaged object: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.clock = clk.now
+	if err := s.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A damaged journal entry older than a refresh's lookback: a host that
+// skipped it at its first (full) listing warns again in every later
+// process, though their refreshes list only the last hour of meta/, and gc
+// there still postpones; a host that applied the entry before the damage
+// (its catalog has what the entry did) has verify name it.
+func TestBlobDegradedJournalOld(t *testing.T) {
+	for _, be := range degradedBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			bs := be.open(t)
+			initBlob(t, bs, InitOptions{})
+			clk := &fakeClock{t: time.Now()}
+			a := gcHost(t, bs, clk)
+			if err := putKey(t, a, "lost"); err != nil {
+				t.Fatal(err)
+			}
+			entries := listed(t, bs, blobMetaPrefix)
+			if len(entries) != 1 {
+				t.Fatalf("setup: entries %v", entries)
+			}
+			c := gcHost(t, bs, clk) // applies the entry before the damage
+			damage(t, bs, entries[0])
+
+			root := t.TempDir()
+			var w1 warnings
+			b := openHostAt(t, bs, clk, &w1, root)
+			if n := w1.naming(entries[0]); n != 1 {
+				t.Fatalf("first open: warnings %q, want one naming %s", w1.got, entries[0])
+			}
+			clk.advance(2 * journalLookback)
+			if err := putKey(t, a, "later"); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Refresh(ctx); err != nil || !hasKey(t, b, "later") {
+				t.Fatalf("refresh: %v", err)
+			}
+			b.Close()
+
+			for i := 0; i < 2; i++ {
+				var w warnings
+				b = openHostAt(t, bs, clk, &w, root)
+				if n := w.naming(entries[0]); n != 1 {
+					t.Fatalf("open %d of the same cache: warnings %q, want one naming %s", i+2, w.got, entries[0])
+				}
+				if changed, err := b.catalogChangedSinceView(ctx); err != nil || !changed {
+					t.Fatalf("gc would sweep with the entry unapplied: %v %v", changed, err)
+				}
+				b.Close()
+			}
+			var names []string
+			if _, err := c.Verify(ctx, func(p Problem) { names = append(names, p.Pack) }); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(names, func(n string) bool { return strings.HasSuffix(n, entries[0]) }) {
+				t.Fatalf("verify on the host that applied the entry before the damage: problems %v, want %s", names, entries[0])
+			}
+			var w warnings
+			b = openHostAt(t, bs, clk, &w, root)
+			if _, err := b.Repair(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if gone, err := b.RemoveDamagedJournal(ctx); err != nil || len(gone) != 1 {
+				t.Fatalf("RemoveDamagedJournal = %v, %v", gone, err)
+			}
+			b.Close()
+			w = warnings{}
+			b = openHostAt(t, bs, clk, &w, root)
+			if len(w.got) != 0 {
+				t.Fatalf("open after repair: warnings %q", w.got)
+			}
+			freshVerified(t, bs)
+		})
+	}
+}
