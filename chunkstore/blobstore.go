@@ -174,6 +174,15 @@ type BlobOpenOptions struct {
 	// such object would otherwise stop every command, repair included):
 	// the refresh skips it and Warn gets one line naming it, once per
 	// object and process. What a skip leaves out is in degraded.go.
+	//
+	// Without Warn such an object fails the open (and any refresh) with
+	// ErrIndexDamaged, ErrJournalDamaged or ErrListDamaged naming it: a
+	// degraded store answers not-found for chunks the bucket holds and
+	// lacks the records of a skipped journal entry, and a caller that did
+	// not ask for that cannot tell it from a store that lost them. A
+	// caller that wants to go on, or to run Repair, opens again with Warn.
+	// (The CLI sets it for buckets; a directory store, held alone by
+	// RepairDir, does not need it.)
 	Warn func(msg string)
 }
 

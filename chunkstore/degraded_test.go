@@ -544,3 +544,59 @@ func TestBlobDegradedJournalOld(t *testing.T) {
 		})
 	}
 }
+
+// Without BlobOpenOptions.Warn a damaged object that a refresh reads
+// fails the open, as documented there: with a sentinel error naming the
+// object and engram repair, so that a library caller that did not ask to
+// work around damage never gets answers (not-found chunks, a catalog
+// without records) that silently leave something out. With Warn the same
+// bucket opens.
+func TestBlobOpenWithoutWarnFails(t *testing.T) {
+	for _, be := range degradedBackends {
+		for _, kind := range []struct {
+			prefix string
+			want   error
+		}{{blobIndexPrefix, ErrIndexDamaged}, {blobMetaPrefix, ErrJournalDamaged}, {gcPendingPrefix, ErrListDamaged}} {
+			t.Run(be.name+"/"+strings.TrimSuffix(kind.prefix, "/"), func(t *testing.T) {
+				ctx := context.Background()
+				bs := be.open(t)
+				initBlob(t, bs, InitOptions{})
+				clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+				a := gcHost(t, bs, clk)
+				if _, err := a.PutMany(ctx, mkChunks(400, 4, 20000)); err != nil {
+					t.Fatal(err)
+				}
+				if err := putKey(t, a, "rec"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := a.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+					t.Fatal(err)
+				}
+				names := listed(t, bs, kind.prefix)
+				if len(names) != 1 {
+					t.Fatalf("setup: %v", names)
+				}
+				damage(t, bs, names[0])
+				s, err := OpenBlob(ctx, nopClose{bs}, BlobOpenOptions{CacheRoot: t.TempDir()})
+				if err == nil {
+					s.Close()
+					t.Fatal("open without Warn succeeded")
+				}
+				if !errors.Is(err, kind.want) || !strings.Contains(err.Error(), names[0]) || !strings.Contains(err.Error(), "engram repair") {
+					t.Fatalf("open without Warn: %v, want %v naming %s and engram repair", err, kind.want, names[0])
+				}
+				var w warnings
+				b := warnHost(t, bs, clk, &w)
+				if w.naming(names[0]) != 1 {
+					t.Fatalf("warnings %q", w.got)
+				}
+				if _, err := b.Repair(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := b.RemoveDamagedJournal(ctx); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
