@@ -174,6 +174,15 @@ type BlobOpenOptions struct {
 	// such object would otherwise stop every command, repair included):
 	// the refresh skips it and Warn gets one line naming it, once per
 	// object and process. What a skip leaves out is in degraded.go.
+	//
+	// Without Warn such an object fails the open (and any refresh) with
+	// ErrIndexDamaged, ErrJournalDamaged or ErrListDamaged naming it: a
+	// degraded store answers not-found for chunks the bucket holds and
+	// lacks the records of a skipped journal entry, and a caller that did
+	// not ask for that cannot tell it from a store that lost them. A
+	// caller that wants to go on, or to run Repair, opens again with Warn.
+	// (The CLI sets it for buckets; a directory store, held alone by
+	// RepairDir, does not need it.)
 	Warn func(msg string)
 }
 
@@ -1299,9 +1308,24 @@ func (s *BlobStore) Refresh(ctx context.Context) (err error) {
 		}
 	}
 	todo = slices.DeleteFunc(todo, func(n string) bool { _, ok := bodies[n]; return !ok })
+	// An entry skipped as damaged is not applied, and once the newest
+	// applied entry is an hour past it the next refresh's listing no
+	// longer reaches it: so such a refresh does not count as a full
+	// listing, and clears the last one, and every refresh of this cache
+	// lists all of meta/ (and warns, once per process) until repair
+	// removes it.
+	skipped := len(d.journal) > 0
+	listed := func(tx *bolt.Tx) error {
+		if skipped {
+			return tx.Bucket(bucketMeta).Delete(keyJournalListed)
+		} else if full {
+			return markJournalListed(tx, start)
+		}
+		return nil
+	}
 	if len(todo) == 0 {
-		if full {
-			return s.db.update(ctx, func(tx *bolt.Tx) error { return markJournalListed(tx, start) })
+		if full || skipped {
+			return s.db.update(ctx, listed)
 		}
 		return nil
 	}
@@ -1316,10 +1340,8 @@ func (s *BlobStore) Refresh(ctx context.Context) (err error) {
 				}
 			}
 		}
-		if full {
-			if err := markJournalListed(tx, start); err != nil {
-				return err
-			}
+		if err := listed(tx); err != nil {
+			return err
 		}
 		for _, name := range todo {
 			if err := applyJournal(tx, bodies[name]); err != nil {
@@ -1356,6 +1378,9 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 		}
 	}
 	s.emitDamage(emit) // what the refresh skipped (degraded.go)
+	if err := s.verifyJournal(ctx, emit); err != nil {
+		return st, err
+	}
 	type packInfo struct {
 		num  uint32
 		hash ID

@@ -367,3 +367,236 @@ func mustPack(t *testing.T, s *BlobStore, id ID) ID {
 	}
 	return h
 }
+
+// watchStore calls after once each write to an object has returned, so a
+// test can look at the bucket between two steps of a repair. It forwards
+// Replace (blob.Replace: atomic when the inner store is a Replacer).
+type watchStore struct {
+	blob.Store
+	after func(op, name string)
+}
+
+func (w watchStore) Close() error { return nil }
+
+func (w watchStore) Put(ctx context.Context, name string, data []byte) error {
+	err := w.Store.Put(ctx, name, data)
+	w.after("put", name)
+	return err
+}
+
+func (w watchStore) Delete(ctx context.Context, name string) error {
+	err := w.Store.Delete(ctx, name)
+	w.after("delete", name)
+	return err
+}
+
+func (w watchStore) Replace(ctx context.Context, name string, data []byte) error {
+	err := blob.Replace(ctx, w.Store, name, data)
+	w.after("replace", name)
+	return err
+}
+
+// Repair puts back a damaged segment without a moment in which it is
+// missing: a host that opens the bucket after any of repair's writes to
+// index/H either still warns about the segment or knows the pack's chunks.
+// (With delete, then put, a host listing in between saw no segment, no
+// warning, and missed the chunks until its next refresh.)
+func TestBlobDegradedSegmentRepairNoGap(t *testing.T) {
+	for _, be := range degradedBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			bs := be.open(t)
+			initBlob(t, bs, InitOptions{})
+			clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+			a := gcHost(t, bs, clk)
+			xs := mkChunks(1, 4, 20000)
+			if _, err := a.PutMany(ctx, xs); err != nil {
+				t.Fatal(err)
+			}
+			_, hx, _, err := a.lookup(ctx, xs[0].ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			damage(t, bs, indexObject(hx))
+
+			var ops []string
+			watched := watchStore{Store: bs, after: func(op, name string) {
+				if name != indexObject(hx) {
+					return
+				}
+				ops = append(ops, op)
+				var w warnings
+				c := warnHost(t, bs, clk, &w)
+				if ok, err := c.Has(ctx, xs[0].ID); err != nil {
+					t.Fatal(err)
+				} else if !ok && w.naming(indexObject(hx)) == 0 {
+					t.Errorf("after repair's %s of %s, a fresh host neither knows the pack's chunks nor warns", op, indexObject(hx))
+				}
+			}}
+			var w warnings
+			r, err := OpenBlob(ctx, watched, BlobOpenOptions{CacheRoot: t.TempDir(), Warn: w.add})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			r.clock = clk.now
+			if _, err := r.Repair(ctx); err != nil {
+				t.Fatalf("repair: %v", err)
+			}
+			if len(ops) == 0 {
+				t.Fatal("repair did not write the segment")
+			}
+			t.Logf("repair's writes to the segment: %v", ops)
+			if _, err := freshVerified(t, bs).Get(ctx, xs[0].ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// openHostAt opens a host on bs with the cache under root and Warn set,
+// on the clock clk: a new process on a host whose cache is root.
+func openHostAt(t *testing.T, bs blob.Store, clk *fakeClock, w *warnings, root string) *BlobStore {
+	t.Helper()
+	s, err := OpenBlob(context.Background(), nopClose{bs}, BlobOpenOptions{CacheRoot: root, Warn: w.add})
+	if err != nil {
+		t.Fatalf("open with a damaged object: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.clock = clk.now
+	if err := s.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A damaged journal entry older than a refresh's lookback: a host that
+// skipped it at its first (full) listing warns again in every later
+// process, though their refreshes list only the last hour of meta/, and gc
+// there still postpones; a host that applied the entry before the damage
+// (its catalog has what the entry did) has verify name it.
+func TestBlobDegradedJournalOld(t *testing.T) {
+	for _, be := range degradedBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			bs := be.open(t)
+			initBlob(t, bs, InitOptions{})
+			clk := &fakeClock{t: time.Now()}
+			a := gcHost(t, bs, clk)
+			if err := putKey(t, a, "lost"); err != nil {
+				t.Fatal(err)
+			}
+			entries := listed(t, bs, blobMetaPrefix)
+			if len(entries) != 1 {
+				t.Fatalf("setup: entries %v", entries)
+			}
+			c := gcHost(t, bs, clk) // applies the entry before the damage
+			damage(t, bs, entries[0])
+
+			root := t.TempDir()
+			var w1 warnings
+			b := openHostAt(t, bs, clk, &w1, root)
+			if n := w1.naming(entries[0]); n != 1 {
+				t.Fatalf("first open: warnings %q, want one naming %s", w1.got, entries[0])
+			}
+			clk.advance(2 * journalLookback)
+			if err := putKey(t, a, "later"); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Refresh(ctx); err != nil || !hasKey(t, b, "later") {
+				t.Fatalf("refresh: %v", err)
+			}
+			b.Close()
+
+			for i := 0; i < 2; i++ {
+				var w warnings
+				b = openHostAt(t, bs, clk, &w, root)
+				if n := w.naming(entries[0]); n != 1 {
+					t.Fatalf("open %d of the same cache: warnings %q, want one naming %s", i+2, w.got, entries[0])
+				}
+				if changed, err := b.catalogChangedSinceView(ctx); err != nil || !changed {
+					t.Fatalf("gc would sweep with the entry unapplied: %v %v", changed, err)
+				}
+				b.Close()
+			}
+			var names []string
+			if _, err := c.Verify(ctx, func(p Problem) { names = append(names, p.Pack) }); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(names, func(n string) bool { return strings.HasSuffix(n, entries[0]) }) {
+				t.Fatalf("verify on the host that applied the entry before the damage: problems %v, want %s", names, entries[0])
+			}
+			var w warnings
+			b = openHostAt(t, bs, clk, &w, root)
+			if _, err := b.Repair(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if gone, err := b.RemoveDamagedJournal(ctx); err != nil || len(gone) != 1 {
+				t.Fatalf("RemoveDamagedJournal = %v, %v", gone, err)
+			}
+			b.Close()
+			w = warnings{}
+			b = openHostAt(t, bs, clk, &w, root)
+			if len(w.got) != 0 {
+				t.Fatalf("open after repair: warnings %q", w.got)
+			}
+			freshVerified(t, bs)
+		})
+	}
+}
+
+// Without BlobOpenOptions.Warn a damaged object that a refresh reads
+// fails the open, as documented there: with a sentinel error naming the
+// object and engram repair, so that a library caller that did not ask to
+// work around damage never gets answers (not-found chunks, a catalog
+// without records) that silently leave something out. With Warn the same
+// bucket opens.
+func TestBlobOpenWithoutWarnFails(t *testing.T) {
+	for _, be := range degradedBackends {
+		for _, kind := range []struct {
+			prefix string
+			want   error
+		}{{blobIndexPrefix, ErrIndexDamaged}, {blobMetaPrefix, ErrJournalDamaged}, {gcPendingPrefix, ErrListDamaged}} {
+			t.Run(be.name+"/"+strings.TrimSuffix(kind.prefix, "/"), func(t *testing.T) {
+				ctx := context.Background()
+				bs := be.open(t)
+				initBlob(t, bs, InitOptions{})
+				clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+				a := gcHost(t, bs, clk)
+				if _, err := a.PutMany(ctx, mkChunks(400, 4, 20000)); err != nil {
+					t.Fatal(err)
+				}
+				if err := putKey(t, a, "rec"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := a.GC(ctx, liveSet{}.fn, GCOptions{Margin: testMargin}); err != nil {
+					t.Fatal(err)
+				}
+				names := listed(t, bs, kind.prefix)
+				if len(names) != 1 {
+					t.Fatalf("setup: %v", names)
+				}
+				damage(t, bs, names[0])
+				s, err := OpenBlob(ctx, nopClose{bs}, BlobOpenOptions{CacheRoot: t.TempDir()})
+				if err == nil {
+					s.Close()
+					t.Fatal("open without Warn succeeded")
+				}
+				if !errors.Is(err, kind.want) || !strings.Contains(err.Error(), names[0]) || !strings.Contains(err.Error(), "engram repair") {
+					t.Fatalf("open without Warn: %v, want %v naming %s and engram repair", err, kind.want, names[0])
+				}
+				var w warnings
+				b := warnHost(t, bs, clk, &w)
+				if w.naming(names[0]) != 1 {
+					t.Fatalf("warnings %q", w.got)
+				}
+				if _, err := b.Repair(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := b.RemoveDamagedJournal(ctx); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}

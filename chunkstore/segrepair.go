@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -144,15 +145,24 @@ func fixSegments(ctx context.Context, bs blob.Store) ([]Problem, error) {
 		} else if !errors.Is(err, blob.ErrNotExist) && !errors.Is(err, blob.ErrRange) {
 			return out, err
 		}
-		if derr := bs.Delete(ctx, indexObject(h)); derr != nil {
-			return out, derr
-		}
 		if err != nil {
+			if derr := bs.Delete(ctx, indexObject(h)); derr != nil {
+				return out, derr
+			}
 			out = append(out, Problem{Pack: name, Err: fmt.Errorf("index segment damaged (%v) and its pack has no intact copy (%v): removed", damage, err)})
 			continue
 		}
-		if err := bs.Put(ctx, indexObject(h), seg); err != nil && !errors.Is(err, blob.ErrExist) {
+		// One atomic overwrite where the store has it (S3, directory), so
+		// a host refreshing meanwhile finds the damaged segment (skipped
+		// with a warning, read again next time) or the copy, never no
+		// segment and no warning. Read back: the put must have landed.
+		if err := blob.Replace(ctx, bs, indexObject(h), seg); err != nil {
 			return out, err
+		}
+		if b, err := blob.ReadAll(ctx, bs, indexObject(h), maxSegment); err != nil {
+			return out, err
+		} else if !bytes.Equal(b, seg) {
+			return out, fmt.Errorf("%s: replaced by the copy in its pack, but reads back %d bytes that differ from it", name, len(b))
 		}
 		out = append(out, Problem{Pack: name, Err: fmt.Errorf("index segment damaged (%v): replaced by the copy in its pack", damage)})
 	}

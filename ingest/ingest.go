@@ -175,7 +175,7 @@ func run(ctx context.Context, st chunkstore.Store, src Source, opts Options, pol
 		if err == nil {
 			res.guided, res.spans = true, gd.spans
 		}
-		if !errors.Is(err, errChanged) {
+		if !errors.Is(err, errChanged) && !errors.Is(err, errPriorUnreadable) {
 			return res, err
 		}
 	}

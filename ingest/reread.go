@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"fmt"
 	"unsafe"
 
 	"github.com/engram-vm/engram/chunkstore"
@@ -11,6 +12,12 @@ import (
 // errChanged: a guided re-read (guide) found the image no longer matches
 // the engram that guided it; the ingest starts over, chunking as usual.
 var errChanged = errors.New("image differs from the engram it was last ingested as")
+
+// errPriorUnreadable: a page of the engram guiding a re-read could not be
+// read (say it is in a pack whose damaged segment this host skipped). The
+// guide is only a shortcut, so Run chunks the image as usual instead of
+// failing on the previous engram.
+var errPriorUnreadable = errors.New("the engram it was last ingested as cannot be read")
 
 // guide cuts the read buffers of a re-read (--reread of a layer whose
 // fingerprint is in the catalog) where the chunks of that layer's last
@@ -83,7 +90,7 @@ func (g *guide) write(off int64, data []byte) error {
 		}
 		ref, ok, err := g.cur.Peek()
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", errPriorUnreadable, err)
 		}
 		if !ok || ref.Offset >= end {
 			return g.zero(data[pos-off:])
@@ -155,7 +162,7 @@ func (g *guide) finish() error {
 	}
 	_, ok, err := g.cur.Peek()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errPriorUnreadable, err)
 	}
 	if ok {
 		return errChanged

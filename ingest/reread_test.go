@@ -69,6 +69,29 @@ func TestGuidedReread(t *testing.T) {
 	}
 }
 
+// TestGuidedRereadPriorUnreadable: a re-read whose previous engram's pages
+// cannot be read (here: a store that never held them; in a bucket, a pack
+// whose damaged segment this host skipped) chunks the image as usual
+// instead of failing on the page.
+func TestGuidedRereadPriorUnreadable(t *testing.T) {
+	ctx := context.Background()
+	disk := makeDisk(9, 12<<20)
+	params := chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams}
+	prior, err := Run(ctx, chunkstore.NewMemory(params), &memSource{disk}, Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := chunkstore.NewMemory(params)
+	got, err := Run(ctx, st, &memSource{disk}, Options{Workers: 2, known: true, prior: &prior.Root})
+	if err != nil {
+		t.Fatalf("re-read with the previous engram's pages missing: %v", err)
+	}
+	if got.ID != prior.ID || got.guided {
+		t.Fatalf("re-read gives %s (guided %v), want %s chunked as usual", got.ID.Short(), got.guided, prior.ID.Short())
+	}
+	checkStored(t, st, got, disk)
+}
+
 // TestGuidedRereadQcow2: Image with Reread on a qemu-img image gives the
 // engram of the first ingest, and what is stored is what qemu-img reads.
 func TestGuidedRereadQcow2(t *testing.T) {

@@ -69,6 +69,33 @@ type IntoGetter interface {
 	GetInto(ctx context.Context, name string, off int64, p []byte) error
 }
 
+// Replacer is implemented by stores that can put an object in place of
+// an existing one in one atomic step (S3: a PUT without If-None-Match; a
+// directory: a rename over the name): a reader finds the old bytes or the
+// new, never no object. Only repair uses it, to put back a damaged
+// object's known bytes (an index segment from its pack's copy): with
+// Delete, then Put, a host listing in between would miss the object.
+// Replace keeps Put's other promises (atomic, durable on return).
+type Replacer interface {
+	Replace(ctx context.Context, name string, data []byte) error
+}
+
+// Replace puts data under name, whether or not name exists: with
+// s.Replace when s is a Replacer, else by Delete, then Put (the object is
+// missing in between).
+func Replace(ctx context.Context, s Store, name string, data []byte) error {
+	if r, ok := s.(Replacer); ok {
+		return r.Replace(ctx, name, data)
+	}
+	if err := s.Delete(ctx, name); err != nil {
+		return err
+	}
+	if err := s.Put(ctx, name, data); err != nil && !errors.Is(err, ErrExist) {
+		return err
+	}
+	return nil
+}
+
 // UploadAborter is implemented by stores that can hold unfinished
 // multipart uploads (S3). engram never starts one (Put is one request),
 // but another tool, or a copy into the bucket that was interrupted, can

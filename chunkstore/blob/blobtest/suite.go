@@ -255,6 +255,33 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store, opts Options) {
 		}
 	})
 
+	t.Run("Replace", func(t *testing.T) {
+		s := newStore(t)
+		r, ok := s.(blob.Replacer)
+		if !ok {
+			t.Skip("not a blob.Replacer")
+		}
+		if err := r.Replace(ctx, "r/1", data(10, 1)); err != nil {
+			t.Fatalf("Replace(missing): %v", err)
+		}
+		if err := r.Replace(ctx, "r/1", data(30, 2)); err != nil {
+			t.Fatalf("Replace: %v", err)
+		}
+		if got, err := s.Get(ctx, "r/1", 0, -1); err != nil || !bytes.Equal(got, data(30, 2)) {
+			t.Fatalf("Get after Replace: %d bytes, %v", len(got), err)
+		}
+		if err := s.Put(ctx, "r/1", data(5, 3)); !errors.Is(err, blob.ErrExist) {
+			t.Fatalf("Put over a replaced object: %v, want ErrExist", err)
+		}
+		n := 0
+		if err := s.List(ctx, "r/", func(blob.Info) error { n++; return nil }); err != nil || n != 1 {
+			t.Fatalf("List after Replace: %d objects, %v", n, err)
+		}
+		if err := r.Replace(ctx, "../x", nil); !errors.Is(err, blob.ErrBadName) {
+			t.Fatalf("Replace(bad name): %v, want ErrBadName", err)
+		}
+	})
+
 	t.Run("BadNames", func(t *testing.T) {
 		s := newStore(t)
 		for _, n := range []string{"", "/a", "a/", "a//b", "../x", "a/../b", "./a", "a b", "a\x00b", "ü", string(make([]byte, blob.MaxNameLen+1))} {

@@ -85,23 +85,36 @@ func (s *Store) checkWrite(ctx context.Context, op, name string) error {
 
 // Put writes data to a temporary file and links it to name.
 func (s *Store) Put(ctx context.Context, name string, data []byte) error {
-	if err := s.checkWrite(ctx, "put", name); err != nil {
+	return s.put(ctx, "put", name, data)
+}
+
+// Replace writes name in place of what is there (blob.Replacer): a
+// temporary file renamed over it, so a reader opens the old file or the
+// new one.
+func (s *Store) Replace(ctx context.Context, name string, data []byte) error {
+	return s.put(ctx, "replace", name, data)
+}
+
+func (s *Store) put(ctx context.Context, op, name string, data []byte) error {
+	if err := s.checkWrite(ctx, op, name); err != nil {
 		return err
 	}
 	final := s.path(name)
-	if _, err := os.Lstat(final); err == nil {
-		return s.errf("put", name, blob.ErrExist)
+	if op == "put" {
+		if _, err := os.Lstat(final); err == nil {
+			return s.errf(op, name, blob.ErrExist)
+		}
 	}
 	parent := filepath.Dir(final)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return s.errf("put", name, err)
+		return s.errf(op, name, err)
 	}
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(s.root, tmpDir, hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return s.errf("put", name, err)
+		return s.errf(op, name, err)
 	}
 	defer os.Remove(tmp)
 	_, err = f.Write(data)
@@ -112,16 +125,18 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		err = cerr
 	}
 	if err != nil {
-		return s.errf("put", name, err)
+		return s.errf(op, name, err)
 	}
-	if err := os.Link(tmp, final); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return s.errf("put", name, blob.ErrExist)
-		}
-		return s.errf("put", name, err)
+	if op == "replace" {
+		err = os.Rename(tmp, final)
+	} else if err = os.Link(tmp, final); errors.Is(err, fs.ErrExist) {
+		return s.errf(op, name, blob.ErrExist)
+	}
+	if err != nil {
+		return s.errf(op, name, err)
 	}
 	if err := syncDir(parent); err != nil {
-		return s.errf("put", name, err)
+		return s.errf(op, name, err)
 	}
 	return nil
 }

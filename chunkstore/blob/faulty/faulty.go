@@ -18,6 +18,9 @@ const (
 	Get    Op = "get"
 	List   Op = "list"
 	Delete Op = "delete"
+	// Replace is blob.Replace of the inner store (atomic when it is a
+	// blob.Replacer).
+	Replace Op = "replace"
 )
 
 // ErrInjected is the error a Fault returns when it sets none.
@@ -55,7 +58,10 @@ type state struct {
 	fired int
 }
 
-var _ blob.Store = (*Store)(nil)
+var (
+	_ blob.Store    = (*Store)(nil)
+	_ blob.Replacer = (*Store)(nil)
+)
 
 // New wraps inner.
 func New(inner blob.Store) *Store { return &Store{Store: inner, calls: map[Op]int{}} }
@@ -128,6 +134,11 @@ func (s *Store) do(op Op, name string, run func() error) error {
 // Put may fail before or after writing.
 func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	return s.do(Put, name, func() error { return s.Store.Put(ctx, name, data) })
+}
+
+// Replace may fail before or after replacing.
+func (s *Store) Replace(ctx context.Context, name string, data []byte) error {
+	return s.do(Replace, name, func() error { return blob.Replace(ctx, s.Store, name, data) })
 }
 
 // Get may fail.

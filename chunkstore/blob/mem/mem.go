@@ -50,6 +50,20 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	return nil
 }
 
+// Replace puts name in place of what is there (blob.Replacer).
+func (s *Store) Replace(ctx context.Context, name string, data []byte) error {
+	if err := blob.CheckName(name); err != nil {
+		return fmt.Errorf("mem: replace: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("mem: replace %s: %w", name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.objs[name] = obj{bytes.Clone(data), s.now()}
+	return nil
+}
+
 // Get returns a copy of the range asked for.
 func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte, error) {
 	if err := blob.CheckName(name); err != nil {

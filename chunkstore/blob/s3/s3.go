@@ -284,6 +284,23 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	return err
 }
 
+// Replace is one PutObject without If-None-Match (blob.Replacer): S3
+// replaces an object atomically, so a reader gets the old bytes or the
+// new ones.
+func (s *Store) Replace(ctx context.Context, name string, data []byte) error {
+	if err := blob.CheckName(name); err != nil {
+		return fmt.Errorf("%s: replace: %w", s.where, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: replace %s: %w", s.where, name, err)
+	}
+	opts := minio.PutObjectOptions{DisableMultipart: true, ContentType: "application/octet-stream", SendContentMd5: true}
+	if _, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts); err != nil {
+		return s.mapErr("replace", name, err)
+	}
+	return nil
+}
+
 // Get is one GetObject, ranged unless the whole object is asked for.
 func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte, error) {
 	if err := blob.CheckName(name); err != nil {
