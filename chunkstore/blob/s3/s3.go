@@ -294,7 +294,7 @@ func (s *Store) Replace(ctx context.Context, name string, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: replace %s: %w", s.where, name, err)
 	}
-	opts := minio.PutObjectOptions{DisableMultipart: true, ContentType: "application/octet-stream", SendContentMd5: true}
+	opts := minio.PutObjectOptions{DisableMultipart: true, ContentType: "application/octet-stream", SendContentMd5: s.md5}
 	if _, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts); err != nil {
 		return s.mapErr("replace", name, err)
 	}
