@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -116,5 +117,67 @@ func TestBlobJournalEndOfTime(t *testing.T) {
 	_ = bs.List(ctx, blobMetaPrefix, func(in blob.Info) error { names = append(names, in.Name); return nil })
 	if len(names) != 1 {
 		t.Fatalf("journal after the refused commit: %q", names)
+	}
+}
+
+// slowMeta is a blob store whose GETs of journal entries take a while
+// (a round trip), counting how many are in flight at once; fail makes
+// the GET of that entry fail as an unreachable server would.
+type slowMeta struct {
+	blob.Store
+	in, peak atomic.Int32
+	fail     string
+}
+
+func (s *slowMeta) Get(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	if !strings.HasPrefix(name, blobMetaPrefix) {
+		return s.Store.Get(ctx, name, off, n)
+	}
+	if name == s.fail {
+		return nil, fmt.Errorf("get %s: %w", name, blob.ErrUnreachable)
+	}
+	in := s.in.Add(1)
+	defer s.in.Add(-1)
+	for p := s.peak.Load(); in > p && !s.peak.CompareAndSwap(p, in); p = s.peak.Load() {
+	}
+	time.Sleep(2 * time.Millisecond)
+	return s.Store.Get(ctx, name, off, n)
+}
+
+// A new cache reads the bucket's journal entries several at a time (one
+// GET each, so one at a time would cost a round trip per commit ever
+// made), applies all of them, and a failure to reach the bucket names
+// the first entry it could not read.
+func TestBlobJournalReadParallel(t *testing.T) {
+	ctx := context.Background()
+	bs := mem.New()
+	initBlob(t, bs, InitOptions{})
+	a := newBlobHost(t, bs)
+	const n = 60
+	for i := range n {
+		if err := a.Update(ctx, func(tx MetaTx) error {
+			return tx.Put([]byte("n"), fmt.Appendf(nil, "k%02d", i), []byte("v"))
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slow := &slowMeta{Store: bs}
+	fresh := newBlobHost(t, slow)
+	_ = fresh.View(ctx, func(tx MetaTx) error {
+		for i := range n {
+			if tx.Get([]byte("n"), fmt.Appendf(nil, "k%02d", i)) == nil {
+				t.Errorf("fresh cache lacks k%02d", i)
+			}
+		}
+		return nil
+	})
+	if p := slow.peak.Load(); p < 2 || p > journalParallel {
+		t.Errorf("%d journal GETs in flight at most, want 2..%d", p, journalParallel)
+	}
+	names := objects(t, bs, blobMetaPrefix)
+	bad := &slowMeta{Store: bs, fail: names[len(names)/2]}
+	_, err := OpenBlob(ctx, nopClose{bad}, BlobOpenOptions{CacheRoot: t.TempDir()})
+	if !errors.Is(err, blob.ErrUnreachable) || !strings.Contains(err.Error(), bad.fail) {
+		t.Fatalf("open with %s unreachable: %v", bad.fail, err)
 	}
 }

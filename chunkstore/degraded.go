@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/engram-vm/engram/chunkstore/blob"
 )
@@ -96,28 +98,87 @@ func checkJournalBody(b []byte) error {
 	return nil
 }
 
+// journalParallel is how many journal entries are read at once: a new
+// cache reads every entry, one small GET each, so one at a time would
+// cost a round trip per commit ever made in the bucket.
+const journalParallel = 16
+
+// journalRead is one entry as fetchJournal found it.
+type journalRead struct {
+	body    []byte
+	gone    bool  // removed (by repair) since the listing
+	bad     error // damaged: too large, or not what its name's hash says
+	bodyErr error // checkJournalBody's verdict on an intact entry
+}
+
+// fetchJournal reads and checks the entries names, journalParallel at a
+// time. err is a failure to reach the store (not damage), the first in
+// name order.
+func (s *BlobStore) fetchJournal(ctx context.Context, names []string) ([]journalRead, error) {
+	out := make([]journalRead, len(names))
+	errs := make([]error, len(names))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(journalParallel)
+	for i, name := range names {
+		g.Go(func() error {
+			b, err := blob.ReadAll(gctx, s.bs, name, maxJournalObject)
+			switch {
+			case errors.Is(err, blob.ErrNotExist):
+				out[i].gone = true
+			case err != nil && !errors.Is(err, blob.ErrRange):
+				errs[i] = err
+				return err
+			case err == nil:
+				out[i].body, out[i].bad = b, journalIntact(name, b)
+				if out[i].bad == nil {
+					out[i].bodyErr = checkJournalBody(b)
+				}
+			default:
+				out[i].bad = err
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		// The first failure in name order that is not the others being
+		// called off because of it.
+		for _, e := range errs {
+			if e != nil && (ctx.Err() != nil || !errors.Is(e, context.Canceled)) {
+				return nil, e
+			}
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
 // readJournal reads the entries names into bodies (those not there yet).
 // An entry gone since the listing (repair removed it) is left out; a
 // damaged one fails the refresh, or is skipped when degraded.
 func (s *BlobStore) readJournal(ctx context.Context, names []string, bodies map[string][]byte, d *refreshDamage) error {
+	var want []string
 	for _, name := range names {
-		if _, ok := bodies[name]; ok || d.journal[name] != nil {
+		if _, ok := bodies[name]; !ok && d.journal[name] == nil {
+			want = append(want, name)
+		}
+	}
+	got, err := s.fetchJournal(ctx, want)
+	if err != nil {
+		return err
+	}
+	for i, name := range want {
+		r := got[i]
+		if r.gone {
 			continue
 		}
-		b, err := blob.ReadAll(ctx, s.bs, name, maxJournalObject)
-		if errors.Is(err, blob.ErrNotExist) {
-			continue
-		}
-		if err != nil && !errors.Is(err, blob.ErrRange) {
-			return err
-		}
-		if err == nil {
-			err = journalIntact(name, b)
-		}
+		err := r.bad
 		if err == nil && s.degraded() {
-			if err = checkJournalBody(b); errors.Is(err, ErrFormatVersion) {
-				return fmt.Errorf("%s: %s: %w", s.bs, name, err)
+			// Degraded, a body this version cannot apply is skipped too,
+			// but one of a newer format still stops the refresh.
+			if errors.Is(r.bodyErr, ErrFormatVersion) {
+				return fmt.Errorf("%s: %s: %w", s.bs, name, r.bodyErr)
 			}
+			err = r.bodyErr
 		}
 		if err != nil {
 			if !s.degraded() {
@@ -126,7 +187,7 @@ func (s *BlobStore) readJournal(ctx context.Context, names []string, bodies map[
 			s.skipJournal(d, name, err)
 			continue
 		}
-		bodies[name] = b
+		bodies[name] = r.body
 	}
 	return nil
 }
@@ -161,29 +222,21 @@ func (s *BlobStore) verifyJournal(ctx context.Context, emit func(Problem)) error
 	if err != nil {
 		return err
 	}
-	var skipped map[string]error
 	if d := s.damage.Load(); d != nil {
-		skipped = d.journal
+		names = slices.DeleteFunc(names, func(n string) bool { return d.journal[n] != nil })
 	}
-	for _, n := range names {
-		if skipped[n] != nil {
-			continue
+	got, err := s.fetchJournal(ctx, names)
+	if err != nil {
+		return err
+	}
+	for i, n := range names {
+		err := got[i].bad
+		if err == nil && !errors.Is(got[i].bodyErr, ErrFormatVersion) {
+			err = got[i].bodyErr
 		}
-		b, err := blob.ReadAll(ctx, s.bs, n, maxJournalObject)
-		if errors.Is(err, blob.ErrNotExist) {
-			continue // removed by repair since the listing
+		if err != nil {
+			emit(Problem{Pack: s.bs.String() + "/" + n, Err: fmt.Errorf("catalog journal entry damaged (%v); engram repair removes it and rebuilds the catalog", err)})
 		}
-		if err != nil && !errors.Is(err, blob.ErrRange) {
-			return err
-		}
-		if err == nil {
-			if err = journalIntact(n, b); err == nil {
-				if err = checkJournalBody(b); err == nil || errors.Is(err, ErrFormatVersion) {
-					continue
-				}
-			}
-		}
-		emit(Problem{Pack: s.bs.String() + "/" + n, Err: fmt.Errorf("catalog journal entry damaged (%v); engram repair removes it and rebuilds the catalog", err)})
 	}
 	return nil
 }
