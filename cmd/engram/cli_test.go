@@ -136,6 +136,10 @@ func TestBadChunkingNamesConfig(t *testing.T) {
 	for _, c := range []struct{ from, to string }{
 		{`"avg": 65536`, `"avg": 1000`},
 		{`"algorithm": "aligned-cdc-xxh3"`, `"algorithm": "fastcdc-v9"`},
+		// A value of the wrong JSON type is the same fault, not a
+		// store that no command can open.
+		{`"avg": 65536`, `"avg": "65536"`},
+		{`"algorithm": "aligned-cdc-xxh3"`, `"algorithm": 7`},
 	} {
 		bad := strings.Replace(string(orig), c.from, c.to, 1)
 		if bad == string(orig) {
