@@ -33,6 +33,11 @@ func permuteArgs(app *cli.App, args []string) []string {
 		case a == "--":
 			pos = append(pos, rest[j:]...)
 			j = len(rest)
+		case (a == "--help" || a == "-h") && !hasFlag(cmd.Flags, "h"):
+			// urfave/cli would take the arguments as help topics ("No
+			// help topic for 'vm.qcow2'", exit 1): help is all that
+			// was asked for, so show it and exit 0 as `ingest --help` does.
+			return append(append([]string{}, args[:i+1]...), "--help")
 		case strings.HasPrefix(a, "-") && a != "-":
 			flags = append(flags, a)
 			if !isBoolFlag(cmd.Flags, a) && !strings.Contains(a, "=") && j+1 < len(rest) {

@@ -236,3 +236,28 @@ func TestChainThinOutputNotDirectory(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpWithArguments: --help (or -h) with arguments shows the command's
+// help and exits 0, as --help alone does; it neither runs the command nor
+// takes the arguments for help topics.
+func TestHelpWithArguments(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	for _, args := range [][]string{
+		{"ingest", "--help", img},
+		{"ingest", img, "-h"},
+		{"restore", "a", "-o", filepath.Join(dir, "out.qcow2"), "--help"},
+		{"ls", "--help", "x"},
+		{"gc", "-h", "x"},
+	} {
+		r := runEngram(t, store, args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "engram "+args[0]+" - ") || r.stderr != "" {
+			t.Errorf("engram %s: exit %d, stdout %.60q, stderr %q; want its help and exit 0", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+	}
+	if _, err := os.Stat(store); err == nil {
+		t.Errorf("a --help made the store %s", store)
+	}
+}
