@@ -118,17 +118,18 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			return fmt.Errorf("%s: %w", path, ErrExists)
 		}
 	}
-	dir := filepath.Dir(path)
+	target := path
+	dir := filepath.Dir(target)
 	if st, err := os.Stat(dir); err != nil {
 		return fmt.Errorf("output directory %s: %w", dir, err)
 	} else if !st.IsDir() {
 		return fmt.Errorf("output directory %s: not a directory", dir)
 	}
-	o, err := createOutput(dir, filepath.Base(path))
+	o, err := createOutput(dir, filepath.Base(target), path)
 	if err != nil {
 		return err
 	}
-	f, tmp := o.f, o.name
+	f := o.f
 	defer func() {
 		if err != nil {
 			o.discard()
@@ -140,7 +141,7 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	switch format {
 	case "raw":
 		if err := f.Truncate(root.Size); err != nil {
-			return fmt.Errorf("%s: %w", tmp, err)
+			return err // it names the file
 		}
 		out = f
 		if d := o.openDirect(); d != nil {
@@ -205,7 +206,7 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	if err := CheckOutput(path); err != nil {
 		return err
 	}
-	if err := o.publish(path); err != nil {
+	if err := o.publish(target, path); err != nil {
 		return err
 	}
 	return syncDir(dir)
