@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -118,7 +119,12 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			return fmt.Errorf("%s: %w", path, ErrExists)
 		}
 	}
-	target := path
+	// A symbolic link is written through to its target, as cp and
+	// qemu-img convert do: the link stays, its target gets the image.
+	target, err := OutputPath(path)
+	if err != nil {
+		return err
+	}
 	dir := filepath.Dir(target)
 	if st, err := os.Stat(dir); err != nil {
 		return fmt.Errorf("output directory %s: %w", dir, err)
@@ -210,6 +216,25 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 		return err
 	}
 	return syncDir(dir)
+}
+
+// OutputPath is the file ToFile writes for path: path itself, or the
+// file a symbolic link at path points to (through every link). A dangling
+// link is refused, as cp does: its target may be a name the user never
+// meant to create.
+func OutputPath(path string) (string, error) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		return path, nil
+	}
+	t, err := filepath.EvalSymlinks(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%s: not writing through a dangling symbolic link", path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: symbolic link: %w", path, err)
+	}
+	return t, nil
 }
 
 func syncDir(dir string) error {
