@@ -261,3 +261,36 @@ func TestHelpWithArguments(t *testing.T) {
 		t.Errorf("a --help made the store %s", store)
 	}
 }
+
+// TestIngestDirNamesNonQcow2: a directory ingest names each *.qcow2 that is
+// not qcow2 in one line, ingests the rest and exits non-zero.
+func TestIngestDirNamesNonQcow2(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	imgs := filepath.Join(dir, "imgs")
+	if err := os.Mkdir(imgs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	if err := os.Rename(good, filepath.Join(imgs, "good.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(imgs, "bad.qcow2")
+	if err := os.WriteFile(bad, []byte("not an image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(imgs, "notes.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runEngram(t, store, "-q", "ingest", imgs)
+	if r.code != exitFailure || strings.Count(r.stderr, bad) != 1 || strings.Contains(r.stderr, "notes.txt") || !strings.Contains(r.stderr, "1 file named *.qcow2 is not qcow2") {
+		t.Errorf("exit %d, stderr %q; want 1 naming %s once", r.code, r.stderr, bad)
+	}
+	if ids := strings.Fields(r.stdout); len(ids) != 1 {
+		t.Errorf("stdout %q, want the good image's ID", r.stdout)
+	}
+	if out := ok(t, store, "ls"); !strings.Contains(out, "good.qcow2") {
+		t.Errorf("ls: %s", out)
+	}
+}
