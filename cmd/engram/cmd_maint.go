@@ -67,9 +67,10 @@ var gcCommand = &cli.Command{
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {
-			return printJSON(c.App.Writer, stats)
-		}
-		if !c.Bool(quietFlag.Name) {
+			if err := printJSON(c.App.Writer, stats); err != nil {
+				return err
+			}
+		} else if !c.Bool(quietFlag.Name) {
 			verb := "freed"
 			if c.Bool("dry-run") {
 				verb = "would free"
@@ -79,12 +80,15 @@ var gcCommand = &cli.Command{
 				plural(stats.PacksRewritten, "pack"), stats.PacksDeleted, plural(stats.ChunksMoved, "chunk"))
 		}
 		if n := len(stats.Unindexed); n > 0 {
-			// Damage gc worked around, not a failure of gc: exit 0.
+			// gc did its work around the damage, but engrams cannot read
+			// those chunks until repair indexes them: like restic prune on
+			// an incomplete index, say what to run and exit 1, so a
+			// nightly script sees it.
 			more := ""
 			if n > 1 {
 				more = fmt.Sprintf(" and %d more packs", n-1)
 			}
-			fmt.Fprintf(c.App.ErrWriter, "engram: gc: kept %s%s: lost index segment, but holds chunks engrams need; run engram repair to index it again\n",
+			return fmt.Errorf("gc: kept %s%s: its index segment is lost but engrams need its chunks; run engram repair to index it again (until then those engrams cannot be restored)",
 				escapeControl(stats.Unindexed[0]), more)
 		}
 		return nil
