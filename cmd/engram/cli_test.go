@@ -334,3 +334,24 @@ func TestGCKeptUnindexedPackExits1(t *testing.T) {
 		t.Fatalf("no lost segment made gc keep a pack (%d segments)", len(segs))
 	}
 }
+
+// TestJSONEmptyListsAreArrays: --json prints an empty list as [], not
+// null, so `jq '.[]'` works on an empty store or a clean verify.
+func TestJSONEmptyListsAreArrays(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	ok(t, store, "init")
+	for _, args := range [][]string{{"tree"}, {"sketch"}, {"ls"}} {
+		if out := strings.TrimSpace(ok(t, store, append([]string{"--json"}, args...)...)); out != "[]" {
+			t.Errorf("--json %s on an empty store: %q, want []", args[0], out)
+		}
+	}
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", img)
+	for _, args := range [][]string{{"verify"}, {"diff", "a", "a"}} {
+		if out := ok(t, store, append([]string{"--json"}, args...)...); strings.Contains(out, "null") {
+			t.Errorf("--json %s: %s, want [] for empty lists", args[0], out)
+		}
+	}
+}

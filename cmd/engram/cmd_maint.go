@@ -110,8 +110,8 @@ var verifyCommand = &cli.Command{
 			return err
 		}
 		bad := map[chunkstore.ID]bool{}
-		var problems []string
-		objects := 0 // problems of a pack or segment as a whole, not of a chunk
+		problems := []string{} // --json: [] when clean, not null
+		objects := 0           // problems of a pack or segment as a whole, not of a chunk
 		if len(ids) == 0 {
 			_, err := st.Verify(c.Context, func(p chunkstore.Problem) {
 				bad[p.ID] = true
@@ -131,7 +131,7 @@ var verifyCommand = &cli.Command{
 				ids = append(ids, e.ID)
 			}
 		}
-		var damaged []string
+		damaged := []string{}
 		for _, id := range ids {
 			if err := engram.Check(c.Context, st, id, func(x chunkstore.ID) bool { return bad[x] }); err != nil {
 				name := ""

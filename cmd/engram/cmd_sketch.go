@@ -85,7 +85,7 @@ var sketchCommand = &cli.Command{
 			Filled  int    `json:"filled_bins"`
 			Missing string `json:"missing,omitempty"`
 		}
-		var rows []row
+		rows := []row{} // --json: [] for an empty store, not null
 		missing := 0
 		for _, id := range ids {
 			s, err := engram.LoadSketch(c.Context, st, id)
