@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/internal/qemutest"
 )
 
@@ -354,4 +356,26 @@ func TestJSONEmptyListsAreArrays(t *testing.T) {
 			t.Errorf("--json %s: %s, want [] for empty lists", args[0], out)
 		}
 	}
+}
+
+// TestVerifyWaitsForGC: a whole-store verify holds the store lock shared,
+// so while gc holds it alone verify waits and then says the store is
+// busy (exit 5) rather than reading packs gc is deleting; a verify of
+// named engrams reads only the index and runs beside gc.
+func TestVerifyWaitsForGC(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", img)
+	gc, err := chunkstore.Open(context.Background(), store, chunkstore.OpenOptions{Exclusive: true, Command: "engram gc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	r := runEngram(t, store, "--lock-timeout", "200ms", "verify")
+	if r.code != exitLocked || !strings.Contains(r.stderr, "engram gc") {
+		t.Errorf("verify beside gc: exit %d, stderr %q; want %d naming the holder", r.code, r.stderr, exitLocked)
+	}
+	ok(t, store, "--lock-timeout", "200ms", "verify", "a")
 }

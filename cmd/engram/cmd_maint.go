@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/view"
 )
@@ -100,7 +101,11 @@ var verifyCommand = &cli.Command{
 	Usage:     "re-read and re-hash the store and check that engrams are complete",
 	ArgsUsage: "[ID|NAME...]",
 	Action: func(c *cli.Context) error {
-		st, err := openStore(c, false, false)
+		// A whole-store verify reads every pack: it holds a directory
+		// store's lock shared, as an ingest does, so a gc waits for it
+		// (as restic's check and prune exclude each other) instead of
+		// deleting packs under it that it would then call damaged.
+		st, err := openStoreWith(c, false, false, storeurl.Options{HoldShared: c.NArg() == 0})
 		if err != nil {
 			return err
 		}

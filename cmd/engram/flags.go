@@ -96,6 +96,7 @@ func openStoreWith(c *cli.Context, write, create bool, o storeurl.Options) (stor
 	return storeurl.Open(c.Context, dir, storeurl.Options{
 		ReadOnly:    !write,
 		Exclusive:   o.Exclusive,
+		HoldShared:  o.HoldShared,
 		DeferSync:   o.DeferSync,
 		LockTimeout: c.Duration(lockFlag.Name),
 		Command:     strings.Join(os.Args, " "),
