@@ -379,3 +379,27 @@ func TestVerifyWaitsForGC(t *testing.T) {
 	}
 	ok(t, store, "--lock-timeout", "200ms", "verify", "a")
 }
+
+// TestRmByNameKeepsOtherNames: one content ingested under two names is one
+// engram; rm by one name is refused (exit 2, naming the other) and removes
+// nothing; its ID or every name removes it, once, even if given twice.
+func TestRmByNameKeepsOtherNames(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	cp := filepath.Join(dir, "copy.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", img, cp)
+	id := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "web-01", img))
+	if got := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "scratch", cp)); got != id {
+		t.Fatalf("same content, IDs %s and %s", id, got)
+	}
+	fails(t, store, exitUsage, []string{"rm", "scratch"}, "web-01", "ID")
+	if out := ok(t, store, "ls"); !strings.Contains(out, "web-01") {
+		t.Fatalf("refused rm removed it:\n%s", out)
+	}
+	ok(t, store, "rm", "scratch", "web-01", id[:12])
+	if out := ok(t, store, "-q", "ls"); strings.Contains(out, id[:12]) {
+		t.Fatalf("still listed after rm:\n%s", out)
+	}
+}
