@@ -403,3 +403,24 @@ func TestRmByNameKeepsOtherNames(t *testing.T) {
 		t.Fatalf("still listed after rm:\n%s", out)
 	}
 }
+
+// TestThinFileNamedAsGiven: restore --thin names a file by the name the
+// command line gives, not the engram's newest name (one content ingested
+// as clone3, then again as flat3).
+func TestThinFileNamedAsGiven(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	cp := filepath.Join(dir, "flat.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", img, cp)
+	ok(t, store, "ingest", "--name", "clone3", img)
+	ok(t, store, "ingest", "--name", "flat3", cp)
+	out := filepath.Join(dir, "out")
+	ok(t, store, "restore", "--thin", "-o", out, "clone3")
+	if _, err := os.Stat(filepath.Join(out, "clone3.qcow2")); err != nil {
+		ents, _ := os.ReadDir(out)
+		t.Fatalf("want clone3.qcow2: %v (have %v)", err, ents)
+	}
+	qemutest.Compare(t, img, filepath.Join(out, "clone3.qcow2"))
+}
