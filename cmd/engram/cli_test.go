@@ -286,7 +286,7 @@ func TestIngestDirNamesNonQcow2(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := runEngram(t, store, "-q", "ingest", imgs)
-	if r.code != exitFailure || strings.Count(r.stderr, bad) != 1 || strings.Contains(r.stderr, "notes.txt") || !strings.Contains(r.stderr, "1 file named *.qcow2 is not qcow2") {
+	if r.code != exitFailure || strings.Count(r.stderr, bad) != 1 || strings.Contains(r.stderr, "notes.txt") || !strings.Contains(r.stderr, "1 file named *.qcow2 was skipped") {
 		t.Errorf("exit %d, stderr %q; want 1 naming %s once", r.code, r.stderr, bad)
 	}
 	if ids := strings.Fields(r.stdout); len(ids) != 1 {
@@ -423,4 +423,33 @@ func TestThinFileNamedAsGiven(t *testing.T) {
 		t.Fatalf("want clone3.qcow2: %v (have %v)", err, ents)
 	}
 	qemutest.Compare(t, img, filepath.Join(out, "clone3.qcow2"))
+}
+
+// TestIngestDirFollowsLinks: a directory ingest follows a symbolic link to
+// an image (libvirt pools link to theirs) and names a dangling *.qcow2
+// link, exiting 1, as it does a *.qcow2 that is not qcow2.
+func TestIngestDirFollowsLinks(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	imgs := filepath.Join(dir, "imgs")
+	if err := os.Mkdir(imgs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(img, filepath.Join(imgs, "vm.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	r := runEngram(t, store, "-q", "ingest", imgs)
+	if r.code != 0 || len(strings.Fields(r.stdout)) != 1 {
+		t.Fatalf("linked image: exit %d, stdout %q, stderr %q; want its ID", r.code, r.stdout, r.stderr)
+	}
+	dangling := filepath.Join(imgs, "gone.qcow2")
+	if err := os.Symlink(filepath.Join(dir, "nowhere.qcow2"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	r = runEngram(t, store, "-q", "ingest", imgs)
+	if r.code != exitFailure || strings.Count(r.stderr, dangling) != 1 || len(strings.Fields(r.stdout)) != 1 {
+		t.Errorf("dangling link: exit %d, stdout %q, stderr %q; want 1 naming %s, the other ingested", r.code, r.stdout, r.stderr, dangling)
+	}
 }

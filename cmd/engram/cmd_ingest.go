@@ -146,7 +146,7 @@ var ingestCommand = &cli.Command{
 			// The rest are ingested; a script must still see that
 			// something it pointed at was not.
 			n := len(skipped)
-			return fmt.Errorf("%s named *.qcow2 %s not qcow2 and %s skipped (named above); the other images were ingested", plural(n, "file"), pick(n, "is", "are"), pick(n, "was", "were"))
+			return fmt.Errorf("%s named *.qcow2 %s skipped (named above); the other images were ingested", plural(n, "file"), pick(n, "was", "were"))
 		}
 		return nil
 	},
@@ -208,7 +208,18 @@ func expandImages(args []string) (paths []string, skipped []skippedFile, err err
 		var found []string
 		for _, e := range ents {
 			p := filepath.Join(a, e.Name())
-			if !e.Type().IsRegular() {
+			regular := e.Type().IsRegular()
+			if e.Type()&fs.ModeSymlink != 0 {
+				// An image directory often links to the images (libvirt
+				// pools, a "current" set): follow a link to a file, as
+				// naming the link itself as an argument does.
+				fi, err := os.Stat(p)
+				regular = err == nil && fi.Mode().IsRegular()
+				if err != nil && strings.HasSuffix(e.Name(), ".qcow2") {
+					skipped = append(skipped, skippedFile{p, "a symbolic link to nothing"})
+				}
+			}
+			if !regular {
 				continue
 			}
 			isQ, why := qcow2Magic(p)
