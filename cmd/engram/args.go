@@ -139,3 +139,24 @@ func hasFlag(fs []cli.Flag, name string) bool {
 	}
 	return false
 }
+
+// helpWord turns `engram help [COMMAND]` into `engram [COMMAND] --help`:
+// the help command is hidden (HideHelpCommand), but git, go and restic
+// users type it, and "no command help" sent them away.
+func helpWord(app *cli.App, args []string) []string {
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "-" {
+		if !isBoolFlag(app.Flags, args[i]) && !strings.Contains(args[i], "=") {
+			i++
+		}
+		i++
+	}
+	if i >= len(args) || args[i] != "help" || app.Command("help") != nil {
+		return args
+	}
+	out := append([]string{}, args[:i]...)
+	if i+1 < len(args) {
+		out = append(out, args[i+1]) // an unknown one is named by unknownCommand
+	}
+	return append(out, "--help")
+}

@@ -453,3 +453,16 @@ func TestIngestDirFollowsLinks(t *testing.T) {
 		t.Errorf("dangling link: exit %d, stdout %q, stderr %q; want 1 naming %s, the other ingested", r.code, r.stdout, r.stderr, dangling)
 	}
 }
+
+// TestHelpCommandWord: `engram help COMMAND` shows that command's help
+// (exit 0) as `engram COMMAND --help` does; an unknown one is named.
+func TestHelpCommandWord(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	if out := ok(t, store, "help", "ingest"); !strings.Contains(out, "engram ingest - ") {
+		t.Errorf("help ingest: %q", out)
+	}
+	if out := ok(t, store, "help"); !strings.Contains(out, "COMMANDS:") {
+		t.Errorf("help: %q", out)
+	}
+	fails(t, store, exitUsage, []string{"help", "nosuch"}, `"nosuch"`)
+}
