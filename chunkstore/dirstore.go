@@ -36,9 +36,17 @@ var ErrNeedsUpgrade = errors.New("chunk store needs a format upgrade")
 
 // OpenOptions control how Open opens a directory store.
 type OpenOptions struct {
-	// ReadOnly opens without the store lock; writing methods fail with
-	// ErrReadOnly. Any number of read-only opens may run beside writers.
+	// ReadOnly opens without the store lock (but see HoldShared); writing
+	// methods fail with ErrReadOnly. Any number of read-only opens may run
+	// beside writers.
 	ReadOnly bool
+	// HoldShared, with ReadOnly, still takes the store lock shared
+	// (waiting up to LockTimeout), so gc and repair, which take it alone,
+	// wait until this reader is done: a verify reads every pack and would
+	// take the packs a concurrent gc deletes for damaged ones. Where the
+	// lock file cannot be opened (read-only media) the store is read
+	// without it.
+	HoldShared bool
 	// Exclusive takes the store lock exclusively instead of shared: no
 	// other process writes while the store is open, so GC deletes what is
 	// dead at once (the CLI's gc). Ignored with ReadOnly.
@@ -168,6 +176,14 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*BlobStore, error)
 		if err != nil {
 			lock.release()
 			return nil, err
+		}
+	} else if opts.HoldShared {
+		lock, err = acquireLock(ctx, dir, timeout, opts.Command, false)
+		if le := (*LockedError)(nil); errors.As(err, &le) || ctx.Err() != nil {
+			return nil, err
+		}
+		if err != nil {
+			lock = nil // no lock file to open: nothing can write here either
 		}
 	}
 	bs, err := dirblob.Open(dir, false)

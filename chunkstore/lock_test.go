@@ -121,3 +121,39 @@ func TestReadOnlyBesideWriter(t *testing.T) {
 	}
 	r.Close()
 }
+
+// A read-only open with HoldShared (a whole-store verify) shares the lock
+// with writers and keeps gc (exclusive) out until it closes; a plain
+// read-only open takes no lock.
+func TestReadOnlyHoldShared(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	Init(dir, InitOptions{})
+	r, err := Open(ctx, dir, OpenOptions{ReadOnly: true, HoldShared: true, Command: "engram verify"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, dir, OpenOptions{Exclusive: true, LockTimeout: -1}); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "engram verify") {
+		t.Fatalf("gc beside a holding reader: %v, want ErrLocked naming it", err)
+	}
+	w, err := Open(ctx, dir, OpenOptions{LockTimeout: -1})
+	if err != nil {
+		t.Fatalf("a writer beside a holding reader: %v", err)
+	}
+	w.Close()
+	r.Close()
+	gc, err := Open(ctx, dir, OpenOptions{Exclusive: true, LockTimeout: -1})
+	if err != nil {
+		t.Fatalf("gc after the reader closed: %v", err)
+	}
+	// A plain reader opens beside gc, and a holding one waits for it.
+	plain, err := Open(ctx, dir, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("plain reader beside gc: %v", err)
+	}
+	plain.Close()
+	if _, err := Open(ctx, dir, OpenOptions{ReadOnly: true, HoldShared: true, LockTimeout: -1}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("holding reader beside gc: %v, want ErrLocked", err)
+	}
+	gc.Close()
+}

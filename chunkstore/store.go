@@ -1,6 +1,12 @@
 package chunkstore
 
-import "context"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+)
 
 // Chunk is a chunk's ID with its uncompressed bytes.
 type Chunk struct {
@@ -17,6 +23,66 @@ type ChunkParams struct {
 	Min       int    `json:"min"`       // minimum chunk length (16 KiB)
 	Avg       int    `json:"avg"`       // target average length (64 KiB)
 	Max       int    `json:"max"`       // maximum chunk length (256 KiB)
+
+	// raw and bad are set when config.json's chunking object has a value
+	// of the wrong JSON type: the store still opens (restore does not
+	// need chunking), ingest refuses with bad, and raw is written back
+	// unchanged (upgrade) rather than as zeros.
+	raw, bad string
+}
+
+// Invalid is nil, or why config.json's chunking object could not be read
+// (a value of the wrong JSON type); the other fields are then unreliable.
+func (p ChunkParams) Invalid() error {
+	if p.bad == "" {
+		return nil
+	}
+	return errors.New(p.bad)
+}
+
+// UnmarshalJSON reads what it can and records a type error in Invalid
+// instead of failing: one bad field must not stop every command.
+func (p *ChunkParams) UnmarshalJSON(b []byte) error {
+	type plain ChunkParams
+	var q plain
+	err := json.Unmarshal(b, &q)
+	if te := (*json.UnmarshalTypeError)(nil); errors.As(err, &te) {
+		*p = ChunkParams(q)
+		p.raw = string(b)
+		what := "chunking"
+		if te.Field != "" {
+			what += "." + te.Field
+		}
+		p.bad = fmt.Sprintf("%s is a JSON %s, want %s", what, te.Value, jsonKind(te.Type.Kind()))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	*p = ChunkParams(q)
+	return nil
+}
+
+// MarshalJSON writes an unreadable object back as it was read.
+func (p ChunkParams) MarshalJSON() ([]byte, error) {
+	if p.raw != "" {
+		return []byte(p.raw), nil
+	}
+	type plain ChunkParams
+	return json.Marshal(plain(p))
+}
+
+// jsonKind names what JSON a Go kind is read from.
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.String:
+		return "a string"
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Bool:
+		return "a boolean"
+	}
+	return "a number"
 }
 
 // DefaultChunkParams are the parameters of a store made without options.

@@ -199,6 +199,10 @@ func LoadRoot(ctx context.Context, r chunkstore.Reader, id ID) (Root, error) {
 	return root, err
 }
 
+// MinPrefix is the fewest hex digits an ID prefix may have (git's minimum
+// abbreviation).
+const MinPrefix = 4
+
 // Resolve turns a name, a full ID or a unique hex prefix of an ID into an
 // engram ID. Names win over prefixes.
 func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
@@ -218,6 +222,12 @@ func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
 		hexPrefix := strings.ToLower(s)
 		if _, err := hex.DecodeString(hexPrefix + strings.Repeat("0", len(hexPrefix)%2)); err != nil || len(hexPrefix) > 64 {
 			return fmt.Errorf("%w: %q is neither a name nor an ID", ErrNotFound, s)
+		}
+		// As git: a prefix of at least MinPrefix digits. Short names are
+		// often hex ("01", "db", "c1"): a missing one must not select
+		// whichever engram's ID starts with it (rm, restore --force).
+		if len(hexPrefix) < MinPrefix {
+			return fmt.Errorf("%w: %q is not a name, and an ID prefix needs at least %d hex digits", ErrNotFound, s, MinPrefix)
 		}
 		// Byte prefix of the even part narrows the scan; the odd digit is
 		// checked on the hex form.

@@ -27,16 +27,17 @@ func commitRoot(t *testing.T, st chunkstore.Store, size int64, name string, fp s
 func TestCatalog(t *testing.T) {
 	ctx := context.Background()
 	st := newMem()
-	// Find two sizes whose IDs share a first hex digit, for an ambiguous prefix.
+	// Find two sizes whose IDs share MinPrefix hex digits, for an
+	// ambiguous prefix.
 	var ids []ID
-	seen := map[byte]ID{}
+	seen := map[string]ID{}
 	for size := int64(512); len(ids) < 2; size += 512 {
 		id := chunkstore.Sum(EncodeRoot(Root{Size: size}))
-		if other, ok := seen[id.String()[0]]; ok {
+		if other, ok := seen[id.String()[:MinPrefix]]; ok {
 			ids = []ID{other, id}
 			break
 		}
-		seen[id.String()[0]] = id
+		seen[id.String()[:MinPrefix]] = id
 	}
 	var sizes []int64
 	for _, want := range ids {
@@ -59,7 +60,10 @@ func TestCatalog(t *testing.T) {
 		{"web-01", a, nil},
 		{a.String(), a, nil},
 		{b.String()[:12], b, nil},
-		{a.String()[:1], ID{}, ErrAmbiguous},
+		{a.String()[:MinPrefix], ID{}, ErrAmbiguous},
+		// Shorter than MinPrefix: a missing short name ("01", "db") must
+		// not select an engram whose ID starts with it.
+		{b.String()[:MinPrefix-1], ID{}, ErrNotFound},
 		{"nosuchname", ID{}, ErrNotFound},
 		{"", ID{}, ErrNotFound},
 	} {

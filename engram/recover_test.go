@@ -260,7 +260,7 @@ func TestRecoverCatalogReportsIncomplete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Engrams) != 1 || rep.Incomplete != 1 || !strings.Contains(rep.Engrams[0].Incomplete, "1 chunks missing") {
+	if len(rep.Engrams) != 1 || rep.Incomplete != 1 || !strings.Contains(rep.Engrams[0].Incomplete, "1 chunk missing, 0 damaged") {
 		t.Fatalf("%+v", rep)
 	}
 	if got, err := Resolve(ctx, st, "x"); err != nil || got != id {

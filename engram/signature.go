@@ -87,7 +87,7 @@ func decodeSketchInto(s *sketch.Sketch, id ID, b []byte) error {
 		return fmt.Errorf("engram %s: %w: %v (run engram sketch --rebuild)", id.Short(), ErrNoSignature, err)
 	}
 	if err != nil {
-		return fmt.Errorf("engram %s: signature: %w (run engram sketch --rebuild --force)", id.Short(), err)
+		return fmt.Errorf("engram %s: signature: %w (run engram sketch --rebuild)", id.Short(), err)
 	}
 	return nil
 }
@@ -152,32 +152,35 @@ type RebuildReport struct {
 }
 
 // RebuildSketches computes the signature of every engram that lacks a
-// readable one (all of them with force) from its manifest and stores it.
-// An engram whose pages are missing is reported, not fatal.
+// readable one — none, an old version or a damaged one — (all of them
+// with force) from its manifest and stores it. An engram whose pages are
+// missing is reported, not fatal.
 func RebuildSketches(ctx context.Context, w ReadWriter, force bool) (RebuildReport, error) {
 	var rep RebuildReport
 	have, missing, err := LoadSketches(ctx, w)
-	if err != nil && !force {
-		return rep, err
-	}
 	todo := missing
+	rep.Engrams = len(have) + len(missing)
 	if force || err != nil {
-		todo = nil
+		// A damaged signature fails LoadSketches: walk the catalog and
+		// take each engram whose signature does not decode, so the
+		// rebuild the error message asks for repairs it.
+		todo, rep.Engrams = nil, 0
 		err = w.View(ctx, func(tx chunkstore.MetaTx) error {
 			return tx.ForEach(bucketEngrams, nil, func(k, _ []byte) error {
 				var id ID
 				copy(id[:], k)
-				todo = append(todo, id)
+				rep.Engrams++
+				if force {
+					todo = append(todo, id)
+				} else if _, err := decodeSketch(id, tx.Get(bucketSketches, k)); err != nil {
+					todo = append(todo, id)
+				}
 				return nil
 			})
 		})
 		if err != nil {
 			return rep, err
 		}
-	}
-	rep.Engrams = len(have) + len(missing)
-	if force {
-		rep.Engrams = len(todo)
 	}
 	for _, id := range todo {
 		root, err := LoadRoot(ctx, w, id)

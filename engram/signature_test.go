@@ -102,6 +102,13 @@ func TestSignatureLifecycle(t *testing.T) {
 	if _, _, err := LoadSketches(ctx, st); err == nil || errors.Is(err, ErrNoSignature) {
 		t.Errorf("damaged signature: %v, want an error naming it", err)
 	}
+	// The rebuild the error asks for recomputes the damaged one alone.
+	if rep, err := RebuildSketches(ctx, st, false); err != nil || len(rep.Built) != 1 || rep.Built[0] != b.String() || rep.Engrams != 2 {
+		t.Errorf("rebuild of a damaged signature: %+v, %v", rep, err)
+	}
+	if _, err := LoadSketch(ctx, st, b); err != nil {
+		t.Errorf("after rebuilding a damaged signature: %v", err)
+	}
 	if rep, err := RebuildSketches(ctx, st, true); err != nil || len(rep.Built) != 2 {
 		t.Errorf("forced rebuild: %+v, %v", rep, err)
 	}

@@ -65,7 +65,16 @@ func Check(ctx context.Context, r chunkstore.Reader, id ID, bad func(chunkstore.
 		}
 	}
 	if missing+damaged > 0 {
-		return fmt.Errorf("engram %s: %w: %d chunks missing, %d damaged (first: %s)", id.Short(), ErrIncomplete, missing, damaged, first)
+		return fmt.Errorf("engram %s: %w: %s missing, %d damaged (first: %s)", id.Short(), ErrIncomplete, chunks(missing), damaged, first)
 	}
 	return nil
+}
+
+// chunks is "1 chunk" or "n chunks": one missing chunk is the common case
+// after a single damaged pack, and "1 chunks" reads as a bug.
+func chunks(n int) string {
+	if n == 1 {
+		return "1 chunk"
+	}
+	return fmt.Sprintf("%d chunks", n)
 }

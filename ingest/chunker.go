@@ -41,6 +41,9 @@ func storeChunker(st chunkstore.Reader) (*Chunker, error) {
 
 // NewChunker checks p and returns a Chunker for it.
 func NewChunker(p chunkstore.ChunkParams) (*Chunker, error) {
+	if err := p.Invalid(); err != nil {
+		return nil, err
+	}
 	if p.Algorithm != chunkstore.DefaultChunkParams.Algorithm {
 		return nil, fmt.Errorf("chunking algorithm %q is not supported (want %q)", p.Algorithm, chunkstore.DefaultChunkParams.Algorithm)
 	}

@@ -218,6 +218,11 @@ func (s *Server) lookup(name string) (*Export, bool) {
 			return e, true
 		}
 	}
+	// At least 4 digits, as the CLI's IDs (engram.MinPrefix): a short
+	// missing name ("01") must not select the export whose ID starts so.
+	if len(name) < 4 {
+		return nil, false
+	}
 	var found *Export
 	for i := range s.Exports {
 		e := &s.Exports[i]

@@ -785,6 +785,7 @@ func TestLookup(t *testing.T) {
 		{"abc", ""},      // ambiguous
 		{"abcd", "abcd"}, // a name wins over a prefix
 		{"abce", "db"}, {"", ""}, {"zz", ""},
+		{"ff", ""}, {"fff", ""}, {"ffff", "abcd"}, // a prefix needs 4 digits
 	} {
 		e, ok := srv.lookup(tc.name)
 		got := ""

@@ -3,6 +3,7 @@ package restore
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,26 +27,36 @@ type output struct {
 	keeper *os.File // second descriptor of an anonymous file, kept to link it
 }
 
-func createOutput(dir, base string) (*output, error) {
+// createOutput makes the output for dir/base; errors of its I/O name
+// shown, the path the user gave, since the file has no name of its own
+// until publish (or only a hidden one).
+func createOutput(dir, base, shown string) (*output, error) {
 	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o644)
 	if err == nil {
 		kfd, derr := unix.Dup(fd)
 		if derr == nil {
 			unix.CloseOnExec(kfd)
-			name := filepath.Join(dir, "."+base+" (unnamed, being restored)")
-			return &output{f: os.NewFile(uintptr(fd), name), name: name, keeper: os.NewFile(uintptr(kfd), name)}, nil
+			return &output{f: os.NewFile(uintptr(fd), shown), name: shown, keeper: os.NewFile(uintptr(kfd), shown)}, nil
 		}
 		unix.Close(fd)
 	}
 	f, err := os.CreateTemp(dir, "."+base+".engram-tmp-*")
 	if err != nil {
-		return nil, fmt.Errorf("create temporary output in %s: %w", dir, err)
+		return nil, fmt.Errorf("%s: create temporary output in %s: %w", shown, dir, err)
 	}
-	return &output{f: f, name: f.Name(), tmp: f.Name()}, nil
+	o := &output{f: f, name: shown, tmp: f.Name()}
+	// The same descriptor under the shown name, so os errors name it.
+	if fd, err := unix.Dup(int(f.Fd())); err == nil {
+		unix.CloseOnExec(fd)
+		o.f = os.NewFile(uintptr(fd), shown)
+		f.Close()
+	}
+	return o, nil
 }
 
-// publish gives the finished, synced and closed output the name path.
-func (o *output) publish(path string) error {
+// publish gives the finished, synced and closed output the name path;
+// errors name shown.
+func (o *output) publish(path, shown string) error {
 	if o.keeper != nil {
 		defer o.keeper.Close()
 		// linkat cannot replace a file, so link under a temp name and rename.
@@ -53,15 +64,29 @@ func (o *output) publish(path string) error {
 		os.Remove(tmp)
 		src := "/proc/self/fd/" + strconv.Itoa(int(o.keeper.Fd()))
 		if err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW); err != nil {
-			return fmt.Errorf("link finished output to %s: %w", tmp, err)
+			return fmt.Errorf("%s: link the finished output in: %w", shown, err)
 		}
 		o.tmp = tmp
 	}
 	if err := os.Rename(o.tmp, path); err != nil {
 		os.Remove(o.tmp)
-		return fmt.Errorf("rename %s to %s: %w", o.tmp, path, err)
+		return fmt.Errorf("%s: rename the finished output onto it: %w", shown, unwrapPath(err))
 	}
 	return nil
+}
+
+// unwrapPath drops the paths an *os.LinkError or *fs.PathError carries, which
+// name the hidden temp file.
+func unwrapPath(err error) error {
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return le.Err
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // openDirect opens a second, O_DIRECT descriptor of the output for the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -118,17 +119,23 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 			return fmt.Errorf("%s: %w", path, ErrExists)
 		}
 	}
-	dir := filepath.Dir(path)
+	// A symbolic link is written through to its target, as cp and
+	// qemu-img convert do: the link stays, its target gets the image.
+	target, err := OutputPath(path)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(target)
 	if st, err := os.Stat(dir); err != nil {
 		return fmt.Errorf("output directory %s: %w", dir, err)
 	} else if !st.IsDir() {
 		return fmt.Errorf("output directory %s: not a directory", dir)
 	}
-	o, err := createOutput(dir, filepath.Base(path))
+	o, err := createOutput(dir, filepath.Base(target), path)
 	if err != nil {
 		return err
 	}
-	f, tmp := o.f, o.name
+	f := o.f
 	defer func() {
 		if err != nil {
 			o.discard()
@@ -140,7 +147,7 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	switch format {
 	case "raw":
 		if err := f.Truncate(root.Size); err != nil {
-			return fmt.Errorf("%s: %w", tmp, err)
+			return err // it names the file
 		}
 		out = f
 		if d := o.openDirect(); d != nil {
@@ -205,10 +212,29 @@ func ToFile(ctx context.Context, r chunkstore.Reader, id engram.ID, path string,
 	if err := CheckOutput(path); err != nil {
 		return err
 	}
-	if err := o.publish(path); err != nil {
+	if err := o.publish(target, path); err != nil {
 		return err
 	}
 	return syncDir(dir)
+}
+
+// OutputPath is the file ToFile writes for path: path itself, or the
+// file a symbolic link at path points to (through every link). A dangling
+// link is refused, as cp does: its target may be a name the user never
+// meant to create.
+func OutputPath(path string) (string, error) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		return path, nil
+	}
+	t, err := filepath.EvalSymlinks(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%s: not writing through a dangling symbolic link", path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: symbolic link: %w", path, err)
+	}
+	return t, nil
 }
 
 func syncDir(dir string) error {

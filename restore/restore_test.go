@@ -345,8 +345,54 @@ func TestDiskFullNamesFileOnce(t *testing.T) {
 	for _, o := range []Options{{Format: "raw"}, {Format: "qcow2"}, {Format: "qcow2", Compress: true}} {
 		out := filepath.Join(dir, "out."+o.Format)
 		err := ToFile(ctx, st, id, out, o)
-		if !errors.Is(err, unix.ENOSPC) || strings.Count(err.Error(), ".out."+o.Format) != 1 {
-			t.Errorf("%+v: %v, want ENOSPC naming the output once", o, err)
+		// The path given, not the hidden file being written.
+		if !errors.Is(err, unix.ENOSPC) || strings.Count(err.Error(), out) != 1 || strings.Contains(err.Error(), ".out.") {
+			t.Errorf("%+v: %v, want ENOSPC naming %s once", o, err, out)
 		}
+	}
+}
+
+// TestToFileThroughSymlink: -o naming a symbolic link to a file writes the
+// image into the link's target, as cp and qemu-img convert do, and keeps
+// the link; a dangling link is refused and nothing is created.
+func TestToFileThroughSymlink(t *testing.T) {
+	ctx := context.Background()
+	st := chunkstore.NewMemory(chunkstore.Params{Compression: "fastest", Chunking: chunkstore.DefaultChunkParams})
+	id, guest := storeImage(t, st)
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "images")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(sub, "vm.raw")
+	if err := os.WriteFile(target, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink("images/vm.raw", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := ToFile(ctx, st, id, link, Options{Format: "raw"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("without Force: %v, want ErrExists", err)
+	}
+	if err := ToFile(ctx, st, id, link, Options{Format: "raw", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("link replaced: %v %v", fi.Mode(), err)
+	}
+	if got, err := os.ReadFile(target); err != nil || !bytes.Equal(got, guest) {
+		t.Fatalf("target holds %d bytes (%v), want the image's %d", len(got), err, len(guest))
+	}
+	dangling := filepath.Join(dir, "dangling")
+	if err := os.Symlink("nowhere.raw", dangling); err != nil {
+		t.Fatal(err)
+	}
+	err := ToFile(ctx, st, id, dangling, Options{Format: "raw", Force: true})
+	if err == nil || !strings.Contains(err.Error(), dangling) || !strings.Contains(err.Error(), "dangling") {
+		t.Fatalf("dangling link: %v, want a refusal naming it", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nowhere.raw")); err == nil {
+		t.Fatal("a dangling link's target was created")
 	}
 }

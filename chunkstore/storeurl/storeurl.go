@@ -25,7 +25,10 @@ type Options struct {
 	ReadOnly bool
 	// Exclusive: directory store only, hold its lock exclusively (gc: dead
 	// packs are then deleted at once; see chunkstore.OpenOptions).
-	Exclusive   bool
+	Exclusive bool
+	// HoldShared: directory store only, a read-only open that holds the
+	// lock shared (verify; see chunkstore.OpenOptions).
+	HoldShared  bool
 	LockTimeout time.Duration // directory store: the store lock and the cache; bucket: the cache
 	Command     string        // directory store: recorded in the lock file
 	TrustIDs    bool
@@ -57,7 +60,7 @@ func openBucket(ctx context.Context, loc string, createBucket bool) (*s3.Store, 
 // Open opens the store at loc.
 func Open(ctx context.Context, loc string, opts Options) (Store, error) {
 	if !IsBucket(loc) {
-		st, err := chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, Exclusive: opts.Exclusive, LockTimeout: opts.LockTimeout, Command: opts.Command,
+		st, err := chunkstore.Open(ctx, loc, chunkstore.OpenOptions{ReadOnly: opts.ReadOnly, HoldShared: opts.HoldShared, Exclusive: opts.Exclusive, LockTimeout: opts.LockTimeout, Command: opts.Command,
 			TrustIDs: opts.TrustIDs, BlockCacheBytes: opts.BlockCacheBytes, CacheRoot: opts.CacheRoot, DeferSync: opts.DeferSync})
 		if err != nil {
 			return nil, err

@@ -33,6 +33,11 @@ func permuteArgs(app *cli.App, args []string) []string {
 		case a == "--":
 			pos = append(pos, rest[j:]...)
 			j = len(rest)
+		case (a == "--help" || a == "-h") && !hasFlag(cmd.Flags, "h"):
+			// urfave/cli would take the arguments as help topics ("No
+			// help topic for 'vm.qcow2'", exit 1): help is all that
+			// was asked for, so show it and exit 0 as `ingest --help` does.
+			return append(append([]string{}, args[:i+1]...), "--help")
 		case strings.HasPrefix(a, "-") && a != "-":
 			flags = append(flags, a)
 			if !isBoolFlag(cmd.Flags, a) && !strings.Contains(a, "=") && j+1 < len(rest) {
@@ -133,4 +138,25 @@ func hasFlag(fs []cli.Flag, name string) bool {
 		}
 	}
 	return false
+}
+
+// helpWord turns `engram help [COMMAND]` into `engram [COMMAND] --help`:
+// the help command is hidden (HideHelpCommand), but git, go and restic
+// users type it, and "no command help" sent them away.
+func helpWord(app *cli.App, args []string) []string {
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "-" {
+		if !isBoolFlag(app.Flags, args[i]) && !strings.Contains(args[i], "=") {
+			i++
+		}
+		i++
+	}
+	if i >= len(args) || args[i] != "help" || app.Command("help") != nil {
+		return args
+	}
+	out := append([]string{}, args[:i]...)
+	if i+1 < len(args) {
+		out = append(out, args[i+1]) // an unknown one is named by unknownCommand
+	}
+	return append(out, "--help")
 }

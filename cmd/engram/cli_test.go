@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/internal/qemutest"
 )
 
@@ -136,6 +138,10 @@ func TestBadChunkingNamesConfig(t *testing.T) {
 	for _, c := range []struct{ from, to string }{
 		{`"avg": 65536`, `"avg": 1000`},
 		{`"algorithm": "aligned-cdc-xxh3"`, `"algorithm": "fastcdc-v9"`},
+		// A value of the wrong JSON type is the same fault, not a
+		// store that no command can open.
+		{`"avg": 65536`, `"avg": "65536"`},
+		{`"algorithm": "aligned-cdc-xxh3"`, `"algorithm": 7`},
 	} {
 		bad := strings.Replace(string(orig), c.from, c.to, 1)
 		if bad == string(orig) {
@@ -231,4 +237,232 @@ func TestChainThinOutputNotDirectory(t *testing.T) {
 			t.Errorf("restore %s changed %s: %q %v", mode, file, b, err)
 		}
 	}
+}
+
+// TestHelpWithArguments: --help (or -h) with arguments shows the command's
+// help and exits 0, as --help alone does; it neither runs the command nor
+// takes the arguments for help topics.
+func TestHelpWithArguments(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	for _, args := range [][]string{
+		{"ingest", "--help", img},
+		{"ingest", img, "-h"},
+		{"restore", "a", "-o", filepath.Join(dir, "out.qcow2"), "--help"},
+		{"ls", "--help", "x"},
+		{"gc", "-h", "x"},
+	} {
+		r := runEngram(t, store, args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "engram "+args[0]+" - ") || r.stderr != "" {
+			t.Errorf("engram %s: exit %d, stdout %.60q, stderr %q; want its help and exit 0", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+	}
+	if _, err := os.Stat(store); err == nil {
+		t.Errorf("a --help made the store %s", store)
+	}
+}
+
+// TestIngestDirNamesNonQcow2: a directory ingest names each *.qcow2 that is
+// not qcow2 in one line, ingests the rest and exits non-zero.
+func TestIngestDirNamesNonQcow2(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	imgs := filepath.Join(dir, "imgs")
+	if err := os.Mkdir(imgs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	if err := os.Rename(good, filepath.Join(imgs, "good.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(imgs, "bad.qcow2")
+	if err := os.WriteFile(bad, []byte("not an image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(imgs, "notes.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runEngram(t, store, "-q", "ingest", imgs)
+	if r.code != exitFailure || strings.Count(r.stderr, bad) != 1 || strings.Contains(r.stderr, "notes.txt") || !strings.Contains(r.stderr, "1 file named *.qcow2 was skipped") {
+		t.Errorf("exit %d, stderr %q; want 1 naming %s once", r.code, r.stderr, bad)
+	}
+	if ids := strings.Fields(r.stdout); len(ids) != 1 {
+		t.Errorf("stdout %q, want the good image's ID", r.stdout)
+	}
+	if out := ok(t, store, "ls"); !strings.Contains(out, "good.qcow2") {
+		t.Errorf("ls: %s", out)
+	}
+}
+
+// TestGCKeptUnindexedPackExits1: gc that keeps a pack whose index segment
+// is lost (engrams need its chunks) finishes its work, then exits 1 with
+// one line naming the pack and engram repair; after repair gc exits 0.
+func TestGCKeptUnindexedPackExits1(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k", "write -P 0x22 1M 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", img)
+	segs, err := os.ReadDir(filepath.Join(store, "index"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for i, e := range segs {
+		s := filepath.Join(dir, "s"+strconv.Itoa(i))
+		if out, err := exec.Command("cp", "-a", store, s).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+		if err := os.Remove(filepath.Join(s, "index", e.Name())); err != nil {
+			t.Fatal(err)
+		}
+		r := runEngram(t, s, "gc")
+		if !strings.Contains(r.stderr, "kept") {
+			continue // a manifest's pack: gc refuses to run, which is tested elsewhere
+		}
+		kept++
+		msg := strings.TrimSpace(r.stderr)
+		if r.code != exitFailure || strings.Count(msg, "\n") != 0 || !strings.Contains(msg, e.Name()) || !strings.Contains(msg, "run engram repair") {
+			t.Errorf("segment %s lost: gc exit %d, stderr %q; want 1 and one line naming the pack and engram repair", e.Name(), r.code, r.stderr)
+		}
+		ok(t, s, "repair")
+		ok(t, s, "gc")
+		ok(t, s, "verify")
+	}
+	if kept == 0 {
+		t.Fatalf("no lost segment made gc keep a pack (%d segments)", len(segs))
+	}
+}
+
+// TestJSONEmptyListsAreArrays: --json prints an empty list as [], not
+// null, so `jq '.[]'` works on an empty store or a clean verify.
+func TestJSONEmptyListsAreArrays(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	ok(t, store, "init")
+	for _, args := range [][]string{{"tree"}, {"sketch"}, {"ls"}} {
+		if out := strings.TrimSpace(ok(t, store, append([]string{"--json"}, args...)...)); out != "[]" {
+			t.Errorf("--json %s on an empty store: %q, want []", args[0], out)
+		}
+	}
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", img)
+	for _, args := range [][]string{{"verify"}, {"diff", "a", "a"}} {
+		if out := ok(t, store, append([]string{"--json"}, args...)...); strings.Contains(out, "null") {
+			t.Errorf("--json %s: %s, want [] for empty lists", args[0], out)
+		}
+	}
+}
+
+// TestVerifyWaitsForGC: a whole-store verify holds the store lock shared,
+// so while gc holds it alone verify waits and then says the store is
+// busy (exit 5) rather than reading packs gc is deleting; a verify of
+// named engrams reads only the index and runs beside gc.
+func TestVerifyWaitsForGC(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "ingest", "--name", "a", img)
+	gc, err := chunkstore.Open(context.Background(), store, chunkstore.OpenOptions{Exclusive: true, Command: "engram gc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	r := runEngram(t, store, "--lock-timeout", "200ms", "verify")
+	if r.code != exitLocked || !strings.Contains(r.stderr, "engram gc") {
+		t.Errorf("verify beside gc: exit %d, stderr %q; want %d naming the holder", r.code, r.stderr, exitLocked)
+	}
+	ok(t, store, "--lock-timeout", "200ms", "verify", "a")
+}
+
+// TestRmByNameKeepsOtherNames: one content ingested under two names is one
+// engram; rm by one name is refused (exit 2, naming the other) and removes
+// nothing; its ID or every name removes it, once, even if given twice.
+func TestRmByNameKeepsOtherNames(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	cp := filepath.Join(dir, "copy.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", img, cp)
+	id := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "web-01", img))
+	if got := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "scratch", cp)); got != id {
+		t.Fatalf("same content, IDs %s and %s", id, got)
+	}
+	fails(t, store, exitUsage, []string{"rm", "scratch"}, "web-01", "ID")
+	if out := ok(t, store, "ls"); !strings.Contains(out, "web-01") {
+		t.Fatalf("refused rm removed it:\n%s", out)
+	}
+	ok(t, store, "rm", "scratch", "web-01", id[:12])
+	if out := ok(t, store, "-q", "ls"); strings.Contains(out, id[:12]) {
+		t.Fatalf("still listed after rm:\n%s", out)
+	}
+}
+
+// TestThinFileNamedAsGiven: restore --thin names a file by the name the
+// command line gives, not the engram's newest name (one content ingested
+// as clone3, then again as flat3).
+func TestThinFileNamedAsGiven(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	cp := filepath.Join(dir, "flat.qcow2")
+	qemutest.Img(t, "convert", "-O", "qcow2", img, cp)
+	ok(t, store, "ingest", "--name", "clone3", img)
+	ok(t, store, "ingest", "--name", "flat3", cp)
+	out := filepath.Join(dir, "out")
+	ok(t, store, "restore", "--thin", "-o", out, "clone3")
+	if _, err := os.Stat(filepath.Join(out, "clone3.qcow2")); err != nil {
+		ents, _ := os.ReadDir(out)
+		t.Fatalf("want clone3.qcow2: %v (have %v)", err, ents)
+	}
+	qemutest.Compare(t, img, filepath.Join(out, "clone3.qcow2"))
+}
+
+// TestIngestDirFollowsLinks: a directory ingest follows a symbolic link to
+// an image (libvirt pools link to theirs) and names a dangling *.qcow2
+// link, exiting 1, as it does a *.qcow2 that is not qcow2.
+func TestIngestDirFollowsLinks(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	imgs := filepath.Join(dir, "imgs")
+	if err := os.Mkdir(imgs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(img, filepath.Join(imgs, "vm.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	r := runEngram(t, store, "-q", "ingest", imgs)
+	if r.code != 0 || len(strings.Fields(r.stdout)) != 1 {
+		t.Fatalf("linked image: exit %d, stdout %q, stderr %q; want its ID", r.code, r.stdout, r.stderr)
+	}
+	dangling := filepath.Join(imgs, "gone.qcow2")
+	if err := os.Symlink(filepath.Join(dir, "nowhere.qcow2"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	r = runEngram(t, store, "-q", "ingest", imgs)
+	if r.code != exitFailure || strings.Count(r.stderr, dangling) != 1 || len(strings.Fields(r.stdout)) != 1 {
+		t.Errorf("dangling link: exit %d, stdout %q, stderr %q; want 1 naming %s, the other ingested", r.code, r.stdout, r.stderr, dangling)
+	}
+}
+
+// TestHelpCommandWord: `engram help COMMAND` shows that command's help
+// (exit 0) as `engram COMMAND --help` does; an unknown one is named.
+func TestHelpCommandWord(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	if out := ok(t, store, "help", "ingest"); !strings.Contains(out, "engram ingest - ") {
+		t.Errorf("help ingest: %q", out)
+	}
+	if out := ok(t, store, "help"); !strings.Contains(out, "COMMANDS:") {
+		t.Errorf("help: %q", out)
+	}
+	fails(t, store, exitUsage, []string{"help", "nosuch"}, `"nosuch"`)
 }

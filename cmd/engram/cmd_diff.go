@@ -37,7 +37,7 @@ var diffCommand = &cli.Command{
 			Length    int64 `json:"length"`
 			DiffBytes int64 `json:"differing_bytes"`
 		}
-		var out []rangeDiff
+		out := []rangeDiff{} // [] when nothing differs, not null
 		var total int64
 		var bufA, bufB []byte
 		err = engram.Diff(c.Context, st, roots[0], st, roots[1], func(s, e int64) error {

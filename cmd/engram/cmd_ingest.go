@@ -46,7 +46,10 @@ var ingestCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		paths, err := expandImages(c.Args().Slice())
+		paths, skipped, err := expandImages(c.Args().Slice())
+		for _, sk := range skipped {
+			fmt.Fprintf(c.App.ErrWriter, "engram: %s: skipped: %s\n", escapeControl(sk.path), sk.why)
+		}
 		if err != nil {
 			return err
 		}
@@ -133,10 +136,17 @@ var ingestCommand = &cli.Command{
 			}
 		}
 		if c.Bool(jsonFlag.Name) {
-			return printJSON(c.App.Writer, rows)
-		}
-		if !c.Bool(quietFlag.Name) {
+			if err := printJSON(c.App.Writer, rows); err != nil {
+				return err
+			}
+		} else if !c.Bool(quietFlag.Name) {
 			printIngestSummary(c, rows)
+		}
+		if len(skipped) > 0 {
+			// The rest are ingested; a script must still see that
+			// something it pointed at was not.
+			n := len(skipped)
+			return fmt.Errorf("%s named *.qcow2 %s skipped (named above); the other images were ingested", plural(n, "file"), pick(n, "was", "were"))
 		}
 		return nil
 	},
@@ -177,8 +187,7 @@ func printIngestSummary(c *cli.Context, rows []ingestRow) {
 
 // expandImages replaces each directory argument by the image files in it
 // (qcow2 by magic, or named *.raw / *.img), sorted; files pass as they are.
-func expandImages(args []string) ([]string, error) {
-	var out []string
+func expandImages(args []string) (paths []string, skipped []skippedFile, err error) {
 	for _, a := range args {
 		fi, err := os.Stat(a)
 		if err != nil {
@@ -186,41 +195,74 @@ func expandImages(args []string) ([]string, error) {
 			if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 				err = pe.Err
 			}
-			return nil, fmt.Errorf("%s: %w", a, err)
+			return nil, skipped, fmt.Errorf("%s: %w", a, err)
 		}
 		if !fi.IsDir() {
-			out = append(out, a)
+			paths = append(paths, a)
 			continue
 		}
 		ents, err := os.ReadDir(a)
 		if err != nil {
-			return nil, err
+			return nil, skipped, err
 		}
 		var found []string
 		for _, e := range ents {
 			p := filepath.Join(a, e.Name())
-			if e.Type().IsRegular() && (isQcow2(p) || strings.HasSuffix(e.Name(), ".raw") || strings.HasSuffix(e.Name(), ".img")) {
+			regular := e.Type().IsRegular()
+			if e.Type()&fs.ModeSymlink != 0 {
+				// An image directory often links to the images (libvirt
+				// pools, a "current" set): follow a link to a file, as
+				// naming the link itself as an argument does.
+				fi, err := os.Stat(p)
+				regular = err == nil && fi.Mode().IsRegular()
+				if err != nil && strings.HasSuffix(e.Name(), ".qcow2") {
+					skipped = append(skipped, skippedFile{p, "a symbolic link to nothing"})
+				}
+			}
+			if !regular {
+				continue
+			}
+			isQ, why := qcow2Magic(p)
+			switch {
+			case isQ || strings.HasSuffix(e.Name(), ".raw") || strings.HasSuffix(e.Name(), ".img"):
 				found = append(found, p)
+			case strings.HasSuffix(e.Name(), ".qcow2"):
+				// Its name says it is an image: skipping it unsaid would
+				// leave a backup the user believes was made.
+				skipped = append(skipped, skippedFile{p, why})
 			}
 		}
 		if len(found) == 0 {
-			return nil, fmt.Errorf("%s: no images in directory (qcow2, *.raw, *.img)", a)
+			return nil, skipped, fmt.Errorf("%s: no images in directory (qcow2, *.raw, *.img)", a)
 		}
 		sort.Strings(found)
-		out = append(out, found...)
+		paths = append(paths, found...)
 	}
-	return out, nil
+	return paths, skipped, nil
 }
 
-func isQcow2(path string) bool {
+// skippedFile is a directory entry named like an image that is not one.
+type skippedFile struct{ path, why string }
+
+// qcow2Magic reports whether path starts with the qcow2 magic, and if not
+// why, for the message naming a skipped *.qcow2.
+func qcow2Magic(path string) (bool, string) {
 	f, err := os.Open(path)
 	if err != nil {
-		return false
+		if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return false, err.Error()
 	}
 	defer f.Close()
 	var m [4]byte
-	_, err = f.ReadAt(m[:], 0)
-	return err == nil && string(m[:]) == "QFI\xfb"
+	if _, err := f.ReadAt(m[:], 0); err != nil {
+		return false, "not a qcow2 image (shorter than its 4-byte magic)"
+	}
+	if string(m[:]) != "QFI\xfb" {
+		return false, fmt.Sprintf("not a qcow2 image (magic %x, want 514649fb)", m[:])
+	}
+	return true, ""
 }
 
 // storeConfigPath names the store's config.json for messages.

@@ -84,7 +84,7 @@ var treeCommand = &cli.Command{
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {
-			var rows []lineageRow
+			rows := []lineageRow{} // [] for an empty store, not null
 			var walk func(l []*fleetview.Node)
 			walk = func(l []*fleetview.Node) {
 				for _, n := range l {

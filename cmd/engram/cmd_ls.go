@@ -2,11 +2,14 @@ package main
 
 import (
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
 )
 
@@ -156,6 +159,13 @@ var rmCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
+		if err := checkOtherNames(c, st, c.Args().Slice(), ids); err != nil {
+			return err
+		}
+		// Two arguments for one engram (its name and its ID, two names)
+		// remove it once: the second Remove would fail on it as missing.
+		seen := map[engram.ID]bool{}
+		ids = slices.DeleteFunc(ids, func(id engram.ID) bool { dup := seen[id]; seen[id] = true; return dup })
 		for _, id := range ids {
 			if err := engram.Remove(c.Context, st, id); err != nil {
 				return err
@@ -176,4 +186,54 @@ var rmCommand = &cli.Command{
 		}
 		return nil
 	},
+}
+
+// checkOtherNames refuses an rm by name of an engram that has other names
+// the command line does not give: the same content ingested twice under
+// two names is one engram, and `rm scratch` would also remove web-01.
+// Giving the ID, or every name, says the whole engram is meant.
+func checkOtherNames(c *cli.Context, st chunkstore.Reader, args []string, ids []engram.ID) error {
+	given := map[engram.ID]map[string]bool{}
+	byID := map[engram.ID]bool{}
+	for i, id := range ids {
+		if given[id] == nil {
+			given[id] = map[string]bool{}
+		}
+		given[id][args[i]] = true
+	}
+	for id, names := range given {
+		e, err := engram.Get(c.Context, st, id)
+		if err != nil {
+			return err
+		}
+		var own, others []string
+		seen := map[string]bool{}
+		for _, r := range e.Records {
+			if r.Name == "" || seen[r.Name] {
+				continue
+			}
+			seen[r.Name] = true
+			// A name that moved on to another engram is not this one's.
+			if cur, err := engram.Resolve(c.Context, st, r.Name); err != nil || cur != id {
+				continue
+			}
+			own = append(own, r.Name)
+			if !names[r.Name] {
+				others = append(others, r.Name)
+			}
+		}
+		for a := range names {
+			if !slices.Contains(own, a) {
+				byID[id] = true // an ID or a prefix: the whole engram
+			}
+		}
+		if len(others) > 0 && !byID[id] {
+			sort.Strings(others)
+			for i, n := range others {
+				others[i] = escapeControl(n)
+			}
+			return usagef("engram %s is also named %s: rm removes the engram with every name; give its ID or every name to remove it", id.Short(), strings.Join(others, ", "))
+		}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/view"
 )
@@ -67,9 +68,10 @@ var gcCommand = &cli.Command{
 			return err
 		}
 		if c.Bool(jsonFlag.Name) {
-			return printJSON(c.App.Writer, stats)
-		}
-		if !c.Bool(quietFlag.Name) {
+			if err := printJSON(c.App.Writer, stats); err != nil {
+				return err
+			}
+		} else if !c.Bool(quietFlag.Name) {
 			verb := "freed"
 			if c.Bool("dry-run") {
 				verb = "would free"
@@ -79,12 +81,15 @@ var gcCommand = &cli.Command{
 				plural(stats.PacksRewritten, "pack"), stats.PacksDeleted, plural(stats.ChunksMoved, "chunk"))
 		}
 		if n := len(stats.Unindexed); n > 0 {
-			// Damage gc worked around, not a failure of gc: exit 0.
+			// gc did its work around the damage, but engrams cannot read
+			// those chunks until repair indexes them: like restic prune on
+			// an incomplete index, say what to run and exit 1, so a
+			// nightly script sees it.
 			more := ""
 			if n > 1 {
 				more = fmt.Sprintf(" and %d more packs", n-1)
 			}
-			fmt.Fprintf(c.App.ErrWriter, "engram: gc: kept %s%s: lost index segment, but holds chunks engrams need; run engram repair to index it again\n",
+			return fmt.Errorf("gc: kept %s%s: its index segment is lost but engrams need its chunks; run engram repair to index it again (until then those engrams cannot be restored)",
 				escapeControl(stats.Unindexed[0]), more)
 		}
 		return nil
@@ -96,7 +101,11 @@ var verifyCommand = &cli.Command{
 	Usage:     "re-read and re-hash the store and check that engrams are complete",
 	ArgsUsage: "[ID|NAME...]",
 	Action: func(c *cli.Context) error {
-		st, err := openStore(c, false, false)
+		// A whole-store verify reads every pack: it holds a directory
+		// store's lock shared, as an ingest does, so a gc waits for it
+		// (as restic's check and prune exclude each other) instead of
+		// deleting packs under it that it would then call damaged.
+		st, err := openStoreWith(c, false, false, storeurl.Options{HoldShared: c.NArg() == 0})
 		if err != nil {
 			return err
 		}
@@ -106,8 +115,8 @@ var verifyCommand = &cli.Command{
 			return err
 		}
 		bad := map[chunkstore.ID]bool{}
-		var problems []string
-		objects := 0 // problems of a pack or segment as a whole, not of a chunk
+		problems := []string{} // --json: [] when clean, not null
+		objects := 0           // problems of a pack or segment as a whole, not of a chunk
 		if len(ids) == 0 {
 			_, err := st.Verify(c.Context, func(p chunkstore.Problem) {
 				bad[p.ID] = true
@@ -127,7 +136,7 @@ var verifyCommand = &cli.Command{
 				ids = append(ids, e.ID)
 			}
 		}
-		var damaged []string
+		damaged := []string{}
 		for _, id := range ids {
 			if err := engram.Check(c.Context, st, id, func(x chunkstore.ID) bool { return bad[x] }); err != nil {
 				name := ""

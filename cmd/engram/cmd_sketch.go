@@ -17,7 +17,7 @@ var sketchCommand = &cli.Command{
 		"--force recomputes every signature. The engram IDs do not change.",
 	ArgsUsage: "[ID|NAME...]",
 	Flags: []cli.Flag{
-		&cli.BoolFlag{Name: "rebuild", Usage: "compute the signature of every engram that has none (or an old version)"},
+		&cli.BoolFlag{Name: "rebuild", Usage: "compute the signature of every engram that has none (or an old version, or a damaged one)"},
 		&cli.BoolFlag{Name: "force", Usage: "with --rebuild: recompute every signature"},
 	},
 	Action: func(c *cli.Context) error {
@@ -85,7 +85,7 @@ var sketchCommand = &cli.Command{
 			Filled  int    `json:"filled_bins"`
 			Missing string `json:"missing,omitempty"`
 		}
-		var rows []row
+		rows := []row{} // --json: [] for an empty store, not null
 		missing := 0
 		for _, id := range ids {
 			s, err := engram.LoadSketch(c.Context, st, id)

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore"
+	"github.com/engram-vm/engram/chunkstore/blob"
 	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 )
@@ -77,7 +78,7 @@ func openStoreWith(c *cli.Context, write, create bool, o storeurl.Options) (stor
 	if create && storeurl.IsBucket(dir) {
 		made, err := storeurl.InitIfEmpty(c.Context, dir)
 		if err != nil {
-			return nil, err
+			return nil, bucketHint(dir, err)
 		}
 		if made && !c.Bool(quietFlag.Name) {
 			fmt.Fprintf(c.App.ErrWriter, "engram: created store %s\n", dir)
@@ -93,9 +94,10 @@ func openStoreWith(c *cli.Context, write, create bool, o storeurl.Options) (stor
 			fmt.Fprintf(c.App.ErrWriter, "engram: created store %s\n", escapeControl(dir))
 		}
 	}
-	return storeurl.Open(c.Context, dir, storeurl.Options{
+	st, err := storeurl.Open(c.Context, dir, storeurl.Options{
 		ReadOnly:    !write,
 		Exclusive:   o.Exclusive,
+		HoldShared:  o.HoldShared,
 		DeferSync:   o.DeferSync,
 		LockTimeout: c.Duration(lockFlag.Name),
 		Command:     strings.Join(os.Args, " "),
@@ -103,6 +105,28 @@ func openStoreWith(c *cli.Context, write, create bool, o storeurl.Options) (stor
 		CacheRoot:   c.String(cacheDirFlag.Name),
 		Warn:        warnFunc(c),
 	})
+	if err != nil && storeurl.IsBucket(dir) {
+		return nil, bucketHint(dir, err)
+	}
+	return st, err
+}
+
+// bucketHint adds to a missing bucket or refused credentials the endpoint
+// asked (AWS_ENDPOINT_URL, or AWS's): a wrong endpoint is the usual cause
+// of both, and the error names only the bucket.
+func bucketHint(loc string, err error) error {
+	ep := os.Getenv("AWS_ENDPOINT_URL")
+	if ep == "" {
+		ep = "https://s3.amazonaws.com (AWS_ENDPOINT_URL unset)"
+	}
+	switch {
+	case errors.Is(err, blob.ErrNoBucket):
+		bucket, _, _ := strings.Cut(strings.TrimPrefix(loc, "s3://"), "/")
+		return fmt.Errorf("%w at %s (engram init s3://%s creates it)", err, escapeControl(ep), escapeControl(bucket))
+	case errors.Is(err, blob.ErrAccessDenied):
+		return fmt.Errorf("%w, at %s", err, escapeControl(ep))
+	}
+	return err
 }
 
 // openOne opens the store for reading and resolves the command's one

@@ -66,6 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	out := &safeWriter{w: stdout}
 	defer out.flush()
 	app := newApp(out, stderr)
+	args = helpWord(app, args)
 	var err error
 	if name := unknownCommand(app, args); name != "" {
 		err = usagef("no command %q (engram --help lists them)", name)

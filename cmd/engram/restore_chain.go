@@ -27,6 +27,17 @@ func backingFor(c *cli.Context, st storeurl.Store, im *qcow2.Image, out string) 
 	if err != nil {
 		return nil, err
 	}
+	// The overlay lands where a symbolic link -o points (restore.ToFile).
+	// QEMU resolves a relative backing name from the name it opened, the
+	// link's or the target's: where those directories differ, only an
+	// absolute name works from both.
+	if t, err := restore.OutputPath(out); err == nil && t != out {
+		if tn, err := relativeTo(filepath.Dir(t), path); err == nil && tn != name {
+			if name, err = filepath.Abs(path); err != nil {
+				return nil, err
+			}
+		}
+	}
 	b := &restore.Backing{Name: name, Format: im.Format(), Image: im}
 	fp, err := im.Fingerprint()
 	if err != nil {

@@ -58,6 +58,18 @@ func restoreThin(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// A file is named by the name given, not the engram's newest one: the
+	// same content ingested as clone3 and later as flat3 is asked for as
+	// clone3 and must not come out as flat3.qcow2.
+	for i, a := range c.Args().Slice() {
+		if m := f.Member(ids[i]); m != nil {
+			for _, r := range m.Records {
+				if r.Name == a {
+					m.Name = a
+				}
+			}
+		}
+	}
 	plan, err := f.PlanThin(c.Context, ids, fleetview.ThinOptions{})
 	if err != nil {
 		return err

@@ -105,11 +105,13 @@ func TestS3BadInput(t *testing.T) {
 	}
 
 	missing := "s3://" + s3test.Bucket(t)
-	fails(t, missing, 1, []string{"--cache-dir", cache, "ingest", img}, "no such bucket")
-	fails(t, missing, 1, []string{"--cache-dir", cache, "restore", "-o", filepath.Join(dir, "x.qcow2"), "x"}, "no such bucket")
+	// Both name the endpoint asked: a wrong AWS_ENDPOINT_URL is the usual
+	// cause; a missing bucket also says how to make it.
+	fails(t, missing, 1, []string{"--cache-dir", cache, "ingest", img}, "no such bucket", env["AWS_ENDPOINT_URL"], "engram init "+missing)
+	fails(t, missing, 1, []string{"--cache-dir", cache, "restore", "-o", filepath.Join(dir, "x.qcow2"), "x"}, "no such bucket", env["AWS_ENDPOINT_URL"])
 
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-	fails(t, foreign, 1, []string{"--cache-dir", cache, "ls"}, "access denied")
+	fails(t, foreign, 1, []string{"--cache-dir", cache, "ls"}, "access denied", env["AWS_ENDPOINT_URL"])
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"])
 	t.Setenv("AWS_ACCESS_KEY_ID", "nobody")
 	fails(t, foreign, 1, []string{"--cache-dir", cache, "ingest", img}, "access denied")
