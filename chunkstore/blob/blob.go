@@ -56,7 +56,8 @@ type Store interface {
 	List(ctx context.Context, prefix string, fn func(Info) error) error
 	ListAfter(ctx context.Context, prefix, after string, fn func(Info) error) error
 	Delete(ctx context.Context, name string) error
-	// String names the store in messages ("dir /srv/x", "s3://b/p").
+	// String names the store in messages ("/srv/x", "s3://b/p"); STRING + "/"
+	// + an object name is how messages name the object.
 	String() string
 	Close() error
 }

@@ -57,7 +57,9 @@ func Open(root string, create bool) (*Store, error) {
 	return &Store{root: root}, nil
 }
 
-func (s *Store) String() string { return "dir " + s.root }
+// String is the directory itself, so that STORE + "/" + object, as the
+// messages name objects, is the object's file.
+func (s *Store) String() string { return s.root }
 
 // Close does nothing.
 func (s *Store) Close() error { return nil }
