@@ -88,6 +88,17 @@ type Store struct {
 
 var _ blob.Store = (*Store)(nil)
 
+// OpenTimeout bounds Open's first request (a variable for tests).
+var OpenTimeout = 30 * time.Second
+
+// endpointName is the endpoint for messages.
+func endpointName(endpoint string) string {
+	if endpoint == "" {
+		return "https://s3.amazonaws.com"
+	}
+	return endpoint
+}
+
 // Open connects to the bucket and checks that it exists; with create, a
 // missing bucket is created (as restic init does). Errors are one line:
 // no such bucket, access denied, endpoint unreachable, clock skew.
@@ -136,11 +147,17 @@ func Open(ctx context.Context, cfg Config, create bool) (*Store, error) {
 	s.c = c
 	// A one-key listing rather than HEAD: its reply has a body, so a bad
 	// key is told apart from a missing bucket.
+	// It is bounded: an endpoint that takes the connection and never
+	// answers would otherwise hold every command for the transport's
+	// header timeout times minio-go's retries (over ten minutes).
 	exists := true
-	lctx, cancel := context.WithCancel(ctx)
+	lctx, cancel := context.WithTimeout(ctx, OpenTimeout)
 	defer cancel()
 	for oi := range c.ListObjects(lctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1}) {
 		if oi.Err != nil {
+			if ctx.Err() == nil && errors.Is(lctx.Err(), context.DeadlineExceeded) {
+				return nil, fmt.Errorf("%s: %s gave no answer in %s: %w", s.where, endpointName(cfg.Endpoint), OpenTimeout, blob.ErrUnreachable)
+			}
 			err := s.mapErr("open", "", oi.Err)
 			if !errors.Is(err, blob.ErrNoBucket) {
 				return nil, err

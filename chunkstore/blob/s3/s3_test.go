@@ -152,6 +152,38 @@ func TestBadInput(t *testing.T) {
 		oneLine(t, err, blob.ErrClockSkew)
 		t.Log(err)
 	})
+	t.Run("Hung", func(t *testing.T) {
+		// An endpoint that takes connections and never answers.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			var conns []net.Conn
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				conns = append(conns, c)
+			}
+		}()
+		defer func(d time.Duration) { s3.OpenTimeout = d }(s3.OpenTimeout)
+		s3.OpenTimeout = 300 * time.Millisecond
+		cfg := s3test.Config(t)
+		cfg.Endpoint = "http://" + l.Addr().String()
+		_, err = open(t, cfg, false)
+		oneLine(t, err, blob.ErrUnreachable)
+		if !strings.Contains(err.Error(), l.Addr().String()) || !strings.Contains(err.Error(), "no answer") {
+			t.Fatalf("error %q does not say the endpoint gave no answer", err)
+		}
+	})
 	t.Run("BadEndpoint", func(t *testing.T) {
 		cfg := s3test.Config(t)
 		cfg.Endpoint = "ftp://x"
