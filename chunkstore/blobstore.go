@@ -213,14 +213,17 @@ func InitBlob(ctx context.Context, bs blob.Store, opts InitOptions) error {
 	if err != nil && !errors.Is(err, errStopList) {
 		return fmt.Errorf("chunkstore init: %w", err)
 	}
-	if found == blobConfigName {
-		return fmt.Errorf("chunkstore init %s: %w", bs, ErrStoreExists)
-	}
 	if found != "" {
-		if _, err := bs.Get(ctx, blobConfigName, 0, 0); err == nil {
+		// A config.json that is not an engram store's is somebody else's
+		// data, not "a store already there".
+		switch _, err := readBlobConfig(ctx, bs); {
+		case err == nil || errors.Is(err, ErrFormatVersion):
 			return fmt.Errorf("chunkstore init %s: %w", bs, ErrStoreExists)
+		case errors.Is(err, ErrNotStore):
+			return fmt.Errorf("%w (nothing was written)", err)
+		default:
+			return fmt.Errorf("chunkstore init: %w", err)
 		}
-		return foreignError(bs, found)
 	}
 	var id [16]byte
 	_, _ = rand.Read(id[:])

@@ -226,6 +226,9 @@ func TestBlobStoreNotAStore(t *testing.T) {
 	if _, err := OpenBlob(ctx, bs3, BlobOpenOptions{CacheRoot: cache}); !errors.Is(err, ErrNotStore) {
 		t.Fatalf("foreign config.json: %v", err)
 	}
+	if err := InitBlob(ctx, bs3, InitOptions{}); !errors.Is(err, ErrNotStore) || errors.Is(err, ErrStoreExists) {
+		t.Fatalf("init over a foreign config.json: %v, want not a store", err)
+	}
 }
 
 func countObjects(t *testing.T, bs blob.Store) int {
