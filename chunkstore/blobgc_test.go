@@ -876,3 +876,77 @@ func TestBlobGCLeaseBeats(t *testing.T) {
 		t.Fatalf("%d lease objects left after taking over a stale lease", n)
 	}
 }
+
+// beforePackGet runs hook once, before the first Get of a pack.
+type beforePackGet struct {
+	blob.Store
+	once sync.Once
+	hook func()
+}
+
+func (b *beforePackGet) Get(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	if strings.HasPrefix(name, blobPacksPrefix) && b.hook != nil {
+		b.once.Do(b.hook)
+	}
+	return b.Store.Get(ctx, name, off, n)
+}
+
+// A verify on one host while a gc on another sweeps a condemned pack
+// reports nothing: the pack's chunks are needed by no engram, which is
+// why it was condemned. A pack that is gone and was not condemned is
+// still reported.
+func TestBlobVerifyDuringSweep(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	inner := mem.New()
+	initBlob(t, inner, InitOptions{})
+	// (Hosts without verify at cleanup: the test removes a live pack.)
+	host := func(bs blob.Store) *BlobStore {
+		s := newBlobHostNoVerify(t, bs)
+		s.clock = clk.now
+		if err := s.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	g := host(inner)
+	keep, drop := mkChunks(1, 5, 20000), mkChunks(100, 5, 20000)
+	for _, cs := range [][]Chunk{keep, drop} {
+		if _, err := g.PutMany(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := liveSet{}
+	live.add(keep)
+	if _, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(testMargin * 3 / 2)
+	hooked := &beforePackGet{Store: inner}
+	v := host(hooked)
+	hooked.hook = func() {
+		if err := g.Refresh(ctx); err != nil {
+			t.Error(err)
+		}
+		if st, err := g.GC(ctx, live.fn, GCOptions{Margin: testMargin}); err != nil || st.PacksDeleted != 1 {
+			t.Errorf("sweep = %+v, %v; want 1 pack deleted", st, err)
+		}
+	}
+	var problems []Problem
+	st, err := v.Verify(ctx, func(p Problem) { problems = append(problems, p) })
+	if err != nil || len(problems) > 0 {
+		t.Fatalf("verify during a sweep = %+v, %v, %v; want clean", st, err, problems)
+	}
+	// A pack that vanishes without a gc is still damage.
+	packs := objects(t, inner, blobPacksPrefix)
+	if len(packs) != 1 {
+		t.Fatalf("%d packs left, want 1", len(packs))
+	}
+	if err := inner.Delete(ctx, packs[0]); err != nil {
+		t.Fatal(err)
+	}
+	v2 := newBlobHostNoVerify(t, inner)
+	if st, err := v2.Verify(ctx, nil); err != nil || st.Problems == 0 {
+		t.Fatalf("verify of a bucket missing a live pack = %+v, %v; want problems", st, err)
+	}
+}

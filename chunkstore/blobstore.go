@@ -1385,14 +1385,16 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 		return st, err
 	}
 	type packInfo struct {
-		num  uint32
-		hash ID
+		num       uint32
+		hash      ID
+		condemned bool // by a pending gc list: another host may sweep it any time
 	}
 	var packs []packInfo
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
+		cond := tx.Bucket(bucketBlobCond)
 		return tx.Bucket(bucketBlobPacks).ForEach(func(k, v []byte) error {
 			if len(k) == 4 && len(v) == 32 {
-				packs = append(packs, packInfo{binary.BigEndian.Uint32(k), ID(v)})
+				packs = append(packs, packInfo{binary.BigEndian.Uint32(k), ID(v), cond.Get(k) != nil})
 			}
 			return nil
 		})
@@ -1431,6 +1433,13 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 			return st, err
 		}
 		b, err := blob.ReadAll(ctx, s.bs, packObject(p.hash), maxPackObject)
+		if errors.Is(err, blob.ErrNotExist) && p.condemned {
+			// Swept by a gc on another host since the refresh: none of
+			// its chunks is needed (that is what condemned it).
+			delete(scanned, p.num)
+			st.Packs--
+			continue
+		}
 		if err != nil {
 			if !errors.Is(err, blob.ErrNotExist) && !errors.Is(err, blob.ErrRange) {
 				return st, err
