@@ -213,7 +213,7 @@ func (s *Store) mapErr(op, name string, err error) error {
 	case "NoSuchBucket":
 		return fmt.Errorf("%s: %w", s.where, blob.ErrNoBucket)
 	case "SignatureDoesNotMatch", "BadDigest", "XAmzContentSHA256Mismatch":
-		if op == "put" {
+		if op == "put" || op == "replace" {
 			// Open proved the keys with a listing: a PUT refused on its
 			// signature or digest most likely had its body changed on
 			// the way (the keys could also have changed meanwhile).
@@ -275,6 +275,12 @@ func oneLine(s string) string {
 	return s
 }
 
+// putOptions are those of every PUT: one request, never multipart, with
+// a Content-MD5 where the body is not signed (see Open).
+func (s *Store) putOptions() minio.PutObjectOptions {
+	return minio.PutObjectOptions{DisableMultipart: true, ContentType: "application/octet-stream", SendContentMd5: s.md5}
+}
+
 // Put is one create-only PutObject (If-None-Match: *), never multipart.
 func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	if err := blob.CheckName(name); err != nil {
@@ -283,7 +289,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: put %s: %w", s.where, name, err)
 	}
-	opts := minio.PutObjectOptions{DisableMultipart: true, ContentType: "application/octet-stream", SendContentMd5: s.md5}
+	opts := s.putOptions()
 	opts.SetMatchETagExcept("*")
 	_, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts)
 	if err == nil {
@@ -311,8 +317,7 @@ func (s *Store) Replace(ctx context.Context, name string, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: replace %s: %w", s.where, name, err)
 	}
-	opts := minio.PutObjectOptions{DisableMultipart: true, ContentType: "application/octet-stream", SendContentMd5: s.md5}
-	if _, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts); err != nil {
+	if _, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), s.putOptions()); err != nil {
 		return s.mapErr("replace", name, err)
 	}
 	return nil
