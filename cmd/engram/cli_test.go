@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -465,4 +466,54 @@ func TestHelpCommandWord(t *testing.T) {
 		t.Errorf("help: %q", out)
 	}
 	fails(t, store, exitUsage, []string{"help", "nosuch"}, `"nosuch"`)
+}
+
+// TestNameMovedShownOnce: a name given to a second image moves to it, so
+// ls, stats and tree show it on that engram only, and a name given twice
+// to one engram is listed once (ls said "a" for both and "a,a,b").
+func TestNameMovedShownOnce(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	d1, d2 := filepath.Join(dir, "1"), filepath.Join(dir, "2")
+	for _, d := range []string{d1, d2} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, d1)
+	cur, _ := qcowWith("4M", nil, "write -P 0x22 0 64k")(t, d2)
+	oldID := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "a", old))
+	curID := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "a", cur))
+	ok(t, store, "-q", "ingest", "--name", "b", "--reread", cur)
+	ok(t, store, "-q", "ingest", "--name", "b", "--reread", cur)
+	rows := map[string]string{}
+	for _, line := range strings.Split(ok(t, store, "ls"), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 1 {
+			rows[f[0]] = f[1]
+		}
+	}
+	if rows[oldID[:12]] != "-" || rows[curID[:12]] != "a,b" {
+		t.Errorf("ls names: %v, want %s: - and %s: a,b", rows, oldID[:12], curID[:12])
+	}
+	var ls []struct {
+		ID    string   `json:"id"`
+		Names []string `json:"names"`
+	}
+	if err := json.Unmarshal([]byte(ok(t, store, "--json", "ls")), &ls); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ls {
+		want := map[string]string{oldID: "", curID: "a b"}[e.ID]
+		if got := strings.Join(e.Names, " "); got != want || e.Names == nil {
+			t.Errorf("ls --json: %s names %q, want [%s]", e.ID[:12], e.Names, want)
+		}
+	}
+	for _, args := range [][]string{{"stats"}, {"tree"}} {
+		for _, line := range strings.Split(ok(t, store, args...), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == oldID[:12] && (f[1] == "a" || f[1] == "b") {
+				t.Errorf("%s names %s %q, which selects %s:\n%s", args[0], oldID[:12], f[1], curID[:12], line)
+			}
+		}
+	}
 }
