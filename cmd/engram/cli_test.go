@@ -517,3 +517,24 @@ func TestNameMovedShownOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRawRestoreRefusesQcow2Options: -O raw (or -o -) with --compress or
+// --cluster-size is a bad command line, as qemu-img convert -O raw -c is;
+// they were ignored and the raw file written uncompressed.
+func TestRawRestoreRefusesQcow2Options(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "-q", "ingest", "--name", "a", img)
+	out := filepath.Join(dir, "out.raw")
+	for _, extra := range [][]string{{"--compress"}, {"--cluster-size", "512"}} {
+		fails(t, store, exitUsage, append([]string{"restore", "a", "-O", "raw", "-o", out}, extra...), extra[0], "raw")
+		fails(t, store, exitUsage, append([]string{"restore", "a", "-o", "-"}, extra...), extra[0], "raw")
+		if _, err := os.Lstat(out); !os.IsNotExist(err) {
+			t.Fatalf("refused restore wrote %s (%v)", out, err)
+		}
+	}
+	ok(t, store, "-q", "restore", "a", "-O", "raw", "-o", out)
+	qemutest.Compare(t, img, out)
+}

@@ -52,6 +52,11 @@ var restoreCommand = &cli.Command{
 		if out == "-" && format != "raw" && c.IsSet("output-format") {
 			return usagef("-o - streams raw only")
 		}
+		if (format == "raw" || out == "-") && !c.Bool("chain") && (c.Bool("compress") || c.IsSet("cluster-size")) {
+			// As qemu-img convert -O raw -c: a raw image has neither, and
+			// ignoring them left the user believing the file compressed.
+			return usagef("--compress and --cluster-size shape qcow2 output; a raw restore takes neither")
+		}
 		if out == "-" && !c.Bool("chain") && term.IsTerminal(int(os.Stdout.Fd())) {
 			// As restic dump: a raw disk on a terminal is never meant.
 			return usagef("-o - streams the raw image to stdout, which is a terminal: redirect it (-o - > FILE) or pipe it")
