@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -537,4 +538,50 @@ func TestRawRestoreRefusesQcow2Options(t *testing.T) {
 	}
 	ok(t, store, "-q", "restore", "a", "-O", "raw", "-o", out)
 	qemutest.Compare(t, img, out)
+}
+
+// TestRestoreOntoItsOwnBacking: restore --force -o the backing file (or a
+// file of its chain, or a link to it) is refused and the file kept; it
+// replaced the base by an overlay backed by itself, which QEMU loops on.
+func TestRestoreOntoItsOwnBacking(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "base.qcow2")
+	qemutest.Create(t, "qcow2", base, "4M")
+	qemutest.IO(t, base, "qcow2", "write -P 0x11 0 1M")
+	mid := filepath.Join(dir, "mid.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", mid)
+	qemutest.IO(t, mid, "qcow2", "write -P 0x22 0 64k")
+	clone := filepath.Join(dir, "clone.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", clone)
+	qemutest.IO(t, clone, "qcow2", "write -P 0x33 64k 64k")
+	ok(t, store, "-q", "ingest", "--name", "clone", clone)
+	link := filepath.Join(dir, "link.qcow2")
+	if err := os.Symlink("mid.qcow2", link); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{}
+	for _, f := range []string{base, mid, clone} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[f] = b
+	}
+	for _, c := range [][2]string{{mid, mid}, {base, mid}, {link, mid}} {
+		fails(t, store, exitUsage, []string{"restore", "clone", "-o", c[0], "--backing", c[1], "--force"}, c[0], "own backing")
+	}
+	// auto picks base, after a line saying so.
+	if r := runEngram(t, store, "restore", "clone", "-o", base, "--backing", "auto", "--force"); r.code != exitUsage || !strings.Contains(r.stderr, "own backing") {
+		t.Errorf("restore -o base --backing auto --force: exit %d, want %d\nstderr: %s", r.code, exitUsage, r.stderr)
+	}
+	for f, b := range want {
+		if got, err := os.ReadFile(f); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%s changed by a refused restore (%v)", f, err)
+		}
+	}
+	out := filepath.Join(dir, "out.qcow2")
+	ok(t, store, "-q", "restore", "clone", "-o", out, "--backing", mid)
+	qemutest.Compare(t, clone, out)
 }
