@@ -585,3 +585,55 @@ func TestRestoreOntoItsOwnBacking(t *testing.T) {
 	ok(t, store, "-q", "restore", "clone", "-o", out, "--backing", mid)
 	qemutest.Compare(t, clone, out)
 }
+
+// TestIngestRefusesImageBeingWritten: an image another process holds open
+// for writing (QEMU's write lock: here qemu-io, as a running VM) is refused
+// with exit 4 naming it, as qemu-img refuses it; --force-share reads it.
+// It was archived silently, torn by whatever the writer did meanwhile.
+func TestIngestRefusesImageBeingWritten(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "base.qcow2")
+	qemutest.Create(t, "qcow2", base, "4M")
+	qemutest.IO(t, base, "qcow2", "write -P 0x11 0 1M")
+	img := filepath.Join(dir, "vm.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", img)
+	for _, writing := range []string{img, base} {
+		io := exec.Command("qemu-io", "-f", "qcow2", writing)
+		in, err := io.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := io.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := io.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Once it has written, it holds the image open with its locks.
+		if _, err := in.Write([]byte("write -P 0x22 0 64k\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		var got []byte
+		for !bytes.Contains(got, []byte("wrote")) {
+			n, err := out.Read(buf)
+			if err != nil {
+				t.Fatalf("qemu-io %s: %v (%q)", writing, err, got)
+			}
+			got = append(got, buf[:n]...)
+		}
+		fails(t, store, exitBadImage, []string{"ingest", img}, writing, "open for writing", "--force-share")
+		ok(t, store, "-q", "ingest", "--force-share", img)
+		in.Close()
+		if err := io.Wait(); err != nil {
+			t.Fatalf("qemu-io %s: %v", writing, err)
+		}
+	}
+	ok(t, store, "-q", "ingest", "--name", "vm", img)
+	out := filepath.Join(dir, "out.qcow2")
+	ok(t, store, "-q", "restore", "vm", "-o", out)
+	qemutest.Compare(t, img, out)
+}
