@@ -637,3 +637,20 @@ func TestIngestRefusesImageBeingWritten(t *testing.T) {
 	ok(t, store, "-q", "restore", "vm", "-o", out)
 	qemutest.Compare(t, img, out)
 }
+
+// TestThinEngramGivenTwice: restore --thin given one engram twice (or by
+// two of its names) is a bad command line, exit 2 (it exited 1).
+func TestThinEngramGivenTwice(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "-q", "ingest", "--name", "a", img)
+	ok(t, store, "-q", "ingest", "--name", "b", img)
+	out := filepath.Join(dir, "fleet")
+	fails(t, store, exitUsage, []string{"restore", "--thin", "-o", out, "a", "a"}, "a given twice")
+	fails(t, store, exitUsage, []string{"restore", "--thin", "--dry-run", "-o", out, "a", "b"}, "a and b are one engram")
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("refused restore --thin made %s (%v)", out, err)
+	}
+}
