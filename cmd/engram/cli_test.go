@@ -654,3 +654,24 @@ func TestThinEngramGivenTwice(t *testing.T) {
 		t.Errorf("refused restore --thin made %s (%v)", out, err)
 	}
 }
+
+// TestSimilarHugeTop: similar --top larger than the catalog lists what
+// there is; it sized a heap by --top and died out of memory.
+func TestSimilarHugeTop(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	d1, d2 := filepath.Join(dir, "1"), filepath.Join(dir, "2")
+	for _, d := range []string{d1, d2} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 256k")(t, d1)
+	b, _ := qcowWith("4M", nil, "write -P 0x11 0 256k", "write -P 0x22 1M 64k")(t, d2)
+	ok(t, store, "-q", "ingest", "--name", "a", a)
+	ok(t, store, "-q", "ingest", "--name", "b", b)
+	if out := ok(t, store, "similar", "a", "--top", "99999999999"); !strings.Contains(out, " b ") {
+		t.Errorf("similar --top 99999999999: %q, want b listed", out)
+	}
+}
