@@ -675,3 +675,18 @@ func TestSimilarHugeTop(t *testing.T) {
 		t.Errorf("similar --top 99999999999: %q, want b listed", out)
 	}
 }
+
+// TestParseSize: the suffixes the flags' messages name (--cache-size says
+// "up to 1T", which was refused), and no wrap-around past int64.
+func TestParseSize(t *testing.T) {
+	for s, want := range map[string]int64{"512": 512, "64k": 64 << 10, "2M": 2 << 20, "1G": 1 << 30, "1T": 1 << 40, "256MB": 256 << 20} {
+		if got, err := parseSize(s); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "k", "-1", "1.5M", "18014398509481985k", "9223372036854775807k", "8388608T"} {
+		if got, err := parseSize(s); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", s, got)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -173,7 +174,8 @@ func checkOutputDir(mode, out string) error {
 	return nil
 }
 
-// parseSize reads 512, 64k, 2M, 1G (binary units).
+// parseSize reads 512, 64k, 2M, 1G, 1T (binary units). A size too big for
+// an int64 is an error: wrapped, 18014398509481985k read as 1024.
 func parseSize(s string) (int64, error) {
 	mult := int64(1)
 	t := strings.ToLower(strings.TrimSuffix(strings.ToLower(s), "b"))
@@ -185,10 +187,12 @@ func parseSize(s string) (int64, error) {
 			mult, t = 1<<20, t[:len(t)-1]
 		case 'g':
 			mult, t = 1<<30, t[:len(t)-1]
+		case 't':
+			mult, t = 1<<40, t[:len(t)-1]
 		}
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
 	return n * mult, nil
