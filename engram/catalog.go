@@ -269,13 +269,15 @@ func Names(ctx context.Context, r chunkstore.Reader) (map[ID][]string, error) {
 	byID := map[ID][]named{}
 	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
 		return tx.ForEach(bucketNames, nil, func(k, v []byte) error {
+			// A name whose record is gone or unreadable selects nothing
+			// (Resolve says why); listing must not fail on it.
 			rec, err := decodeRecord(tx.Get(bucketRecords, v))
 			if err != nil {
-				return fmt.Errorf("name %q: %w", k, err)
+				return nil
 			}
 			id, err := rec.EngramID()
 			if err != nil {
-				return fmt.Errorf("name %q: %w", k, err)
+				return nil
 			}
 			byID[id] = append(byID[id], named{string(k), string(v)})
 			return nil

@@ -224,7 +224,7 @@ func NamesOf(ctx context.Context, r chunkstore.Reader, ids []ID) (map[ID]string,
 			}
 			rec, err := decodeRecord(v)
 			if err != nil {
-				return fmt.Errorf("name %q: %w", k, err)
+				return nil // selects nothing (see Names)
 			}
 			if id, ok := want[rec.Engram]; ok && string(key) >= newest[id] {
 				out[id], newest[id] = string(k), string(key)
