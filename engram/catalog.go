@@ -260,6 +260,43 @@ func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
 	return id, err
 }
 
+// Names returns, for every engram that has one, the names that select it
+// now, oldest first. A name moves to the newest ingest that gives it, and
+// the records of older engrams keep it, so a record's Name is not proof
+// that the name still selects its engram.
+func Names(ctx context.Context, r chunkstore.Reader) (map[ID][]string, error) {
+	type named struct{ name, key string }
+	byID := map[ID][]named{}
+	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		return tx.ForEach(bucketNames, nil, func(k, v []byte) error {
+			// A name whose record is gone or unreadable selects nothing
+			// (Resolve says why); listing must not fail on it.
+			rec, err := decodeRecord(tx.Get(bucketRecords, v))
+			if err != nil {
+				return nil
+			}
+			id, err := rec.EngramID()
+			if err != nil {
+				return nil
+			}
+			byID[id] = append(byID[id], named{string(k), string(v)})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[ID][]string, len(byID))
+	for id, ns := range byID {
+		// Record keys sort by creation time.
+		sort.Slice(ns, func(i, j int) bool { return ns[i].key < ns[j].key || ns[i].key == ns[j].key && ns[i].name < ns[j].name })
+		for _, n := range ns {
+			out[id] = append(out[id], n.name)
+		}
+	}
+	return out, nil
+}
+
 func decodeRecord(b []byte) (*Record, error) {
 	if b == nil {
 		return nil, fmt.Errorf("%w: dangling record", ErrNotFound)

@@ -116,3 +116,34 @@ func TestCatalog(t *testing.T) {
 		t.Errorf("LiveChunks reported %d chunks for one empty engram, want its catalog chunk", len(live))
 	}
 }
+
+// TestNamesMoveAndDangle: Names gives each name to the engram it selects
+// now (the newest ingest that gave it), oldest first, and skips a name
+// whose record is gone instead of failing the listing.
+func TestNamesMoveAndDangle(t *testing.T) {
+	ctx := context.Background()
+	st := newMem()
+	a := commitRoot(t, st, 1<<20, "web", "")
+	b := commitRoot(t, st, 2<<20, "web", "")
+	commitRoot(t, st, 2<<20, "db", "")
+	err := st.Update(ctx, func(tx chunkstore.MetaTx) error {
+		return tx.Put(bucketNames, []byte("ghost"), []byte("no-such-record"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := Names(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names[b], ","); got != "web,db" || len(names[a]) != 0 {
+		t.Errorf("names: %s %v, %s %v; want web,db on the newer only", a.Short(), names[a], b.Short(), names[b])
+	}
+	of, err := NamesOf(ctx, st, []ID{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if of[a] != "" || of[b] != "db" {
+		t.Errorf("NamesOf: %q %q, want \"\" and db", of[a], of[b])
+	}
+}

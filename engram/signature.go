@@ -202,18 +202,21 @@ func RebuildSketches(ctx context.Context, w ReadWriter, force bool) (RebuildRepo
 	return rep, nil
 }
 
-// NamesOf returns the newest name of each of ids that has one, reading
-// only the records that belong to them: cheaper than List for a few
-// engrams of a big catalog.
+// NamesOf returns the newest name that selects each of ids now, for those
+// that have one (a name moves on to the newest ingest that gives it, so an
+// older engram's records may carry a name it no longer has). It reads one
+// record per name: cheaper than List for a few engrams of a big catalog.
 func NamesOf(ctx context.Context, r chunkstore.Reader, ids []ID) (map[ID]string, error) {
 	want := make(map[string]ID, len(ids))
 	for _, id := range ids {
 		want[id.String()] = id
 	}
 	out := map[ID]string{}
+	newest := map[ID]string{} // record key of out's name
 	marker := []byte(`"engram":"`)
 	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
-		return tx.ForEach(bucketRecords, nil, func(k, v []byte) error {
+		return tx.ForEach(bucketNames, nil, func(k, key []byte) error {
+			v := tx.Get(bucketRecords, key)
 			if i := bytes.Index(v, marker); i >= 0 && len(v) >= i+len(marker)+64 {
 				if _, ok := want[string(v[i+len(marker):i+len(marker)+64])]; !ok {
 					return nil
@@ -221,10 +224,10 @@ func NamesOf(ctx context.Context, r chunkstore.Reader, ids []ID) (map[ID]string,
 			}
 			rec, err := decodeRecord(v)
 			if err != nil {
-				return fmt.Errorf("record %s: %w", k, err)
+				return nil // selects nothing (see Names)
 			}
-			if id, ok := want[rec.Engram]; ok && rec.Name != "" {
-				out[id] = rec.Name
+			if id, ok := want[rec.Engram]; ok && string(key) >= newest[id] {
+				out[id], newest[id] = string(k), string(key)
 			}
 			return nil
 		})

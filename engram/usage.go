@@ -23,6 +23,10 @@ func Usages(ctx context.Context, r chunkstore.Reader) ([]Usage, error) {
 	if err != nil {
 		return nil, err
 	}
+	names, err := Names(ctx, r)
+	if err != nil {
+		return nil, err
+	}
 	catalog, err := catalogChunksByEngram(ctx, r)
 	if err != nil {
 		return nil, err
@@ -43,10 +47,9 @@ func Usages(ctx context.Context, r chunkstore.Reader) ([]Usage, error) {
 			set[p.ID] = struct{}{}
 		}
 		out[i] = Usage{ID: e.ID, VirtualSize: root.Size}
-		for _, rec := range e.Records {
-			if rec.Name != "" {
-				out[i].Name = rec.Name
-			}
+		// The newest name that still selects it (a name moves on).
+		if ns := names[e.ID]; len(ns) > 0 {
+			out[i].Name = ns[len(ns)-1]
 		}
 		err = ForEachChunk(ctx, r, root, func(c ChunkRef) error {
 			set[c.ID] = struct{}{}

@@ -15,7 +15,7 @@ import (
 // Member is one engram of the store as the fleet view sees it.
 type Member struct {
 	ID      engram.ID
-	Name    string // newest name given to it, or ""
+	Name    string // newest name that selects it now, or ""
 	Size    int64  // virtual size
 	Records []*engram.Record
 	Sketch  *sketch.Sketch // nil when it has no signature
@@ -51,13 +51,17 @@ func Load(ctx context.Context, r chunkstore.Reader) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Not the records' names: a name moves on to the newest ingest that
+	// gives it, and the older engram's records keep it.
+	names, err := engram.Names(ctx, r)
+	if err != nil {
+		return nil, err
+	}
 	f := &Fleet{r: r, byID: map[engram.ID]*Member{}, sets: map[engram.ID]chunkSet{}, Unsigned: missing}
 	for _, e := range entries {
 		m := &Member{ID: e.ID, Size: e.Size, Records: e.Records, Sketch: sigs[e.ID]}
-		for _, rec := range e.Records {
-			if rec.Name != "" {
-				m.Name = rec.Name
-			}
+		if ns := names[e.ID]; len(ns) > 0 {
+			m.Name = ns[len(ns)-1]
 		}
 		f.Members = append(f.Members, m)
 		f.byID[e.ID] = m

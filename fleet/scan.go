@@ -56,7 +56,9 @@ func SimilarInStore(ctx context.Context, r chunkstore.Reader, id engram.ID, opts
 		short = 100
 	}
 	short = max(short, top)
-	h := make(minHeap, 0, short+1)
+	// Top comes from the command line (similar --top): size the heap by
+	// what it holds, not by a count that may exceed the catalog.
+	h := make(minHeap, 0, min(short, 1024)+1)
 	old := 0
 	unsigned, err := engram.ScanSketches(ctx, r, func(cid engram.ID, enc []byte) error {
 		if cid == id {

@@ -43,6 +43,9 @@ var (
 	// ErrBackingMissing means a file the image refers to (backing file or
 	// external data file) does not exist.
 	ErrBackingMissing = errors.New("backing file missing")
+	// ErrInUse means another process holds a file of the image open for
+	// writing under QEMU's image locking (CheckWriters).
+	ErrInUse = errors.New("image in use")
 
 	// ErrProtocolBacking means the backing file name is a QEMU protocol
 	// (nbd:, json:, http: ...) rather than a local file.

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -465,4 +467,226 @@ func TestHelpCommandWord(t *testing.T) {
 		t.Errorf("help: %q", out)
 	}
 	fails(t, store, exitUsage, []string{"help", "nosuch"}, `"nosuch"`)
+}
+
+// TestNameMovedShownOnce: a name given to a second image moves to it, so
+// ls, stats and tree show it on that engram only, and a name given twice
+// to one engram is listed once (ls said "a" for both and "a,a,b").
+func TestNameMovedShownOnce(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	d1, d2 := filepath.Join(dir, "1"), filepath.Join(dir, "2")
+	for _, d := range []string{d1, d2} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, d1)
+	cur, _ := qcowWith("4M", nil, "write -P 0x22 0 64k")(t, d2)
+	oldID := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "a", old))
+	curID := strings.TrimSpace(ok(t, store, "-q", "ingest", "--name", "a", cur))
+	ok(t, store, "-q", "ingest", "--name", "b", "--reread", cur)
+	ok(t, store, "-q", "ingest", "--name", "b", "--reread", cur)
+	rows := map[string]string{}
+	for _, line := range strings.Split(ok(t, store, "ls"), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 1 {
+			rows[f[0]] = f[1]
+		}
+	}
+	if rows[oldID[:12]] != "-" || rows[curID[:12]] != "a,b" {
+		t.Errorf("ls names: %v, want %s: - and %s: a,b", rows, oldID[:12], curID[:12])
+	}
+	var ls []struct {
+		ID    string   `json:"id"`
+		Names []string `json:"names"`
+	}
+	if err := json.Unmarshal([]byte(ok(t, store, "--json", "ls")), &ls); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ls {
+		want := map[string]string{oldID: "", curID: "a b"}[e.ID]
+		if got := strings.Join(e.Names, " "); got != want || e.Names == nil {
+			t.Errorf("ls --json: %s names %q, want [%s]", e.ID[:12], e.Names, want)
+		}
+	}
+	for _, args := range [][]string{{"stats"}, {"tree"}} {
+		for _, line := range strings.Split(ok(t, store, args...), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == oldID[:12] && (f[1] == "a" || f[1] == "b") {
+				t.Errorf("%s names %s %q, which selects %s:\n%s", args[0], oldID[:12], f[1], curID[:12], line)
+			}
+		}
+	}
+}
+
+// TestRawRestoreRefusesQcow2Options: -O raw (or -o -) with --compress or
+// --cluster-size is a bad command line, as qemu-img convert -O raw -c is;
+// they were ignored and the raw file written uncompressed.
+func TestRawRestoreRefusesQcow2Options(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "-q", "ingest", "--name", "a", img)
+	out := filepath.Join(dir, "out.raw")
+	for _, extra := range [][]string{{"--compress"}, {"--cluster-size", "512"}} {
+		fails(t, store, exitUsage, append([]string{"restore", "a", "-O", "raw", "-o", out}, extra...), extra[0], "raw")
+		fails(t, store, exitUsage, append([]string{"restore", "a", "-o", "-"}, extra...), extra[0], "raw")
+		if _, err := os.Lstat(out); !os.IsNotExist(err) {
+			t.Fatalf("refused restore wrote %s (%v)", out, err)
+		}
+	}
+	ok(t, store, "-q", "restore", "a", "-O", "raw", "-o", out)
+	qemutest.Compare(t, img, out)
+}
+
+// TestRestoreOntoItsOwnBacking: restore --force -o the backing file (or a
+// file of its chain, or a link to it) is refused and the file kept; it
+// replaced the base by an overlay backed by itself, which QEMU loops on.
+func TestRestoreOntoItsOwnBacking(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "base.qcow2")
+	qemutest.Create(t, "qcow2", base, "4M")
+	qemutest.IO(t, base, "qcow2", "write -P 0x11 0 1M")
+	mid := filepath.Join(dir, "mid.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", mid)
+	qemutest.IO(t, mid, "qcow2", "write -P 0x22 0 64k")
+	clone := filepath.Join(dir, "clone.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", clone)
+	qemutest.IO(t, clone, "qcow2", "write -P 0x33 64k 64k")
+	ok(t, store, "-q", "ingest", "--name", "clone", clone)
+	link := filepath.Join(dir, "link.qcow2")
+	if err := os.Symlink("mid.qcow2", link); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{}
+	for _, f := range []string{base, mid, clone} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[f] = b
+	}
+	for _, c := range [][2]string{{mid, mid}, {base, mid}, {link, mid}} {
+		fails(t, store, exitUsage, []string{"restore", "clone", "-o", c[0], "--backing", c[1], "--force"}, c[0], "own backing")
+	}
+	// auto picks base, after a line saying so.
+	if r := runEngram(t, store, "restore", "clone", "-o", base, "--backing", "auto", "--force"); r.code != exitUsage || !strings.Contains(r.stderr, "own backing") {
+		t.Errorf("restore -o base --backing auto --force: exit %d, want %d\nstderr: %s", r.code, exitUsage, r.stderr)
+	}
+	for f, b := range want {
+		if got, err := os.ReadFile(f); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%s changed by a refused restore (%v)", f, err)
+		}
+	}
+	out := filepath.Join(dir, "out.qcow2")
+	ok(t, store, "-q", "restore", "clone", "-o", out, "--backing", mid)
+	qemutest.Compare(t, clone, out)
+}
+
+// TestIngestRefusesImageBeingWritten: an image another process holds open
+// for writing (QEMU's write lock: here qemu-io, as a running VM) is refused
+// with exit 4 naming it, as qemu-img refuses it; --force-share reads it.
+// It was archived silently, torn by whatever the writer did meanwhile.
+func TestIngestRefusesImageBeingWritten(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "base.qcow2")
+	qemutest.Create(t, "qcow2", base, "4M")
+	qemutest.IO(t, base, "qcow2", "write -P 0x11 0 1M")
+	img := filepath.Join(dir, "vm.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", img)
+	for _, writing := range []string{img, base} {
+		io := exec.Command("qemu-io", "-f", "qcow2", writing)
+		in, err := io.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := io.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := io.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Once it has written, it holds the image open with its locks.
+		if _, err := in.Write([]byte("write -P 0x22 0 64k\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		var got []byte
+		for !bytes.Contains(got, []byte("wrote")) {
+			n, err := out.Read(buf)
+			if err != nil {
+				t.Fatalf("qemu-io %s: %v (%q)", writing, err, got)
+			}
+			got = append(got, buf[:n]...)
+		}
+		fails(t, store, exitBadImage, []string{"ingest", img}, writing, "open for writing", "--force-share")
+		ok(t, store, "-q", "ingest", "--force-share", img)
+		in.Close()
+		if err := io.Wait(); err != nil {
+			t.Fatalf("qemu-io %s: %v", writing, err)
+		}
+	}
+	ok(t, store, "-q", "ingest", "--name", "vm", img)
+	out := filepath.Join(dir, "out.qcow2")
+	ok(t, store, "-q", "restore", "vm", "-o", out)
+	qemutest.Compare(t, img, out)
+}
+
+// TestThinEngramGivenTwice: restore --thin given one engram twice (or by
+// two of its names) is a bad command line, exit 2 (it exited 1).
+func TestThinEngramGivenTwice(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "-q", "ingest", "--name", "a", img)
+	ok(t, store, "-q", "ingest", "--name", "b", img)
+	out := filepath.Join(dir, "fleet")
+	fails(t, store, exitUsage, []string{"restore", "--thin", "-o", out, "a", "a"}, "a given twice")
+	fails(t, store, exitUsage, []string{"restore", "--thin", "--dry-run", "-o", out, "a", "b"}, "a and b are one engram")
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("refused restore --thin made %s (%v)", out, err)
+	}
+}
+
+// TestSimilarHugeTop: similar --top larger than the catalog lists what
+// there is; it sized a heap by --top and died out of memory.
+func TestSimilarHugeTop(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	d1, d2 := filepath.Join(dir, "1"), filepath.Join(dir, "2")
+	for _, d := range []string{d1, d2} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, _ := qcowWith("4M", nil, "write -P 0x11 0 256k")(t, d1)
+	b, _ := qcowWith("4M", nil, "write -P 0x11 0 256k", "write -P 0x22 1M 64k")(t, d2)
+	ok(t, store, "-q", "ingest", "--name", "a", a)
+	ok(t, store, "-q", "ingest", "--name", "b", b)
+	if out := ok(t, store, "similar", "a", "--top", "99999999999"); !strings.Contains(out, " b ") {
+		t.Errorf("similar --top 99999999999: %q, want b listed", out)
+	}
+}
+
+// TestParseSize: the suffixes the flags' messages name (--cache-size says
+// "up to 1T", which was refused), and no wrap-around past int64.
+func TestParseSize(t *testing.T) {
+	for s, want := range map[string]int64{"512": 512, "64k": 64 << 10, "2M": 2 << 20, "1G": 1 << 30, "1T": 1 << 40, "256MB": 256 << 20} {
+		if got, err := parseSize(s); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "k", "-1", "1.5M", "18014398509481985k", "9223372036854775807k", "8388608T"} {
+		if got, err := parseSize(s); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", s, got)
+		}
+	}
 }

@@ -32,6 +32,7 @@ var ingestCommand = &cli.Command{
 		&cli.StringFlag{Name: "name", Usage: "name for the engram (one image only)"},
 		&cli.StringSliceFlag{Name: "label", Usage: "label key=value (repeatable)"},
 		&cli.BoolFlag{Name: "reread", Usage: "read every layer again instead of trusting fingerprints"},
+		&cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "read an image another process has open for writing (QEMU's write lock held), as qemu-img -U does; what it writes meanwhile may be torn"},
 		&cli.BoolFlag{Name: "refuse-corrupt", Usage: "refuse images marked corrupt (QEMU's corrupt bit) instead of reading them read-only as QEMU does"},
 		formatFlag,
 	},
@@ -68,6 +69,13 @@ var ingestCommand = &cli.Command{
 			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), RefuseCorrupt: c.Bool("refuse-corrupt"), Warn: warnFunc(c)})
 			if err != nil {
 				return err
+			}
+			// As qemu-img: a disk a VM is writing archives torn.
+			if !c.Bool("force-share") {
+				if err := qcow2.CheckWriters(im); err != nil {
+					im.Close()
+					return err
+				}
 			}
 			imgs = append(imgs, im)
 		}

@@ -27,10 +27,16 @@ var lsCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
+		// The names that select each engram now: a record keeps the name
+		// it was ingested under after the name moved to a newer ingest.
+		names, err := engram.Names(c.Context, st)
+		if err != nil {
+			return err
+		}
 		if c.Bool(jsonFlag.Name) {
 			out := []map[string]any{}
 			for _, e := range entries {
-				out = append(out, map[string]any{"id": e.ID.String(), "virtual_size": e.Size, "records": e.Records})
+				out = append(out, map[string]any{"id": e.ID.String(), "names": nonNil(names[e.ID]), "virtual_size": e.Size, "records": e.Records})
 			}
 			return printJSON(c.App.Writer, out)
 		}
@@ -43,20 +49,16 @@ var lsCommand = &cli.Command{
 		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tNAME\tVIRTUAL\tDATA\tCREATED\tSOURCE")
 		for _, e := range entries {
-			var names []string
 			var data int64
 			created, source := "-", "-"
 			for _, r := range e.Records {
-				if r.Name != "" {
-					names = append(names, r.Name)
-				}
 				// The engram's data, not the last ingest's reading of it:
 				// a re-ingest recognised unchanged reads (and records) none.
 				data = max(data, r.Stats.StoredBytes)
 				created = r.Created.Local().Format("2006-01-02 15:04")
 				source = r.Source
 			}
-			name := strings.Join(names, ",")
+			name := strings.Join(names[e.ID], ",")
 			if name == "" {
 				name = "-"
 			}
@@ -96,14 +98,21 @@ var showCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
+		names, err := engram.Names(c.Context, st)
+		if err != nil {
+			return err
+		}
 		if c.Bool(jsonFlag.Name) {
 			return printJSON(c.App.Writer, map[string]any{
-				"id": id.String(), "virtual_size": root.Size, "pages": len(root.Pages),
+				"id": id.String(), "names": nonNil(names[id]), "virtual_size": root.Size, "pages": len(root.Pages),
 				"chunks": chunks, "data_bytes": data, "records": e.Records,
 			})
 		}
 		w := c.App.Writer
 		fmt.Fprintf(w, "engram:       %s\n", id)
+		if ns := names[id]; len(ns) > 0 {
+			fmt.Fprintf(w, "names:        %s\n", escapeControl(strings.Join(ns, ", ")))
+		}
 		fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", bytesStr(root.Size), root.Size)
 		fmt.Fprintf(w, "data:         %s in %s, %s\n", bytesStr(data), plural(chunks, "chunk"), plural(len(root.Pages), "manifest page"))
 		for _, r := range e.Records {
@@ -236,4 +245,12 @@ func checkOtherNames(c *cli.Context, st chunkstore.Reader, args []string, ids []
 		}
 	}
 	return nil
+}
+
+// nonNil makes an empty list print as [] in JSON, not null.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }

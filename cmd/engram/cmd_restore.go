@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -51,6 +52,11 @@ var restoreCommand = &cli.Command{
 		}
 		if out == "-" && format != "raw" && c.IsSet("output-format") {
 			return usagef("-o - streams raw only")
+		}
+		if (format == "raw" || out == "-") && !c.Bool("chain") && (c.Bool("compress") || c.IsSet("cluster-size")) {
+			// As qemu-img convert -O raw -c: a raw image has neither, and
+			// ignoring them left the user believing the file compressed.
+			return usagef("--compress and --cluster-size shape qcow2 output; a raw restore takes neither")
 		}
 		if out == "-" && !c.Bool("chain") && term.IsTerminal(int(os.Stdout.Fd())) {
 			// As restic dump: a raw disk on a terminal is never meant.
@@ -168,7 +174,8 @@ func checkOutputDir(mode, out string) error {
 	return nil
 }
 
-// parseSize reads 512, 64k, 2M, 1G (binary units).
+// parseSize reads 512, 64k, 2M, 1G, 1T (binary units). A size too big for
+// an int64 is an error: wrapped, 18014398509481985k read as 1024.
 func parseSize(s string) (int64, error) {
 	mult := int64(1)
 	t := strings.ToLower(strings.TrimSuffix(strings.ToLower(s), "b"))
@@ -180,10 +187,12 @@ func parseSize(s string) (int64, error) {
 			mult, t = 1<<20, t[:len(t)-1]
 		case 'g':
 			mult, t = 1<<30, t[:len(t)-1]
+		case 't':
+			mult, t = 1<<40, t[:len(t)-1]
 		}
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
 	return n * mult, nil

@@ -39,7 +39,8 @@ func exitCode(ctx context.Context, err error) int {
 		errors.Is(err, qcow2.ErrUnsupportedFormat), errors.Is(err, qcow2.ErrEncrypted),
 		errors.Is(err, qcow2.ErrCorruptBit), errors.Is(err, qcow2.ErrUnknownFeature),
 		errors.Is(err, qcow2.ErrBackingLoop), errors.Is(err, qcow2.ErrChainTooDeep),
-		errors.Is(err, qcow2.ErrBackingMissing), errors.Is(err, qcow2.ErrProtocolBacking):
+		errors.Is(err, qcow2.ErrBackingMissing), errors.Is(err, qcow2.ErrProtocolBacking),
+		errors.Is(err, qcow2.ErrInUse):
 		return exitBadImage
 	}
 	return exitFailure

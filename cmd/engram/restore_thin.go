@@ -47,11 +47,21 @@ func restoreThin(c *cli.Context) error {
 	}
 	defer st.Close()
 	var ids []engram.ID
+	given := map[engram.ID]string{}
 	for _, a := range c.Args().Slice() {
 		id, err := engram.Resolve(c.Context, st, a)
 		if err != nil {
 			return err
 		}
+		// One engram is one file of the forest: a bad command line, not
+		// a failure of the store (it exited 1).
+		if prev, dup := given[id]; dup {
+			if prev == a {
+				return usagef("engram %s given twice: give each once", escapeControl(a))
+			}
+			return usagef("%s and %s are one engram (%s): give it once", escapeControl(prev), escapeControl(a), id.Short())
+		}
+		given[id] = a
 		ids = append(ids, id)
 	}
 	f, err := fleetview.Load(c.Context, st)
