@@ -135,12 +135,19 @@ func genClones(dir, tmpl string, n int, diff int64, seed uint64) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	// The backing name is relative, between the real paths: the corpus is
+	// shared through symbolic links (bench/cache of several checkouts), and
+	// an absolute name through one of them breaks once that checkout goes.
+	backing, err := relBacking(dir, abs)
+	if err != nil {
+		return err
+	}
 	common := make([]byte, 4<<20)
 	newMixer(seed).piece(common)
 	buf := make([]byte, 1<<20)
 	for k := 1; k <= n; k++ {
 		w, err := qcow2.Create(filepath.Join(dir, fmt.Sprintf("clone-%02d.qcow2", k)),
-			qcow2.WriterOptions{Size: size, BackingFile: abs, BackingFormat: "qcow2"})
+			qcow2.WriterOptions{Size: size, BackingFile: backing, BackingFormat: "qcow2"})
 		if err != nil {
 			return err
 		}
@@ -180,4 +187,18 @@ func genSmall(dir string, n int, size int64, seed uint64) error {
 		}
 	}
 	return nil
+}
+
+// relBacking is file's name relative to dir (as QEMU resolves a backing
+// name: from the overlay's directory), both with symbolic links resolved.
+func relBacking(dir, file string) (string, error) {
+	rd, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	rf, err := filepath.EvalSymlinks(file)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Rel(rd, rf)
 }
