@@ -260,6 +260,28 @@ func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
 	return id, err
 }
 
+// MaxNameLen is the longest name an engram can be given: engram mount
+// shows it as by-name/NAME.raw, and a file name holds at most 255 bytes.
+const MaxNameLen = 255 - len(".raw")
+
+// CheckName says why name cannot name an engram, or nil: it must be a
+// file name in engram mount's by-name/ directory, so not "." or "..", no
+// "/" or NUL, at most MaxNameLen bytes. (Other bytes are allowed, and
+// escaped wherever a name is shown.)
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("a name cannot be empty")
+	case name == "." || name == "..":
+		return fmt.Errorf("%q cannot be a name (engram mount shows names as files)", name)
+	case strings.ContainsAny(name, "/\x00"):
+		return errors.New("a name cannot hold \"/\" or a NUL byte (engram mount shows names as files)")
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("a name is at most %d bytes, this one has %d", MaxNameLen, len(name))
+	}
+	return nil
+}
+
 // Names returns, for every engram that has one, the names that select it
 // now, oldest first. A name moves to the newest ingest that gives it, and
 // the records of older engrams keep it, so a record's Name is not proof

@@ -147,3 +147,16 @@ func TestNamesMoveAndDangle(t *testing.T) {
 		t.Errorf("NamesOf: %q %q, want \"\" and db", of[a], of[b])
 	}
 }
+
+func TestCheckName(t *testing.T) {
+	for _, n := range []string{"web-01", "a b", "é", "evil\x1b[2J", strings.Repeat("x", MaxNameLen)} {
+		if err := CheckName(n); err != nil {
+			t.Errorf("CheckName(%q) = %v, want nil", n, err)
+		}
+	}
+	for _, n := range []string{"", ".", "..", "a/b", "/", "a\x00b", strings.Repeat("x", MaxNameLen+1)} {
+		if err := CheckName(n); err == nil {
+			t.Errorf("CheckName(%q) = nil, want an error", n)
+		}
+	}
+}

@@ -690,3 +690,20 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestNameMustBeAFileName: --name is refused (exit 2, nothing ingested)
+// when engram mount could not show it as by-name/NAME.raw.
+func TestNameMustBeAFileName(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img, _ := qcowWith("4M", nil, "write -P 0x11 0 64k")(t, dir)
+	ok(t, store, "init")
+	for _, n := range []string{"a/b", ".", "..", "", strings.Repeat("n", 252)} {
+		fails(t, store, exitUsage, []string{"ingest", "--name", n, img}, "--name")
+	}
+	if out := ok(t, store, "-q", "ls"); strings.TrimSpace(out) != "" {
+		t.Errorf("a refused ingest stored %q", out)
+	}
+	ok(t, store, "ingest", "--name", strings.Repeat("n", 251), img)
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/engram-vm/engram/chunkstore/storeurl"
+	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/ingest"
 	"github.com/engram-vm/engram/qcow2"
 )
@@ -56,6 +57,11 @@ var ingestCommand = &cli.Command{
 		}
 		if c.String("name") != "" && len(paths) > 1 {
 			return usagef("--name needs exactly one IMAGE")
+		}
+		if c.IsSet("name") {
+			if err := engram.CheckName(c.String("name")); err != nil {
+				return usagef("--name %s: %v", escapeControl(c.String("name")), err)
+			}
 		}
 		// Open every image before touching the store, so a bad argument
 		// fails before anything is written.
