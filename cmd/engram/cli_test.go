@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -380,6 +381,18 @@ func TestVerifyWaitsForGC(t *testing.T) {
 		t.Errorf("verify beside gc: exit %d, stderr %q; want %d naming the holder", r.code, r.stderr, exitLocked)
 	}
 	ok(t, store, "--lock-timeout", "200ms", "verify", "a")
+	// 0 does not wait (as flock -w 0); it was chunkstore's "default", 10m.
+	done := make(chan result, 1)
+	go func() { done <- runEngram(t, store, "--lock-timeout", "0", "verify") }()
+	select {
+	case r := <-done:
+		if r.code != exitLocked {
+			t.Errorf("--lock-timeout 0 beside gc: exit %d, stderr %q; want %d", r.code, r.stderr, exitLocked)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("--lock-timeout 0 waited for the lock")
+	}
+	fails(t, store, exitUsage, []string{"--lock-timeout", "-1s", "ls"}, "--lock-timeout", "negative")
 }
 
 // TestRmByNameKeepsOtherNames: one content ingested under two names is one

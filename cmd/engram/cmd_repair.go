@@ -63,7 +63,7 @@ var repairCommand = &cli.Command{
 				return fmt.Errorf("repair %s: %w", dir, err)
 			}
 		} else {
-			opts := chunkstore.OpenOptions{LockTimeout: c.Duration(lockFlag.Name), Command: strings.Join(os.Args, " ")}
+			opts := chunkstore.OpenOptions{LockTimeout: lockTimeout(c), Command: strings.Join(os.Args, " ")}
 			res.Index, err = chunkstore.RepairDir(c.Context, dir, opts)
 			for _, p := range res.Index.Problems {
 				res.Problems = append(res.Problems, p.String())

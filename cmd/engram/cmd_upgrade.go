@@ -38,7 +38,7 @@ var upgradeCommand = &cli.Command{
 		var rep chunkstore.UpgradeReport
 		if !storeurl.IsBucket(dir) {
 			rep, err = chunkstore.Upgrade(c.Context, dir, chunkstore.UpgradeOptions{DropUnreadable: c.Bool("drop-unreadable"), FromPacks: c.Bool("from-packs"),
-				LockTimeout: c.Duration(lockFlag.Name), Command: strings.Join(os.Args, " ")})
+				LockTimeout: lockTimeout(c), Command: strings.Join(os.Args, " ")})
 			if err != nil {
 				return err
 			}

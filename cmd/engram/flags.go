@@ -33,7 +33,13 @@ var (
 	}
 	jsonFlag  = &cli.BoolFlag{Name: "json", Usage: "print results as JSON"}
 	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs), no progress"}
-	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for the store lock (ingests share it, gc and repair take it alone)"}
+	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for the store lock (ingests share it, gc and repair take it alone)",
+		Action: func(_ *cli.Context, d time.Duration) error {
+			if d < 0 {
+				return usagef("--lock-timeout %s: a wait cannot be negative (0 means do not wait)", d)
+			}
+			return nil
+		}}
 
 	globalFlags = []cli.Flag{storeFlag, cacheDirFlag, jsonFlag, quietFlag, lockFlag}
 )
@@ -99,7 +105,7 @@ func openStoreWith(c *cli.Context, write, create bool, o storeurl.Options) (stor
 		Exclusive:   o.Exclusive,
 		HoldShared:  o.HoldShared,
 		DeferSync:   o.DeferSync,
-		LockTimeout: c.Duration(lockFlag.Name),
+		LockTimeout: lockTimeout(c),
 		Command:     strings.Join(os.Args, " "),
 		TrustIDs:    true, // every chunk the CLI puts was hashed just before
 		CacheRoot:   c.String(cacheDirFlag.Name),
@@ -215,4 +221,14 @@ func parseLabels(ss []string) (map[string]string, error) {
 		m[k] = v
 	}
 	return m, nil
+}
+
+// lockTimeout is --lock-timeout for chunkstore: there 0 means its default
+// wait and a negative one no wait; on the command line 0 means no wait, as
+// for flock -w 0.
+func lockTimeout(c *cli.Context) time.Duration {
+	if d := c.Duration(lockFlag.Name); d > 0 {
+		return d
+	}
+	return -1
 }

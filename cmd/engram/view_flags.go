@@ -51,7 +51,7 @@ func openView(c *cli.Context, what string) (*openedView, error) {
 	}
 	st, err := storeurl.Open(c.Context, loc, storeurl.Options{
 		ReadOnly:        true,
-		LockTimeout:     c.Duration(lockFlag.Name),
+		LockTimeout:     lockTimeout(c),
 		CacheRoot:       c.String(cacheDirFlag.Name),
 		BlockCacheBytes: view.BlockCacheBytes(size),
 	})
