@@ -720,3 +720,14 @@ func TestNameMustBeAFileName(t *testing.T) {
 	}
 	ok(t, store, "ingest", "--name", strings.Repeat("n", 251), img)
 }
+
+// TestStatsEmptyStore: the ratios of an empty store are "-", not 0.00x.
+func TestStatsEmptyStore(t *testing.T) {
+	qemutest.Require(t)
+	store := filepath.Join(t.TempDir(), "store")
+	ok(t, store, "init")
+	out := ok(t, store, "stats")
+	if strings.Contains(out, "0.00x") || !strings.Contains(out, "dedup -") || !strings.Contains(out, "compression -") {
+		t.Errorf("stats of an empty store:\n%s", out)
+	}
+}

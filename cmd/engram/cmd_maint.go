@@ -210,8 +210,15 @@ var statsCommand = &cli.Command{
 		w := c.App.Writer
 		fmt.Fprintf(w, "engrams:     %d\n", len(us))
 		fmt.Fprintf(w, "logical:     %s virtual, %s data\n", bytesStr(virt), bytesStr(data))
-		fmt.Fprintf(w, "unique data: %s in %s (dedup %.2fx)\n", bytesStr(s.RawBytes), plural(s.Chunks, "chunk"), dedup)
-		fmt.Fprintf(w, "stored:      %s (compression %.2fx), %s in %s on disk\n", bytesStr(s.StoredBytes), comp, bytesStr(s.PackBytes), plural(s.Packs, "pack"))
+		// A ratio of nothing to nothing is shown as "-", not 0.00x.
+		times := func(r float64, den int64) string {
+			if den == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2fx", r)
+		}
+		fmt.Fprintf(w, "unique data: %s in %s (dedup %s)\n", bytesStr(s.RawBytes), plural(s.Chunks, "chunk"), times(dedup, s.RawBytes))
+		fmt.Fprintf(w, "stored:      %s (compression %s), %s in %s on disk\n", bytesStr(s.StoredBytes), times(comp, s.StoredBytes), bytesStr(s.PackBytes), plural(s.Packs, "pack"))
 		if len(us) > 0 {
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "\nID\tNAME\tVIRTUAL\tDATA\tUNIQUE\tSHARED")
