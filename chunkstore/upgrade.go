@@ -240,6 +240,11 @@ func readLegacyIndex(idx string) (byPack map[uint32][]indexed, ops []journalOp, 
 			byPack, ops, err = nil, nil, fmt.Errorf("%s: %v: %w", idx, r, ErrIndexDamaged)
 		}
 	}()
+	// bbolt would try to initialize an empty file, which read-only fails
+	// as "bad file descriptor".
+	if fi, serr := os.Stat(idx); serr == nil && fi.Size() == 0 {
+		return nil, nil, fmt.Errorf("%s: %w: the file is empty (0 bytes)", idx, ErrIndexDamaged)
+	}
 	db, err := bolt.Open(idx, 0o644, &bolt.Options{ReadOnly: true, Timeout: DefaultLockTimeout})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w: %w", idx, ErrIndexDamaged, err)

@@ -247,18 +247,20 @@ func TestUpgradeV1Damaged(t *testing.T) {
 	for _, c := range []struct {
 		name, file string
 		harm       func(string) error
+		want       string // in the error, if set
 	}{
+		{"empty index", indexName, func(p string) error { return os.Truncate(p, 0) }, "empty (0 bytes)"},
 		{"garbage index", indexName, func(p string) error {
 			b, _ := os.ReadFile(p)
 			for i := range min(len(b), 16384) {
 				b[i] = byte(i * 13)
 			}
 			return os.WriteFile(p, b, 0o644)
-		}},
-		{"truncated index", indexName, func(p string) error { return os.Truncate(p, 4096) }},
-		{"missing index", indexName, os.Remove},
-		{"missing pack", filepath.Join(packsDir, packName(2)), os.Remove},
-		{"truncated pack", filepath.Join(packsDir, packName(2)), func(p string) error { return os.Truncate(p, 100) }},
+		}, ""},
+		{"truncated index", indexName, func(p string) error { return os.Truncate(p, 4096) }, ""},
+		{"missing index", indexName, os.Remove, ""},
+		{"missing pack", filepath.Join(packsDir, packName(2)), os.Remove, ""},
+		{"truncated pack", filepath.Join(packsDir, packName(2)), func(p string) error { return os.Truncate(p, 100) }, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := copyTree(t, v1Fixture)
@@ -266,7 +268,8 @@ func TestUpgradeV1Damaged(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := Open(ctx, dir, OpenOptions{})
-			if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, c.file)) || strings.Contains(err.Error(), "\n") {
+			if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, c.file)) || strings.Contains(err.Error(), "\n") ||
+				!strings.Contains(err.Error(), c.want) {
 				t.Fatalf("Open = %v", err)
 			}
 			t.Log(err)
