@@ -1384,17 +1384,12 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 	if err := s.verifyJournal(ctx, emit); err != nil {
 		return st, err
 	}
-	type packInfo struct {
-		num       uint32
-		hash      ID
-		condemned bool // by a pending gc list: another host may sweep it any time
-	}
-	var packs []packInfo
+	var packs []verifyPackInfo
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
 		cond := tx.Bucket(bucketBlobCond)
 		return tx.Bucket(bucketBlobPacks).ForEach(func(k, v []byte) error {
 			if len(k) == 4 && len(v) == 32 {
-				packs = append(packs, packInfo{binary.BigEndian.Uint32(k), ID(v), cond.Get(k) != nil})
+				packs = append(packs, verifyPackInfo{binary.BigEndian.Uint32(k), ID(v), cond.Get(k) != nil})
 			}
 			return nil
 		})
@@ -1417,80 +1412,9 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 	if err != nil {
 		return st, err
 	}
-	type found struct {
-		frames map[int64]*scannedFrame
-		bad    map[int64]error
-		err    error
-		name   string
-	}
-	scanned := map[uint32]*found{}
-	for _, p := range packs {
-		name := s.bs.String() + "/" + packObject(p.hash)
-		fd := &found{frames: map[int64]*scannedFrame{}, bad: map[int64]error{}, name: name}
-		scanned[p.num] = fd
-		st.Packs++
-		if err := s.verifySegment(ctx, p.hash, emit); err != nil {
-			return st, err
-		}
-		b, err := blob.ReadAll(ctx, s.bs, packObject(p.hash), maxPackObject)
-		if errors.Is(err, blob.ErrNotExist) && p.condemned {
-			// Swept by a gc on another host since the refresh: none of
-			// its chunks is needed (that is what condemned it).
-			delete(scanned, p.num)
-			st.Packs--
-			continue
-		}
-		if err != nil {
-			if !errors.Is(err, blob.ErrNotExist) && !errors.Is(err, blob.ErrRange) {
-				return st, err
-			}
-			fd.err = err
-			emit(Problem{Pack: name, Err: err})
-			continue
-		}
-		if got := Sum(b); got != p.hash && !recorded[p.hash] {
-			// (Damage repair recorded is not news: the entries of its
-			// frames are dropped, and the chunks stored again elsewhere.)
-			emit(Problem{Pack: name, Err: fmt.Errorf("pack content hashes to %s, not its name", got.Short())})
-		}
-		end := int64(len(b))
-		if len(b) >= packFooterSize && string(b[len(b)-8:]) == packFooterMagic {
-			if so := int64(binary.LittleEndian.Uint64(b[len(b)-16:])); so >= packHeaderSize && so <= end-packFooterSize {
-				end = so
-			}
-		} else {
-			emit(Problem{Pack: name, Offset: end, Err: errors.New("pack footer missing")})
-		}
-		var nonce uint32
-		if len(b) >= packHeaderSize {
-			nonce = binary.LittleEndian.Uint32(b[12:])
-		}
-		_, err = scanPack(ctx, bytes.NewReader(b), nonce, end, func(off int64, fr *frame, raw []byte) error {
-			st.Frames++
-			st.Bytes += int64(len(raw))
-			sf := &scannedFrame{n: int64(len(raw)), chunks: fr.Chunks}
-			block, err := fr.block()
-			for i, c := range fr.Chunks {
-				var cerr error
-				if err != nil {
-					cerr = fmt.Errorf("decompressing block: %w", err)
-				} else {
-					cerr = chunkOK(block, c)
-				}
-				if cerr != nil {
-					if sf.bad == nil {
-						sf.bad = map[int]error{}
-					}
-					sf.bad[i] = cerr
-				}
-			}
-			sf.chunks = slices.Clone(fr.Chunks)
-			fd.frames[off] = sf
-			return nil
-		}, func(off int64, err error) { fd.bad[off] = err })
-		if err != nil {
-			return st, err
-		}
+	scanned, err := s.verifyPacks(ctx, packs, recorded, emit, &st)
+	if err != nil {
+		return st, err
 	}
 	err = s.ForEach(ctx, func(e Entry) error {
 		ent, h, ok, err := s.lookup(ctx, e.ID)
