@@ -32,14 +32,7 @@ func TestVerifyParallelOrder(t *testing.T) {
 		t.Fatalf("only %d packs", len(seen))
 	}
 	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b[len(b)/2] ^= 0x40
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		flipMiddle(t, p)
 	}
 	var first []string
 	var firstSt VerifyStats
@@ -78,14 +71,7 @@ func TestVerifyCancelled(t *testing.T) {
 	for _, c := range cs {
 		if _, p := entryOf(t, s, c.ID); !seen[p] {
 			seen[p] = true
-			b, err := os.ReadFile(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b[len(b)/2] ^= 0x40
-			if err := os.WriteFile(p, b, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			flipMiddle(t, p)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -94,5 +80,18 @@ func TestVerifyCancelled(t *testing.T) {
 	_, err := s.Verify(ctx, func(Problem) { n++; cancel() })
 	if !errors.Is(err, context.Canceled) || n == 0 {
 		t.Fatalf("cancelled verify: %d problems, %v", n, err)
+	}
+}
+
+// flipMiddle flips one bit in the middle of the file at path.
+func flipMiddle(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
