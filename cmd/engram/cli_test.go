@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -729,5 +730,44 @@ func TestStatsEmptyStore(t *testing.T) {
 	out := ok(t, store, "stats")
 	if strings.Contains(out, "0.00x") || !strings.Contains(out, "dedup -") || !strings.Contains(out, "compression -") {
 		t.Errorf("stats of an empty store:\n%s", out)
+	}
+}
+
+// TestThinFailedLeavesNoDir: a restore --thin that fails before writing
+// any file removes the -o directory it made (ENOSPC, Ctrl-C or a damaged
+// pack left an empty DIR behind).
+func TestThinFailedLeavesNoDir(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	// Incompressible data, so its pack is the largest: truncating that
+	// one fails the restore at its data, after the catalog is read.
+	data := make([]byte, 1<<20)
+	rand.New(rand.NewSource(1)).Read(data)
+	img := filepath.Join(dir, "a.raw")
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, store, "-q", "ingest", "--format", "raw", "--name", "a", img)
+	packs, err := filepath.Glob(filepath.Join(store, "packs", "*", "*"))
+	if err != nil || len(packs) == 0 {
+		t.Fatalf("no packs in %s (%v)", store, err)
+	}
+	largest, size := "", int64(-1)
+	for _, p := range packs {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
+			largest, size = p, fi.Size()
+		}
+	}
+	if err := os.Truncate(largest, 100); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "fleet")
+	if r := runEngram(t, store, "restore", "--thin", "-o", out, "a"); r.code == 0 || !strings.Contains(r.stderr, "corrupt") {
+		t.Fatalf("restore --thin from a truncated pack: exit %d, %s; want it to fail at the data", r.code, r.stderr)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		ents, _ := os.ReadDir(out)
+		t.Errorf("failed restore --thin left %s (%v, holding %v)", out, err, ents)
 	}
 }

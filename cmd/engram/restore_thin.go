@@ -102,6 +102,8 @@ func restoreThin(c *cli.Context) error {
 		return nil
 	}
 	opts := restore.Options{Compress: c.Bool("compress"), Force: c.Bool("force")}
+	_, serr := os.Lstat(dir)
+	made := os.IsNotExist(serr)
 	written, err := f.WriteThin(c.Context, plan, dir, opts, func(file string) restore.Progress {
 		if p := progressFor(c, file); p != nil {
 			return p
@@ -109,6 +111,11 @@ func restoreThin(c *cli.Context) error {
 		return nil
 	})
 	if err != nil {
+		if made {
+			// The directory this restore made, if it stayed empty (a
+			// failure, Ctrl-C): no -o DIR is left that looks restored.
+			_ = os.Remove(dir)
+		}
 		return err
 	}
 	var total int64

@@ -103,8 +103,8 @@ func (s *Store) put(ctx context.Context, op, name string, data []byte) error {
 	}
 	final := s.path(name)
 	if op == "put" {
-		if _, err := os.Lstat(final); err == nil {
-			return s.errf(op, name, blob.ErrExist)
+		if fi, err := os.Lstat(final); err == nil {
+			return s.errf(op, name, existing(final, fi))
 		}
 	}
 	parent := filepath.Dir(final)
@@ -132,7 +132,7 @@ func (s *Store) put(ctx context.Context, op, name string, data []byte) error {
 	if op == "replace" {
 		err = os.Rename(tmp, final)
 	} else if err = os.Link(tmp, final); errors.Is(err, fs.ErrExist) {
-		return s.errf(op, name, blob.ErrExist)
+		return s.errf(op, name, existingAt(final))
 	}
 	if err != nil {
 		return s.errf(op, name, err)
@@ -141,6 +141,30 @@ func (s *Store) put(ctx context.Context, op, name string, data []byte) error {
 		return s.errf(op, name, err)
 	}
 	return nil
+}
+
+// existing is ErrExist for a file already at path, and an error naming
+// what else is in the way: a directory there is not the object, and
+// calling it ErrExist made repair report a segment restored that stayed
+// unreadable.
+func existing(path string, fi fs.FileInfo) error {
+	if fi.Mode().IsRegular() {
+		return blob.ErrExist
+	}
+	what := "a " + fi.Mode().Type().String() + " file"
+	if fi.IsDir() {
+		what = "a directory"
+	}
+	return fmt.Errorf("%s is %s, not an object file; move it away", path, what)
+}
+
+// existingAt is existing for what is at path now.
+func existingAt(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return existing(path, fi)
 }
 
 func syncDir(dir string) error {
@@ -369,7 +393,11 @@ func (s *Store) LinkTemps(ctx context.Context, tmps, names []string) error {
 		if err := os.MkdirAll(parent, 0o755); err != nil {
 			return s.errf("link", name, err)
 		}
-		if err := os.Link(tmps[i], final); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := os.Link(tmps[i], final); errors.Is(err, fs.ErrExist) {
+			if err := existingAt(final); !errors.Is(err, blob.ErrExist) {
+				return s.errf("link", name, err)
+			}
+		} else if err != nil {
 			return s.errf("link", name, err)
 		}
 		dirs[parent] = true

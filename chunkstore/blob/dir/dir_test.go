@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/engram-vm/engram/chunkstore/blob"
@@ -78,5 +79,29 @@ func TestGetInto(t *testing.T) {
 	}
 	if err := ig.GetInto(ctx, "../x", 0, make([]byte, 1)); !errors.Is(err, blob.ErrBadName) {
 		t.Fatalf("GetInto(../x) = %v, want ErrBadName", err)
+	}
+}
+
+// A directory where an object belongs is not the object: Put says what is
+// in the way instead of ErrExist (repair took ErrExist as "already there").
+func TestPutOverDirectory(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s, err := dir.Open(root, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "index", "abc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Put(ctx, "index/abc", []byte("x"))
+	if err == nil || errors.Is(err, blob.ErrExist) || !strings.Contains(err.Error(), "is a directory") {
+		t.Fatalf("Put over a directory = %v, want an error saying a directory is in the way", err)
+	}
+	if err := s.Put(ctx, "index/def", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "index/def", []byte("x")); !errors.Is(err, blob.ErrExist) {
+		t.Fatalf("Put over a file = %v, want ErrExist", err)
 	}
 }
