@@ -733,8 +733,8 @@ func TestStatsEmptyStore(t *testing.T) {
 	}
 }
 
-// TestThinFailedLeavesNoDir: a restore --thin that fails before writing
-// any file removes the -o directory it made (ENOSPC, Ctrl-C or a damaged
+// TestThinFailedLeavesNoDir: a restore --thin or --chain that fails
+// removes the -o directory it made (ENOSPC, Ctrl-C or a damaged
 // pack left an empty DIR behind).
 func TestThinFailedLeavesNoDir(t *testing.T) {
 	qemutest.Require(t)
@@ -762,12 +762,14 @@ func TestThinFailedLeavesNoDir(t *testing.T) {
 	if err := os.Truncate(largest, 100); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, "fleet")
-	if r := runEngram(t, store, "restore", "--thin", "-o", out, "a"); r.code == 0 || !strings.Contains(r.stderr, "corrupt") {
-		t.Fatalf("restore --thin from a truncated pack: exit %d, %s; want it to fail at the data", r.code, r.stderr)
-	}
-	if _, err := os.Stat(out); !os.IsNotExist(err) {
-		ents, _ := os.ReadDir(out)
-		t.Errorf("failed restore --thin left %s (%v, holding %v)", out, err, ents)
+	for _, mode := range []string{"--thin", "--chain"} {
+		out := filepath.Join(dir, "fleet"+mode)
+		if r := runEngram(t, store, "restore", mode, "-o", out, "a"); r.code == 0 || !strings.Contains(r.stderr, "corrupt") {
+			t.Fatalf("restore %s from a truncated pack: exit %d, %s; want it to fail at the data", mode, r.code, r.stderr)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			ents, _ := os.ReadDir(out)
+			t.Errorf("failed restore %s left %s (%v, holding %v)", mode, out, err, ents)
+		}
 	}
 }

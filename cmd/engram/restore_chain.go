@@ -135,12 +135,38 @@ func restoreChain(c *cli.Context, st storeurl.Store, id engram.ID, dir string, o
 			return err
 		}
 	}
+	_, serr := os.Lstat(dir)
+	made := os.IsNotExist(serr)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("output directory %s: %w", dir, err)
 	}
+	var written []string
+	if err := writeChain(c, st, chain, dir, opts, &written); err != nil {
+		// No half chain is left that looks restored: the layers this
+		// restore wrote go, and the directory if it made it.
+		for _, p := range written {
+			_ = os.Remove(p)
+		}
+		if made {
+			_ = os.Remove(dir)
+		}
+		return err
+	}
+	if c.Bool(jsonFlag.Name) {
+		return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "files": written})
+	}
+	if !c.Bool(quietFlag.Name) {
+		fmt.Fprintf(c.App.ErrWriter, "restored %s as a chain of %d: %s\n", id.Short(), len(written), escapeControl(strings.Join(written, " <- ")))
+	}
+	return nil
+}
+
+// writeChain restores chain (newest first) into dir, base first, each
+// layer backed by the one before; *written gets each file once it is
+// whole.
+func writeChain(c *cli.Context, st storeurl.Store, chain []chainLayer, dir string, opts restore.Options, written *[]string) error {
 	used := map[string]bool{}
 	var prev *restore.Backing
-	var written []string
 	for i := len(chain) - 1; i >= 0; i-- {
 		l := chain[i]
 		name := layerFileName(l, used)
@@ -170,13 +196,7 @@ func restoreChain(c *cli.Context, st storeurl.Store, id engram.ID, dir string, o
 		}
 		defer im.Close()
 		prev = &restore.Backing{Name: name, Format: lo.Format, Root: root, Image: im}
-		written = append(written, path)
-	}
-	if c.Bool(jsonFlag.Name) {
-		return printJSON(c.App.Writer, map[string]any{"engram": id.String(), "files": written})
-	}
-	if !c.Bool(quietFlag.Name) {
-		fmt.Fprintf(c.App.ErrWriter, "restored %s as a chain of %d: %s\n", id.Short(), len(written), escapeControl(strings.Join(written, " <- ")))
+		*written = append(*written, path)
 	}
 	return nil
 }
