@@ -33,6 +33,10 @@ var ErrUnavailable = errors.New("FUSE is not available")
 // server that died; fusermount3 -u clears it.
 var ErrStaleMount = errors.New("dead mount")
 
+// ErrNotEmpty means the mount point holds files the mount would hide;
+// Options.NonEmpty mounts over them anyway.
+var ErrNotEmpty = errors.New("not empty")
+
 // Options configure Mount.
 type Options struct {
 	// AllowOther lets users other than the one mounting read the files
@@ -45,6 +49,9 @@ type Options struct {
 	Errorf func(format string, args ...any)
 	// Debug logs every FUSE request (go-fuse's debug output).
 	Debug bool
+	// NonEmpty mounts over a directory that has entries, hiding them
+	// until the unmount (fuse2's "nonempty"); without it Mount refuses.
+	NonEmpty bool
 }
 
 // Server is a mounted file system.
@@ -96,6 +103,25 @@ func CheckMountpoint(dir string) error {
 	}
 	if fstype, ok := mountedAt(dir); ok {
 		return fmt.Errorf("mount point %s: already mounted (%s); unmount it first", dir, fstype)
+	}
+	return nil
+}
+
+// CheckEmpty refuses a mount point with entries in it: the mount would
+// hide them without a word, which is what sshfs and fuse2's fusermount
+// refuse to do unless told "nonempty".
+func CheckEmpty(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w", dir, unwrapPath(err))
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("mount point %s: %w", dir, unwrapPath(err))
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("mount point %s: %w (it holds %s, which the mount would hide); use an empty directory, or --nonempty to mount over it", dir, ErrNotEmpty, names[0])
 	}
 	return nil
 }
@@ -169,6 +195,11 @@ func Mount(dir string, st chunkstore.Reader, set *view.Set, opts Options) (*Serv
 	}
 	if err := CheckMountpoint(dir); err != nil {
 		return nil, err
+	}
+	if !opts.NonEmpty {
+		if err := CheckEmpty(dir); err != nil {
+			return nil, err
+		}
 	}
 	if opts.FsName == "" {
 		opts.FsName = "engram"
