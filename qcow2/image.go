@@ -89,6 +89,12 @@ func Open(path string, opts Options) (*Image, error) {
 			if l.info.CorruptMarked {
 				opts.Warn(l.path + ": warning: image is marked corrupt (incompatible feature bit 1); reading it read-only as QEMU does")
 			}
+			if l.info.Dirty {
+				// Left by a killed VM (lazy refcounts): qemu-img check
+				// reports leaks, a read-write open repairs them; the guest
+				// data is what QEMU reads, so a note, not a refusal.
+				opts.Warn(l.path + ": note: image was not closed cleanly (dirty bit; qemu-img check would repair its refcounts); guest data read as QEMU would read it")
+			}
 		}
 	}
 	return im, err
