@@ -33,11 +33,6 @@ var mountCommand = &cli.Command{
 		if err := fuse.CheckMountpoint(dir); err != nil {
 			return err
 		}
-		if !c.Bool("nonempty") {
-			if err := fuse.CheckEmpty(dir); err != nil {
-				return err
-			}
-		}
 		sigs := make(chan os.Signal, 2)
 		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 		defer signal.Stop(sigs)
@@ -47,6 +42,12 @@ var mountCommand = &cli.Command{
 			return err
 		}
 		defer v.close()
+		// After openView: a bad command line is exit 2 whatever DIR holds.
+		if !c.Bool("nonempty") {
+			if err := fuse.CheckEmpty(dir); err != nil {
+				return err
+			}
+		}
 		srv, err := fuse.Mount(dir, v.store, v.set, fuse.Options{
 			AllowOther: c.Bool("allow-other"),
 			NonEmpty:   c.Bool("nonempty"),
