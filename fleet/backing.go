@@ -87,7 +87,7 @@ func (f *Fleet) ChooseBacking(ctx context.Context, id engram.ID, opts ThinOption
 			break
 		}
 		path, ok := SourceOnDisk(c.m)
-		if !ok {
+		if !ok || (opts.Skip != nil && opts.Skip(path)) {
 			continue
 		}
 		tried++

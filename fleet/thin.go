@@ -24,6 +24,9 @@ type ThinOptions struct {
 	// Shortlist is how many members, best by signature, are measured
 	// exactly as a backing for each one (default 4).
 	Shortlist int
+	// Skip, if not nil, rules out a candidate source file for
+	// ChooseBacking (the output it would back); the next one is tried.
+	Skip func(path string) bool
 }
 
 // ThinEntry is one file of a thin plan.

@@ -33,6 +33,10 @@ var ErrUnavailable = errors.New("FUSE is not available")
 // server that died; fusermount3 -u clears it.
 var ErrStaleMount = errors.New("dead mount")
 
+// ErrNotEmpty means the mount point holds files the mount would hide;
+// Options.NonEmpty mounts over them anyway.
+var ErrNotEmpty = errors.New("not empty")
+
 // Options configure Mount.
 type Options struct {
 	// AllowOther lets users other than the one mounting read the files
@@ -40,11 +44,16 @@ type Options struct {
 	AllowOther bool
 	// FsName is shown as the source in mount tables (default "engram").
 	FsName string
-	// Errorf, if not nil, gets one line for each request that failed
-	// inside engram (a missing or damaged chunk); the client gets EIO.
+	// Errorf, if not nil, gets one line for the first request that
+	// failed inside engram (a missing or damaged chunk) on each file, and
+	// at the unmount one line per file counting its failures; the client
+	// gets EIO every time.
 	Errorf func(format string, args ...any)
 	// Debug logs every FUSE request (go-fuse's debug output).
 	Debug bool
+	// NonEmpty mounts over a directory that has entries, hiding them
+	// until the unmount (fuse2's "nonempty"); without it Mount refuses.
+	NonEmpty bool
 }
 
 // Server is a mounted file system.
@@ -96,6 +105,25 @@ func CheckMountpoint(dir string) error {
 	}
 	if fstype, ok := mountedAt(dir); ok {
 		return fmt.Errorf("mount point %s: already mounted (%s); unmount it first", dir, fstype)
+	}
+	return nil
+}
+
+// CheckEmpty refuses a mount point with entries in it: the mount would
+// hide them without a word, which is what sshfs and fuse2's fusermount
+// refuse to do unless told "nonempty".
+func CheckEmpty(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w", dir, unwrapPath(err))
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("mount point %s: %w", dir, unwrapPath(err))
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("mount point %s: %w (it holds %s, which the mount would hide); use an empty directory, or --nonempty to mount over it", dir, ErrNotEmpty, names[0])
 	}
 	return nil
 }
@@ -170,6 +198,11 @@ func Mount(dir string, st chunkstore.Reader, set *view.Set, opts Options) (*Serv
 	if err := CheckMountpoint(dir); err != nil {
 		return nil, err
 	}
+	if !opts.NonEmpty {
+		if err := CheckEmpty(dir); err != nil {
+			return nil, err
+		}
+	}
 	if opts.FsName == "" {
 		opts.FsName = "engram"
 	}
@@ -177,7 +210,7 @@ func Mount(dir string, st chunkstore.Reader, set *view.Set, opts Options) (*Serv
 	if errorf == nil {
 		errorf = func(string, ...any) {}
 	}
-	fsys := &fsys{st: st, set: set, errorf: errorf}
+	fsys := &fsys{st: st, set: set, errorf: errorf, failed: map[string]int{}}
 	root := &rootDir{fs: fsys}
 	long := foreverTimeout
 	o := &fs.Options{
@@ -208,6 +241,7 @@ func Mount(dir string, st chunkstore.Reader, set *view.Set, opts Options) (*Serv
 	s := &Server{dir: dir, server: srv, done: make(chan struct{})}
 	go func() {
 		srv.Wait()
+		fsys.summarize()
 		close(s.done)
 	}()
 	return s, nil
@@ -257,14 +291,46 @@ type fsys struct {
 	st     chunkstore.Reader
 	set    *view.Set
 	errorf func(format string, args ...any)
+
+	mu     sync.Mutex
+	failed map[string]int // failures per file, logged once each
 }
 
 func (f *fsys) fail(what string, err error) syscall.Errno {
+	return f.failFile(what, what, err)
+}
+
+// failFile logs only the first failure on file: one dd over a damaged
+// chunk makes the kernel ask (and retry) several times, and a line for
+// each buried the one that mattered. summarize counts the rest.
+func (f *fsys) failFile(file, what string, err error) syscall.Errno {
 	if errors.Is(err, engram.ErrNotFound) {
 		return syscall.ENOENT
 	}
-	f.errorf("%s: %v", what, err)
+	f.mu.Lock()
+	f.failed[file]++
+	first := f.failed[file] == 1
+	f.mu.Unlock()
+	if first {
+		f.errorf("%s: %v (further failures of %s are counted, not logged)", what, err, file)
+	}
 	return syscall.EIO
+}
+
+// summarize logs, for each file that failed more than once, how often.
+func (f *fsys) summarize() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	files := make([]string, 0, len(f.failed))
+	for file, n := range f.failed {
+		if n > 1 {
+			files = append(files, file)
+		}
+	}
+	sort.Strings(files)
+	for _, file := range files {
+		f.errorf("%s: %d requests failed in all", file, f.failed[file])
+	}
 }
 
 // Inode numbers: the root and its two directories are fixed, an engram's
@@ -588,7 +654,8 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (gofuse.ReadR
 	// and logs for 1 MiB replies).
 	vec, err := h.r.ReadSlices(off, len(dest))
 	if err != nil && err != io.EOF {
-		return nil, h.fs.fail(fmt.Sprintf("by-id/%s.raw: read at %#x", h.r.Disk().ID(), off), err)
+		file := fmt.Sprintf("by-id/%s.raw", h.r.Disk().ID())
+		return nil, h.fs.failFile(file, fmt.Sprintf("%s: read at %#x", file, off), err)
 	}
 	return gofuse.ReadResultVector(vec), 0
 }
@@ -614,7 +681,8 @@ func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, 
 		if errors.As(err, &errno) {
 			return 0, errno
 		}
-		return 0, h.fs.fail(fmt.Sprintf("by-id/%s.raw: seek", h.r.Disk().ID()), err)
+		file := fmt.Sprintf("by-id/%s.raw", h.r.Disk().ID())
+		return 0, h.fs.failFile(file, file+": seek", err)
 	}
 	return uint64(pos), 0
 }

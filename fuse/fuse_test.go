@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -402,5 +403,27 @@ func TestMountpointChecks(t *testing.T) {
 	e.mount(t)
 	if _, err := Mount(e.mnt, e.st, e.set, Options{}); err == nil || !strings.Contains(err.Error(), "already mounted") {
 		t.Fatalf("mounting twice: %v", err)
+	}
+}
+
+// TestFailuresLoggedOnce: six failed reads of one file (one dd over a
+// damaged chunk) log one line, and the unmount one count; every read
+// still gets EIO.
+func TestFailuresLoggedOnce(t *testing.T) {
+	var lines []string
+	f := &fsys{errorf: func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }, failed: map[string]int{}}
+	bad := errors.New("chunk 1234: hash mismatch")
+	for i := 0; i < 6; i++ {
+		if e := f.failFile("by-id/ab.raw", fmt.Sprintf("by-id/ab.raw: read at %#x", i<<17), bad); e != syscall.EIO {
+			t.Fatalf("read %d: %v, want EIO", i, e)
+		}
+	}
+	f.failFile("by-id/cd.raw", "by-id/cd.raw: read at 0x0", bad)
+	if len(lines) != 2 || !strings.Contains(lines[0], "by-id/ab.raw: read at 0x0: chunk 1234") || !strings.Contains(lines[1], "by-id/cd.raw") {
+		t.Fatalf("logged while failing: %q", lines)
+	}
+	f.summarize()
+	if len(lines) != 3 || lines[2] != "by-id/ab.raw: 6 requests failed in all" {
+		t.Fatalf("summary: %q", lines)
 	}
 }

@@ -8,7 +8,7 @@ type Extent struct {
 	Data          bool  // reads guest data from some layer (qemu-img "data")
 	Zero          bool  // reads as zero (qemu-img "zero")
 	Present       bool  // allocated somewhere in the chain (qemu-img "present")
-	Offset        int64 // host offset when Data and the cluster is a plain (uncompressed) one, else -1
+	Offset        int64 // host offset when the cluster is a plain (uncompressed) one or a zero one that keeps its host cluster, else -1
 	Compressed    bool
 }
 
@@ -64,6 +64,9 @@ func (im *Image) layerExtents(off, end int64, out []Extent) ([]Extent, error) {
 		switch s.kind {
 		case segZero:
 			x.Present, x.Zero = true, true
+			if s.alloc {
+				x.Offset = s.host
+			}
 		case segCompressed:
 			x.Present, x.Data, x.Compressed = true, true, true
 		case segData:

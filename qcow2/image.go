@@ -89,6 +89,12 @@ func Open(path string, opts Options) (*Image, error) {
 			if l.info.CorruptMarked {
 				opts.Warn(l.path + ": warning: image is marked corrupt (incompatible feature bit 1); reading it read-only as QEMU does")
 			}
+			if l.info.Dirty {
+				// Left by a killed VM (lazy refcounts): qemu-img check
+				// reports leaks, a read-write open repairs them; the guest
+				// data is what QEMU reads, so a note, not a refusal.
+				opts.Warn(l.path + ": note: image was not closed cleanly (dirty bit; qemu-img check would repair its refcounts); guest data read as QEMU would read it")
+			}
 		}
 	}
 	return im, err
@@ -512,8 +518,12 @@ const (
 type seg struct {
 	kind segKind
 	n    int64
-	host int64  // segData: host offset of the first byte
+	host int64  // segData, and segZero when alloc: host offset of the first byte
 	l2e  uint64 // segCompressed: the L2 entry
+	// alloc: a segZero whose cluster keeps its host cluster (QEMU's
+	// ZERO_ALLOC, what zero writes leave in a data_file_raw image);
+	// qemu-img map gives its offset.
+	alloc bool
 }
 
 // lookup returns the run starting at guest offset off (at most n bytes) of
@@ -557,7 +567,8 @@ func (q *qlayer) lookup(off, n int64) (seg, error) {
 		if got == 0 {
 			out = s
 		} else if s.kind != out.kind || s.kind == segCompressed ||
-			(s.kind == segData && s.host != out.host+out.n) {
+			(s.kind == segData && s.host != out.host+out.n) ||
+			(s.kind == segZero && (s.alloc != out.alloc || s.alloc && s.host != out.host+out.n)) {
 			break
 		} else {
 			out.n += s.n
@@ -604,6 +615,9 @@ func (q *qlayer) piece(table []uint64, i, pos, inco int64) (seg, error) {
 			if q.version < 3 {
 				return corrupt("zero flag in a version 2 image")
 			}
+			if allocated {
+				return seg{kind: segZero, n: rest, host: host + inco, alloc: true}, nil
+			}
 			return seg{kind: segZero, n: rest}, nil
 		}
 		if !allocated {
@@ -639,6 +653,9 @@ func (q *qlayer) piece(table []uint64, i, pos, inco int64) (seg, error) {
 		last++
 	}
 	s := seg{kind: kind, n: last*sub - inco}
+	if kind == segZero && allocated {
+		s.host, s.alloc = host+inco, true
+	}
 	if kind == segData {
 		if pastEOF {
 			return corrupt("host cluster %#x past end of file (size %#x)", host, q.fileSize)

@@ -419,7 +419,8 @@ func checkCover(t *testing.T, ext []Extent, off, end int64) {
 		if e.Start != off || e.Length <= 0 {
 			t.Fatalf("extents do not cover the range in order at %d: %+v", off, e)
 		}
-		if e.Data && !e.Compressed && e.Offset < 0 || (!e.Data || e.Compressed) && e.Offset != -1 {
+		// A zero extent may keep its host cluster (ZERO_ALLOC) and offset.
+		if e.Data && !e.Compressed && e.Offset < 0 || (e.Compressed || !e.Data && !e.Zero) && e.Offset != -1 {
 			t.Fatalf("bad Offset in %+v", e)
 		}
 		off += e.Length

@@ -586,8 +586,8 @@ func TestRestoreOntoItsOwnBacking(t *testing.T) {
 	for _, c := range [][2]string{{mid, mid}, {base, mid}, {link, mid}} {
 		fails(t, store, exitUsage, []string{"restore", "clone", "-o", c[0], "--backing", c[1], "--force"}, c[0], "own backing")
 	}
-	// auto picks base, after a line saying so.
-	if r := runEngram(t, store, "restore", "clone", "-o", base, "--backing", "auto", "--force"); r.code != exitUsage || !strings.Contains(r.stderr, "own backing") {
+	// auto skips base, the only candidate: none is left.
+	if r := runEngram(t, store, "restore", "clone", "-o", base, "--backing", "auto", "--force"); r.code != exitUsage || !strings.Contains(r.stderr, "own backing") || !strings.Contains(r.stderr, "skipping") {
 		t.Errorf("restore -o base --backing auto --force: exit %d, want %d\nstderr: %s", r.code, exitUsage, r.stderr)
 	}
 	for f, b := range want {
@@ -771,5 +771,32 @@ func TestThinFailedLeavesNoDir(t *testing.T) {
 			ents, _ := os.ReadDir(out)
 			t.Errorf("failed restore %s left %s (%v, holding %v)", mode, out, err, ents)
 		}
+	}
+}
+
+// TestBackingAutoSkipsOutput: --backing auto whose best candidate is -o
+// itself takes the next candidate instead of refusing.
+func TestBackingAutoSkipsOutput(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	mk := func(name string, cmds ...string) string {
+		p := filepath.Join(dir, name)
+		qemutest.Create(t, "qcow2", p, "8M")
+		qemutest.IO(t, p, "qcow2", cmds...)
+		return p
+	}
+	a := mk("a.qcow2", "write -P 0x11 0 4M")
+	b := mk("b.qcow2", "write -P 0x11 0 4M", "write -P 0x22 4M 1M")
+	c := mk("c.qcow2", "write -P 0x11 0 4M", "write -P 0x33 0 64k")
+	ok(t, store, "-q", "ingest", a, b)
+	ok(t, store, "-q", "ingest", "--name", "c", c)
+	r := runEngram(t, store, "restore", "c", "-o", a, "--backing", "auto", "--force")
+	if r.code != 0 || !strings.Contains(r.stderr, "skipping "+a) || !strings.Contains(r.stderr, b) {
+		t.Fatalf("restore -o a --backing auto --force: exit %d\nstderr: %s", r.code, r.stderr)
+	}
+	qemutest.Compare(t, c, a)
+	if info := qemutest.Img(t, "info", "--output=json", a); !strings.Contains(info, `"backing-filename": "b.qcow2"`) {
+		t.Fatalf("-o a --backing auto: not on b.qcow2: %s", info)
 	}
 }

@@ -20,6 +20,7 @@ var mountCommand = &cli.Command{
 	Flags: []cli.Flag{
 		viewCacheFlag,
 		&cli.BoolFlag{Name: "allow-other", Usage: "let other users read the mount (non-root needs user_allow_other in /etc/fuse.conf)"},
+		&cli.BoolFlag{Name: "nonempty", Usage: "mount over a directory that is not empty, hiding its files until the unmount"},
 	},
 	Action: func(c *cli.Context) error {
 		if c.NArg() != 1 {
@@ -41,8 +42,15 @@ var mountCommand = &cli.Command{
 			return err
 		}
 		defer v.close()
+		// After openView: a bad command line is exit 2 whatever DIR holds.
+		if !c.Bool("nonempty") {
+			if err := fuse.CheckEmpty(dir); err != nil {
+				return err
+			}
+		}
 		srv, err := fuse.Mount(dir, v.store, v.set, fuse.Options{
 			AllowOther: c.Bool("allow-other"),
+			NonEmpty:   c.Bool("nonempty"),
 			FsName:     "engram:" + v.loc,
 			Errorf: func(format string, args ...any) {
 				fmt.Fprintf(c.App.ErrWriter, "engram: %s\n", oneLine(fmt.Sprintf(format, args...)))

@@ -396,3 +396,30 @@ func TestSafeWriterSplitsRunes(t *testing.T) {
 		t.Fatalf("got %q, want %q", b.String(), want)
 	}
 }
+
+// TestIngestDirty: an image left dirty by a killed writer (lazy
+// refcounts) is archived as QEMU reads it, exit 0, with one note naming it.
+func TestIngestDirty(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src := filepath.Join(dir, "dirty.qcow2")
+	qemutest.Create(t, "qcow2", src, "8M", "lazy_refcounts=on")
+	// qemu-io's abort dies as a killed VM does; its exit status is SIGABRT.
+	_ = exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "abort", src).Run()
+	if _, err := qemutest.Try("qemu-img", "check", src); err == nil {
+		t.Fatal("fixture: qemu-img check finds nothing to repair in the aborted image")
+	}
+	r := runEngram(t, store, "ingest", src)
+	if r.code != 0 {
+		t.Fatalf("ingest: exit %d: %s", r.code, r.stderr)
+	}
+	if n := strings.Count(r.stderr, "not closed cleanly"); n != 1 || !strings.Contains(r.stderr, "engram: "+src+": note: image was not closed cleanly") {
+		t.Fatalf("ingest stderr, want one note naming %s:\n%s", src, r.stderr)
+	}
+	want := filepath.Join(dir, "want.raw")
+	qemutest.ToRaw(t, src, want)
+	out := filepath.Join(dir, "out.raw")
+	ok(t, store, "-q", "restore", strings.TrimSpace(r.stdout), "-O", "raw", "-o", out)
+	qemutest.Compare(t, want, out, "-f", "raw", "-F", "raw")
+}

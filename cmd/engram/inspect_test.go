@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/engram-vm/engram/internal/qemutest"
@@ -51,5 +52,26 @@ func TestInspectMap(t *testing.T) {
 				t.Error("inspect printed nothing")
 			}
 		})
+	}
+}
+
+// TestInspectMapDataFileRaw: on a data_file_raw image, whose zero writes
+// keep their host clusters, inspect --map is qemu-img map's JSON, offsets
+// of the zero extents included (they were left out).
+func TestInspectMapDataFileRaw(t *testing.T) {
+	qemutest.Require(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "x.qcow2")
+	qemutest.Create(t, "qcow2", src, "4M", "data_file="+filepath.Join(dir, "x.data"), "data_file_raw=on")
+	qemutest.IO(t, src, "qcow2", "write -P 0x11 0 1M", "write -z 1M 1M", "write -P 0x22 3M 64k", "write -z 3M 64k")
+	var got, want []map[string]any
+	if err := json.Unmarshal([]byte(ok(t, filepath.Join(dir, "unused-store"), "inspect", "--map", src)), &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(qemutest.Img(t, "map", "--output=json", src)), &want); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("inspect --map:\n%v\nqemu-img map:\n%v", got, want)
 	}
 }

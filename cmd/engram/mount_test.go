@@ -347,3 +347,37 @@ func TestErrorsOneLine(t *testing.T) {
 		t.Fatalf("error with control bytes: %q", r.stderr)
 	}
 }
+
+// TestMountNonEmpty: a mount point with files in it is refused, naming
+// it, as sshfs refuses; --nonempty mounts over them, and they are back
+// after the unmount.
+func TestMountNonEmpty(t *testing.T) {
+	qemutest.Require(t)
+	qemutest.RequireFUSE(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	src, _ := qcowWith("16M", nil, "write -P 0x11 0 1M")(t, dir)
+	ok(t, store, "ingest", "--name", "n", src)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(mnt, "keep.txt")
+	if err := os.WriteFile(keep, []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fails(t, store, exitFailure, []string{"mount", mnt}, mnt, "not empty", "--nonempty")
+	if isMountPoint(t, mnt) {
+		t.Fatal("mounted over a non-empty directory without --nonempty")
+	}
+	m := startMount(t, store, mnt, "--nonempty")
+	if _, err := os.Stat(filepath.Join(mnt, "by-name", "n.raw")); err != nil {
+		t.Fatalf("--nonempty mount: %v", err)
+	}
+	if code, out := m.stop(t); code != 0 {
+		t.Fatalf("unmount: exit %d, %s", code, out)
+	}
+	if b, err := os.ReadFile(keep); err != nil || string(b) != "mine" {
+		t.Fatalf("the hidden file after the unmount: %q %v", b, err)
+	}
+}

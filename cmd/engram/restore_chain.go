@@ -21,23 +21,34 @@ import (
 // written to out. Its content comes from the catalog when it was ingested
 // unchanged (recognised by fingerprint); otherwise it is read and hashed,
 // without storing anything. The caller closes the image in Backing.Image.
+// outputInChain returns the file of im's chain (an image or its data
+// file) that out is, if any.
+func outputInChain(im *qcow2.Image, out string) (string, bool) {
+	ofi, err := os.Stat(out)
+	if err != nil {
+		return "", false
+	}
+	for l := im; l != nil; l = l.Backing() {
+		for _, f := range []string{l.Path(), l.Info().DataFile} {
+			if fi, err := os.Stat(f); f != "" && err == nil && os.SameFile(ofi, fi) {
+				return f, true
+			}
+		}
+	}
+	return "", false
+}
+
 func backingFor(c *cli.Context, st storeurl.Store, im *qcow2.Image, out string) (*restore.Backing, error) {
 	path := im.Path()
 	// With --force the overlay would replace a file it reads through: the
 	// base itself (lost, and a qcow2 backed by itself, which QEMU loops on)
 	// or a file of its chain. os.Stat follows -o's link as the restore does.
-	if ofi, err := os.Stat(out); err == nil {
-		for l := im; l != nil; l = l.Backing() {
-			for _, f := range []string{l.Path(), l.Info().DataFile} {
-				if fi, err := os.Stat(f); f != "" && err == nil && os.SameFile(ofi, fi) {
-					what := "the backing file"
-					if f != path {
-						what = "a file the backing " + escapeControl(path) + " reads:"
-					}
-					return nil, usagef("-o %s is %s %s: the overlay would replace its own backing", escapeControl(out), what, escapeControl(f))
-				}
-			}
+	if f, ok := outputInChain(im, out); ok {
+		what := "the backing file"
+		if f != path {
+			what = "a file the backing " + escapeControl(path) + " reads:"
 		}
+		return nil, usagef("-o %s is %s %s: the overlay would replace its own backing", escapeControl(out), what, escapeControl(f))
 	}
 	name, err := relativeTo(filepath.Dir(out), path)
 	if err != nil {

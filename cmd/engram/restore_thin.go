@@ -11,6 +11,7 @@ import (
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/engram"
 	fleetview "github.com/engram-vm/engram/fleet"
+	"github.com/engram-vm/engram/qcow2"
 	"github.com/engram-vm/engram/restore"
 )
 
@@ -161,9 +162,33 @@ func autoBacking(c *cli.Context, st chunkstore.Reader, id engram.ID) (string, er
 	if err != nil {
 		return "", err
 	}
-	ch, err := f.ChooseBacking(c.Context, id, fleetview.ThinOptions{})
+	out := c.String("output")
+	// A candidate that -o would replace (with --force) cannot back it:
+	// take the next one rather than refuse.
+	skipped := 0
+	skip := func(path string) bool {
+		im, err := qcow2.Open(path, qcow2.Options{})
+		if err != nil {
+			return false // backingFor reports it
+		}
+		defer im.Close()
+		f, in := outputInChain(im, out)
+		if in && !c.Bool(quietFlag.Name) {
+			fmt.Fprintf(c.App.ErrWriter, "engram: --backing auto: skipping %s: -o %s is %s\n", escapeControl(path), escapeControl(out), escapeControl(f))
+		}
+		if in {
+			skipped++
+		}
+		return in
+	}
+	ch, err := f.ChooseBacking(c.Context, id, fleetview.ThinOptions{Skip: skip})
 	if err != nil {
 		return "", err
+	}
+	if ch == nil && skipped > 0 {
+		// Standalone would overwrite (with --force) a file other images
+		// read through; nothing can back -o but what it replaces.
+		return "", usagef("-o %s: --backing auto found no engram to back it that -o would not replace (its own backing)", escapeControl(out))
 	}
 	if ch == nil {
 		if !c.Bool(quietFlag.Name) {
