@@ -53,6 +53,16 @@ if [[ -n $corpus && -f $corpus/template.qcow2 ]]; then
     echo
     bench/out/inplace -image "${corpus}flat-1.qcow2" -engram bin/engram -copy /usr/bin/perl
     echo
+    echo "## block size: store against cold random chunk read (bench/codec, the overlay fleet: template + clones)"
+    echo
+    echo "One scratch store per setting, the overlay fleet ingested in-process; the store is du of the whole store directory;"
+    echo "a cold read is one chunk whose block is not cached (pread from the page cache, decode of the whole block, BLAKE3)."
+    echo
+    # The overlay fleet: every clone but the last (the "one more clone").
+    mapfile -t fleet < <(ls "$corpus"clone-*.qcow2 | grep -v zstd | sort -V | head -n -1)
+    go run ./bench/codec -md -levels fastest-noentropy,fastest -blocks 1,2,4 -reads 200 \
+      "${corpus}template.qcow2" "${fleet[@]}"
+    echo
     echo "## S3 (versitygw on loopback) against the directory store (bench/s3, $corpus)"
     echo
     bench/out/s3 -corpus "$corpus" -engram bin/engram

@@ -3,7 +3,9 @@
 // in-process, and prints for each the store's bytes on disk, the CPU
 // seconds (user+sys, getrusage) the ingests took, and the latency of cold
 // random chunk reads (a Get whose block is not cached: one pread of the
-// frame, decompression of the whole block, BLAKE3 of the chunk).
+// frame, decompression of the whole block, BLAKE3 of the chunk; the pack
+// was just written, so the pread is served from the page cache and the
+// latency is the block's decode, which is what grows with the block size).
 //
 //	go run ./bench/codec [-levels fastest-noentropy,fastest,default,better] [-blocks 1,2,4,8] IMAGE...
 //
@@ -54,13 +56,19 @@ func main() {
 	blocks := flag.String("blocks", "1,2,4,8", "block sizes in MiB")
 	reads := flag.Int("reads", 400, "cold random chunk reads per store")
 	jsonOut := flag.String("json", "", "also write the results as JSON here")
+	md := flag.Bool("md", false, "print a Markdown table (make bench appends it to results.md)")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: codec [-levels L,...] [-blocks MiB,...] IMAGE...")
 		os.Exit(2)
 	}
 	var out []result
-	fmt.Printf("%-8s %5s %12s %10s %12s %10s %10s\n", "level", "block", "store MB", "first CPU", "first MB/CPU-s", "total CPU", "read p50")
+	if *md {
+		fmt.Println("| level | block | store MB (du) | first image CPU-s | first image MB per CPU-s | all images CPU-s | cold random chunk read p50 / p90 |")
+		fmt.Println("|---|---|---|---|---|---|---|")
+	} else {
+		fmt.Printf("%-8s %5s %12s %10s %12s %10s %10s\n", "level", "block", "store MB", "first CPU", "first MB/CPU-s", "total CPU", "read p50")
+	}
 	for _, lvl := range strings.Split(*levels, ",") {
 		for _, b := range strings.Split(*blocks, ",") {
 			mib, err := strconv.Atoi(b)
@@ -72,6 +80,11 @@ func main() {
 				fatal(err)
 			}
 			out = append(out, r)
+			if *md {
+				fmt.Printf("| %s | %d MiB | %.1f | %.2f | %.0f | %.2f | %.2f / %.2f ms |\n", r.Level, r.BlockMiB, float64(r.StoreBytes)/1e6,
+					r.FirstCPU, float64(r.FirstBytes)/1e6/r.FirstCPU, r.TotalCPU, r.ReadP50Micro/1e3, r.ReadP90Micro/1e3)
+				continue
+			}
 			fmt.Printf("%-8s %4dM %12.1f %9.2fs %12.0f %9.2fs %8.0fµs\n", r.Level, r.BlockMiB, float64(r.StoreBytes)/1e6,
 				r.FirstCPU, float64(r.FirstBytes)/1e6/r.FirstCPU, r.TotalCPU, r.ReadP50Micro)
 		}
@@ -123,7 +136,9 @@ func measure(level string, mib int, images []string, reads int) (result, error) 
 		}
 	}
 	r.TotalCPU = cpuSeconds() - c0
-	r.StoreBytes, err = duBytes(filepath.Join(dir, "packs"))
+	// The whole store, as make bench's du counts it: packs, index
+	// segments, catalog and cache.
+	r.StoreBytes, err = duBytes(dir)
 	if err != nil {
 		return r, err
 	}
@@ -152,7 +167,7 @@ func measure(level string, mib int, images []string, reads int) (result, error) 
 func duBytes(dir string) (int64, error) {
 	var n int64
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil {
 			return err
 		}
 		fi, err := d.Info()
