@@ -1384,6 +1384,9 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 	if err := s.verifyJournal(ctx, emit); err != nil {
 		return st, err
 	}
+	if err := s.verifyStrays(ctx, emit); err != nil {
+		return st, err
+	}
 	var packs []verifyPackInfo
 	err := s.db.view(ctx, func(tx *bolt.Tx) error {
 		cond := tx.Bucket(bucketBlobCond)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -221,5 +222,67 @@ func TestVerifyFindsDamagedSegment(t *testing.T) {
 	// Put it back for the Cleanup's verify.
 	if err := os.WriteFile(segs[0], good, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A directory where a journal entry or an index segment belongs is not
+// listed as an object, so the record it replaced was simply absent and
+// verify called the store intact; it names each such path as damaged.
+func TestVerifyDirObjectReplacedByDirectory(t *testing.T) {
+	for _, dropCache := range []bool{true, false} {
+		t.Run(map[bool]string{true: "cache-rebuilt", false: "cache-intact"}[dropCache], func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			if err := Init(dir, InitOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			opts := OpenOptions{Command: t.Name()}
+			s, err := Open(ctx, dir, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.PutMany(ctx, mkChunks(1, 5, 20000)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("user"), []byte("a"), []byte("v")) }); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, g := range []string{"meta", "index"} {
+				objs, err := filepath.Glob(filepath.Join(dir, g, "*"))
+				if err != nil || len(objs) != 1 {
+					t.Fatalf("%s: %v, %v", g, objs, err)
+				}
+				if err := os.Remove(objs[0]); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Mkdir(objs[0], 0o755); err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, objs[0])
+			}
+			if dropCache {
+				if err := os.Remove(filepath.Join(dir, dirCacheName, indexName)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s, err = Open(ctx, dir, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var got []string
+			if _, err := s.Verify(ctx, func(p Problem) { got = append(got, p.String()) }); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range want {
+				if !slices.ContainsFunc(got, func(g string) bool { return strings.Contains(g, w) && strings.Contains(g, "a directory") }) {
+					t.Errorf("verify problems %q do not name %s as a directory in the way", got, w)
+				}
+			}
+		})
 	}
 }
