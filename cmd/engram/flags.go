@@ -32,7 +32,7 @@ var (
 		EnvVars: []string{"ENGRAM_CACHE_DIR"},
 	}
 	jsonFlag  = &cli.BoolFlag{Name: "json", Usage: "print results as JSON"}
-	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs), no progress"}
+	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs): no progress, plans or notes; warnings and errors still print"}
 	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for the store lock (ingests share it, gc and repair take it alone)",
 		Action: func(_ *cli.Context, d time.Duration) error {
 			if d < 0 {

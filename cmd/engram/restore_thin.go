@@ -93,7 +93,7 @@ func restoreThin(c *cli.Context) error {
 		}
 	}
 	js := c.Bool(jsonFlag.Name)
-	if !js {
+	if !js && !c.Bool(quietFlag.Name) {
 		printThinPlan(c, dir, rows, plan)
 	}
 	if c.Bool("dry-run") {
