@@ -148,8 +148,11 @@ func TestNamesMoveAndDangle(t *testing.T) {
 	}
 }
 
+// Names with control characters or invalid UTF-8 are refused, as git
+// refuses such ref names; they stay valid by-name/ files of the mount, for
+// the stores that already hold them.
 func TestCheckName(t *testing.T) {
-	for _, n := range []string{"web-01", "a b", "é", "evil\x1b[2J", strings.Repeat("x", MaxNameLen)} {
+	for _, n := range []string{"web-01", "a b", "é", "✓ ok", "\u00a0nbsp", strings.Repeat("x", MaxNameLen)} {
 		if err := CheckName(n); err != nil {
 			t.Errorf("CheckName(%q) = %v, want nil", n, err)
 		}
@@ -157,6 +160,17 @@ func TestCheckName(t *testing.T) {
 	for _, n := range []string{"", ".", "..", "a/b", "/", "a\x00b", strings.Repeat("x", MaxNameLen+1)} {
 		if err := CheckName(n); err == nil {
 			t.Errorf("CheckName(%q) = nil, want an error", n)
+		}
+		if err := CheckFileName(n); err == nil {
+			t.Errorf("CheckFileName(%q) = nil, want an error", n)
+		}
+	}
+	for _, n := range []string{"evil\x1b[2J", "tab\there", "line\n", "del\x7f", "c1\u009b31m", "bad\xffutf8", "\xc3"} {
+		if err := CheckName(n); err == nil {
+			t.Errorf("CheckName(%q) = nil, want an error", n)
+		}
+		if err := CheckFileName(n); err != nil {
+			t.Errorf("CheckFileName(%q) = %v, want nil (old stores hold such names)", n, err)
 		}
 	}
 }
