@@ -571,6 +571,17 @@ func (s *BlobStore) takeLease(ctx context.Context, timeout time.Duration) error 
 		if !errors.Is(err, blob.ErrExist) || try > 0 {
 			return err
 		}
+		if s.local.exclusive() {
+			// A directory store under the exclusive flock: no other gc or
+			// repair runs, so the lease is a killed one's (the kernel
+			// dropped its flock). Waiting out its timeout made every
+			// repair after a killed one refuse for an hour.
+			if err := s.bs.Delete(ctx, gcLeaseName); err != nil {
+				return err
+			}
+			s.deleteBeats(ctx)
+			continue
+		}
 		b, gerr := blob.ReadAll(ctx, s.bs, gcLeaseName, 64<<10)
 		var l gcLease
 		if gerr != nil || json.Unmarshal(b, &l) != nil {

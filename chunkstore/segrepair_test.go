@@ -3,11 +3,13 @@ package chunkstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A damaged index segment fails every open of the store once the cache
@@ -284,5 +286,43 @@ func TestVerifyDirObjectReplacedByDirectory(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A repair killed in a directory store leaves its gc lease behind; the
+// next repair holds the exclusive flock, so no other gc or repair can be
+// running, and it goes on instead of calling the lease live for an hour.
+func TestRepairDirAfterKilledRepair(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := Init(dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	opts := OpenOptions{Command: t.Name()}
+	s, err := Open(ctx, dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutMany(ctx, mkChunks(1, 5, 20000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What a repair killed a moment ago leaves: its lease, a fresh beat.
+	lease := fmt.Sprintf(`{"host":"h","pid":%d,"time_ns":%d}`, 1<<22+1, time.Now().UnixNano())
+	if err := os.MkdirAll(filepath.Join(dir, "gc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{gcLeaseName: lease, beatName(time.Now().UnixNano()): ""} {
+		if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(name)), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err := RepairDir(ctx, dir, opts); err != nil {
+		t.Fatalf("repair after a killed repair: %v (problems %v)", err, rep.Problems)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "gc", "*")); len(left) != 0 {
+		t.Errorf("repair left %v", left)
 	}
 }
