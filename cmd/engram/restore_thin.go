@@ -42,6 +42,9 @@ func restoreThin(c *cli.Context) error {
 	if err := checkOutputDir("--thin", dir); err != nil {
 		return err
 	}
+	if err := checkOutsideStore(c, dir); err != nil {
+		return err
+	}
 	st, err := openStore(c, false, false)
 	if err != nil {
 		return err
