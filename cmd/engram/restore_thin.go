@@ -115,9 +115,13 @@ func restoreThin(c *cli.Context) error {
 		return nil
 	})
 	if err != nil {
+		// No half forest is left that looks restored (a failure,
+		// Ctrl-C), as for --chain: the files this restore wrote go, and
+		// the directory if it made it.
+		for _, p := range written {
+			_ = os.Remove(p)
+		}
 		if made {
-			// The directory this restore made, if it stayed empty (a
-			// failure, Ctrl-C): no -o DIR is left that looks restored.
 			_ = os.Remove(dir)
 		}
 		return err
