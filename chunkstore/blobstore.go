@@ -220,6 +220,9 @@ func InitBlob(ctx context.Context, bs blob.Store, opts InitOptions) error {
 		case err == nil || errors.Is(err, ErrFormatVersion):
 			return fmt.Errorf("chunkstore init %s: %w", bs, ErrStoreExists)
 		case errors.Is(err, ErrNotStore):
+			if strings.HasSuffix(err.Error(), "(nothing was written)") { // foreignError's
+				return err
+			}
 			return fmt.Errorf("%w (nothing was written)", err)
 		default:
 			return fmt.Errorf("chunkstore init: %w", err)

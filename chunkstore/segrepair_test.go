@@ -326,3 +326,16 @@ func TestRepairDirAfterKilledRepair(t *testing.T) {
 		t.Errorf("repair left %v", left)
 	}
 }
+
+// Init over a directory holding something else says once that nothing
+// was written (it said it twice).
+func TestInitForeignDirSaysOnce(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "x"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := Init(dir, InitOptions{})
+	if !errors.Is(err, ErrNotStore) || strings.Count(err.Error(), "nothing was written") != 1 {
+		t.Fatalf("Init over a foreign directory: %v, want ErrNotStore saying once that nothing was written", err)
+	}
+}
