@@ -205,13 +205,21 @@ func LoadRoot(ctx context.Context, r chunkstore.Reader, id ID) (Root, error) {
 const MinPrefix = 4
 
 // Resolve turns a name, a full ID or a unique hex prefix of an ID into an
-// engram ID. Names win over prefixes.
+// engram ID. A full ID of a stored engram wins, then names, then
+// prefixes.
 func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
 	var id ID
 	if s == "" {
 		return id, fmt.Errorf("%w: empty ID", ErrNotFound)
 	}
 	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		// A full ID is unambiguous: a name spelled as another engram's
+		// ID (CheckName refuses them now) made `rm ID` remove that
+		// other engram.
+		if full, err := chunkstore.ParseID(s); err == nil && tx.Get(bucketEngrams, full[:]) != nil {
+			id = full
+			return nil
+		}
 		if key := tx.Get(bucketNames, []byte(s)); key != nil {
 			rec, err := decodeRecord(tx.Get(bucketRecords, key))
 			if err != nil {
@@ -274,6 +282,9 @@ const MaxNameLen = 255 - len(".raw")
 func CheckName(name string) error {
 	if err := CheckFileName(name); err != nil {
 		return err
+	}
+	if _, err := chunkstore.ParseID(name); err == nil {
+		return errors.New("a name cannot be 64 hex digits, the form of a full engram ID")
 	}
 	for i := 0; i < len(name); {
 		r, n := utf8.DecodeRuneInString(name[i:])

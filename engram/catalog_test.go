@@ -174,3 +174,24 @@ func TestCheckName(t *testing.T) {
 		}
 	}
 }
+
+// A name spelled as another engram's full ID is refused, and in a store
+// that holds one, the full ID still selects its own engram: `rm ID`
+// removed the engram the name pointed at.
+func TestFullIDBeatsName(t *testing.T) {
+	ctx := context.Background()
+	st := newMem()
+	a := commitRoot(t, st, 1<<20, "a", "")
+	b := commitRoot(t, st, 2<<20, a.String(), "")
+	if err := CheckName(a.String()); err == nil {
+		t.Errorf("CheckName(a full ID) = nil, want an error")
+	}
+	if got, err := Resolve(ctx, st, a.String()); err != nil || got != a {
+		t.Errorf("Resolve(%s) = %s, %v; want the engram of that ID, not %s named so", a.Short(), got.Short(), err, b.Short())
+	}
+	// A name that is the full ID of no engram is still a name.
+	c := commitRoot(t, st, 3<<20, strings.Repeat("ab", 32), "")
+	if got, err := Resolve(ctx, st, strings.Repeat("ab", 32)); err != nil || got != c {
+		t.Errorf("Resolve(a 64-hex name of no engram's ID) = %s, %v; want %s", got.Short(), err, c.Short())
+	}
+}
