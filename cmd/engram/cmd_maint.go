@@ -120,6 +120,7 @@ var verifyCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
+		ids = uniqueIDs(ids)
 		bad := map[chunkstore.ID]bool{}
 		problems := []string{} // --json: [] when clean, not null
 		objects := 0           // problems of a pack or segment as a whole, not of a chunk

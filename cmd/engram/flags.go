@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -180,6 +181,13 @@ func resolveAll(ctx context.Context, st chunkstore.Reader, args []string) ([]eng
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// uniqueIDs drops repeats, keeping the first of each: a name and its ID
+// (or one argument twice) are one engram, verified or listed once.
+func uniqueIDs(ids []engram.ID) []engram.ID {
+	seen := map[engram.ID]bool{}
+	return slices.DeleteFunc(ids, func(id engram.ID) bool { dup := seen[id]; seen[id] = true; return dup })
 }
 
 func printJSON(w io.Writer, v any) error {
