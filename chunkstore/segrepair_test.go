@@ -339,3 +339,50 @@ func TestInitForeignDirSaysOnce(t *testing.T) {
 		t.Fatalf("Init over a foreign directory: %v, want ErrNotStore saying once that nothing was written", err)
 	}
 }
+
+// gc sweeps nothing while a directory stands where a journal entry
+// belongs: the records it held are unknown, and gc deleted the packs of
+// their engrams (catalog copies too) as unreferenced.
+func TestGCRefusesDirectoryForJournalEntry(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := Init(dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, dir, OpenOptions{Command: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutMany(ctx, mkChunks(1, 5, 20000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(ctx, func(tx MetaTx) error { return tx.Put([]byte("user"), []byte("a"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := filepath.Glob(filepath.Join(dir, "meta", "*"))
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("journal %v, %v", entries, err)
+	}
+	if err := os.Remove(entries[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(entries[0], 0o755); err != nil {
+		t.Fatal(err)
+	}
+	packs, _ := filepath.Glob(filepath.Join(dir, "packs", "*", "*"))
+	gc, err := Open(ctx, dir, OpenOptions{Exclusive: true, Command: "gc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	_, err = gc.GC(ctx, func(ID) bool { return false }, GCOptions{})
+	if !errors.Is(err, ErrJournalDamaged) || !strings.Contains(err.Error(), entries[0]) {
+		t.Errorf("gc with a directory for a journal entry: %v, want ErrJournalDamaged naming it", err)
+	}
+	if after, _ := filepath.Glob(filepath.Join(dir, "packs", "*", "*")); len(after) != len(packs) {
+		t.Errorf("gc deleted packs: %d before, %d after", len(packs), len(after))
+	}
+}
