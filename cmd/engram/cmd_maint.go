@@ -172,7 +172,9 @@ var verifyCommand = &cli.Command{
 		if len(problems)+len(damaged) > 0 {
 			what := ""
 			if objects > 0 {
-				what = fmt.Sprintf(", %d damaged %s", objects, pick(objects, "pack or segment", "packs or segments"))
+				// Packs, segments, journal entries, lists, or what
+				// stands in their place.
+				what = fmt.Sprintf(", %s", plural(objects, "damaged object"))
 			}
 			return fmt.Errorf("verify: %s%s, %d of %s damaged", plural(len(problems)-objects, "damaged chunk"), what, len(damaged), plural(len(ids), "engram"))
 		}
