@@ -571,6 +571,17 @@ func (s *BlobStore) takeLease(ctx context.Context, timeout time.Duration) error 
 		if !errors.Is(err, blob.ErrExist) || try > 0 {
 			return err
 		}
+		if s.local.exclusive() {
+			// A directory store under the exclusive flock: no other gc or
+			// repair runs, so the lease is a killed one's (the kernel
+			// dropped its flock). Waiting out its timeout made every
+			// repair after a killed one refuse for an hour.
+			if err := s.bs.Delete(ctx, gcLeaseName); err != nil {
+				return err
+			}
+			s.deleteBeats(ctx)
+			continue
+		}
 		b, gerr := blob.ReadAll(ctx, s.bs, gcLeaseName, 64<<10)
 		var l gcLease
 		if gerr != nil || json.Unmarshal(b, &l) != nil {
@@ -591,6 +602,30 @@ func (s *BlobStore) takeLease(ctx context.Context, timeout time.Duration) error 
 	}
 }
 
+// refuseStrayJournal fails gc when something that is no object sits at a
+// journal entry's name (a directory in a directory store): the records
+// it held are unknown, so their engrams' chunks would look unreferenced
+// and gc would delete them, catalog copies included. A damaged entry
+// stops gc the same way (the open fails).
+func (s *BlobStore) refuseStrayJournal(ctx context.Context) error {
+	sl, ok := s.bs.(blob.StrayLister)
+	if !ok {
+		return nil
+	}
+	var stray, kind string
+	err := sl.ListStrays(ctx, blobMetaPrefix, func(n, what string) error {
+		if _, ok := parseJournalName(n); !ok {
+			return nil
+		}
+		stray, kind = n, what
+		return errStopList
+	})
+	if stray != "" {
+		return fmt.Errorf("%s/%s is %s, not a catalog journal entry: gc sweeps nothing while the records it held are unknown; move it away and run engram repair: %w", s.bs, stray, kind, ErrJournalDamaged)
+	}
+	return err
+}
+
 // GC collects the garbage of a bucket store in two phases (see the top of
 // blobgc.go). live must come from this store's current view (the catalog
 // as of its last refresh); GC does not refresh before it is done, so no
@@ -601,6 +636,9 @@ func (s *BlobStore) takeLease(ctx context.Context, timeout time.Duration) error 
 func (s *BlobStore) GC(ctx context.Context, live func(ID) bool, opts GCOptions) (GCStats, error) {
 	var st GCStats
 	if err := s.check(true); err != nil {
+		return st, err
+	}
+	if err := s.refuseStrayJournal(ctx); err != nil {
 		return st, err
 	}
 	if err := s.flushStaged(ctx); err != nil {

@@ -90,7 +90,7 @@ func (s *BlobStore) gcPacks(ctx context.Context, live func(ID) bool, st *GCStats
 }
 
 // rewriteSparse rewrites the live packs (not in pending) whose live bytes
-// fall under opts.Threshold (0: 0.5) and returns those now safe to
+// fall under opts.Threshold (0: 0.5; below 0: none) and returns those now safe to
 // condemn or, for a gc with no other writer, to delete once the cache
 // indexes the new copies; with opts.DryRun it only counts. damaged joins
 // the packs left in place; err stops the run.

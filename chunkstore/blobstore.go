@@ -220,6 +220,9 @@ func InitBlob(ctx context.Context, bs blob.Store, opts InitOptions) error {
 		case err == nil || errors.Is(err, ErrFormatVersion):
 			return fmt.Errorf("chunkstore init %s: %w", bs, ErrStoreExists)
 		case errors.Is(err, ErrNotStore):
+			if strings.HasSuffix(err.Error(), "(nothing was written)") { // foreignError's
+				return err
+			}
 			return fmt.Errorf("%w (nothing was written)", err)
 		default:
 			return fmt.Errorf("chunkstore init: %w", err)
@@ -1382,6 +1385,9 @@ func (s *BlobStore) Verify(ctx context.Context, report func(Problem)) (VerifySta
 	}
 	s.emitDamage(emit) // what the refresh skipped (degraded.go)
 	if err := s.verifyJournal(ctx, emit); err != nil {
+		return st, err
+	}
+	if err := s.verifyStrays(ctx, emit); err != nil {
 		return st, err
 	}
 	var packs []verifyPackInfo

@@ -241,6 +241,44 @@ func (s *BlobStore) verifyJournal(ctx context.Context, emit func(Problem)) error
 	return nil
 }
 
+// verifyStrays names what sits where a journal entry or an index segment
+// belongs but is no object (a directory in a directory store): a listing
+// skips it, so without this the entry it replaced was simply absent and
+// verify said the store was fine.
+func (s *BlobStore) verifyStrays(ctx context.Context, emit func(Problem)) error {
+	sl, ok := s.bs.(blob.StrayLister)
+	if !ok {
+		return nil
+	}
+	kinds := []struct {
+		prefix, what, fix string
+		ours              func(string) bool
+	}{
+		{blobMetaPrefix, "catalog journal entry", "engram repair then rebuilds the catalog from catalog chunks",
+			func(n string) bool { _, ok := parseJournalName(n); return ok }},
+		{blobIndexPrefix, "index segment", "engram repair then replaces it from its pack",
+			func(n string) bool { _, err := ParseID(strings.TrimPrefix(n, blobIndexPrefix)); return err == nil }},
+	}
+	var ps []Problem
+	for _, k := range kinds {
+		err := sl.ListStrays(ctx, k.prefix, func(n, what string) error {
+			if k.ours(n) {
+				ps = append(ps, Problem{Pack: s.bs.String() + "/" + n,
+					Err: fmt.Errorf("%s unreadable: %s, not an object file; move it away, %s", k.what, what, k.fix)})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Pack < ps[j].Pack })
+	for _, p := range ps {
+		emit(p)
+	}
+	return nil
+}
+
 // fixBucket is Repair's first step on a bucket, under the gc lease: the
 // damaged objects a degraded refresh skips. A segment is replaced by the
 // copy at the end of its pack (the same bytes its writer put, so hosts

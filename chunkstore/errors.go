@@ -88,12 +88,19 @@ type LockedError struct {
 	Dir    string
 	Holder string // the lock file's content: pid, host, time, command
 	Waited string
+	// Queued says a shared locker found the lock free of exclusive
+	// holders but waited behind an exclusive command (gc, repair) that
+	// was waiting for it first.
+	Queued bool
 }
 
 func (e *LockedError) Error() string {
 	h := e.Holder
 	if h == "" {
 		h = "an unknown process"
+	}
+	if e.Queued {
+		return fmt.Sprintf("chunk store %s is locked by %s, and a gc or repair waiting for it goes first (waited %s)", e.Dir, h, e.Waited)
 	}
 	return fmt.Sprintf("chunk store %s is locked by %s (waited %s)", e.Dir, h, e.Waited)
 }

@@ -34,9 +34,42 @@ func lockWait(d time.Duration) time.Duration {
 // The kernel drops it when the process dies, so it is never stale; the
 // file's content only says who took it last, for the waiting side's
 // message.
+//
+// flock prefers no one: a stream of overlapping shared holders (ingests
+// back to back, a verify) kept an exclusive waiter out until its timeout.
+// So an exclusive waiter marks its wait with an OFD write lock on byte 0
+// of the same file (fcntl locks are independent of flock), and a shared
+// locker that finds the mark waits behind it; the mark goes once the
+// waiter holds the flock, or gives up, or dies. Where OFD locks are not
+// supported nothing is marked and flock alone decides, as before.
 type storeLock struct {
 	f         *os.File
 	exclusive bool
+	held      bool // a flock is held (take then converts it)
+}
+
+// waitMark is the byte range an exclusive waiter locks.
+func waitMark(typ int16) *unix.Flock_t {
+	return &unix.Flock_t{Type: typ, Whence: 0, Start: 0, Len: 1}
+}
+
+// mark sets the exclusive waiter's mark; false when another waiter holds
+// it (that one then goes first) or OFD locks are not supported.
+func (l *storeLock) mark() bool {
+	return unix.FcntlFlock(l.f.Fd(), unix.F_OFD_SETLK, waitMark(unix.F_WRLCK)) == nil
+}
+
+func (l *storeLock) unmark() {
+	_ = unix.FcntlFlock(l.f.Fd(), unix.F_OFD_SETLK, waitMark(unix.F_UNLCK))
+}
+
+// waiterMarked says an exclusive locker is waiting (or holds the lock).
+func (l *storeLock) waiterMarked() bool {
+	lk := waitMark(unix.F_RDLCK)
+	if err := unix.FcntlFlock(l.f.Fd(), unix.F_OFD_GETLK, lk); err != nil {
+		return false
+	}
+	return lk.Type != unix.F_UNLCK
 }
 
 func acquireLock(ctx context.Context, dir string, timeout time.Duration, command string, exclusive bool) (*storeLock, error) {
@@ -63,8 +96,24 @@ func (l *storeLock) take(ctx context.Context, dir string, timeout time.Duration,
 		how = unix.LOCK_EX
 	}
 	start := time.Now()
+	marked, queued := false, false
+	defer func() {
+		if marked {
+			l.unmark()
+		}
+	}()
 	for {
-		err := unix.Flock(int(l.f.Fd()), how|unix.LOCK_NB)
+		var err error
+		// A conversion never queues: the waiter may be waiting for the
+		// lock this process holds.
+		if queued = !exclusive && !l.held && l.waiterMarked(); queued {
+			err = unix.EWOULDBLOCK
+		} else {
+			if exclusive && !marked {
+				marked = l.mark()
+			}
+			err = unix.Flock(int(l.f.Fd()), how|unix.LOCK_NB)
+		}
 		if err == nil {
 			break
 		}
@@ -74,7 +123,7 @@ func (l *storeLock) take(ctx context.Context, dir string, timeout time.Duration,
 		waited := time.Since(start)
 		if waited >= timeout || ctx.Err() != nil {
 			holder, _ := os.ReadFile(path)
-			le := &LockedError{Dir: dir, Holder: strings.TrimSpace(string(holder)), Waited: waited.Round(time.Millisecond).String()}
+			le := &LockedError{Dir: dir, Holder: strings.TrimSpace(string(holder)), Waited: waited.Round(time.Millisecond).String(), Queued: queued}
 			if ctx.Err() != nil && waited < timeout {
 				return fmt.Errorf("%w (%w)", le, ctx.Err())
 			}
@@ -85,7 +134,7 @@ func (l *storeLock) take(ctx context.Context, dir string, timeout time.Duration,
 		case <-time.After(min(100*time.Millisecond, timeout-waited)):
 		}
 	}
-	l.exclusive = exclusive
+	l.exclusive, l.held = exclusive, true
 	host, _ := os.Hostname()
 	if command == "" {
 		command = strings.Join(os.Args, " ")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -63,6 +64,60 @@ func TestLockWaits(t *testing.T) {
 		t.Fatalf("writer beside gc: %v", err)
 	}
 	w2.Close()
+}
+
+// A gc waiting for the lock goes before writers that come after it:
+// flock alone let overlapping ingests keep it shared until gc's timeout.
+func TestLockExclusiveWaiterFirst(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	Init(dir, InitOptions{})
+	w, err := Open(ctx, dir, OpenOptions{Command: "engram ingest a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcCtx, cancel := context.WithCancel(ctx)
+	gcDone := make(chan error, 1)
+	go func() {
+		g, err := Open(gcCtx, dir, OpenOptions{Exclusive: true, LockTimeout: time.Hour, Command: "engram gc"})
+		if err == nil {
+			err = g.Close()
+		}
+		gcDone <- err
+	}()
+	// Until gc has marked its wait, a second writer still gets in.
+	probe, err := os.Open(filepath.Join(dir, lockName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	for !(&storeLock{f: probe}).waiterMarked() {
+		select {
+		case err := <-gcDone:
+			t.Fatalf("gc returned while a writer held the lock: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	_, err = Open(ctx, dir, OpenOptions{LockTimeout: -1, Command: "engram ingest b"})
+	var le *LockedError
+	if !errors.As(err, &le) || !le.Queued || !strings.Contains(err.Error(), "gc or repair waiting") {
+		cancel()
+		<-gcDone
+		t.Fatalf("writer after a waiting gc: %v, want it to wait behind gc", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-gcDone; err != nil {
+		t.Fatalf("gc: %v", err)
+	}
+	cancel()
+	// The mark went with gc: writers get in again.
+	w, err = Open(ctx, dir, OpenOptions{LockTimeout: -1})
+	if err != nil {
+		t.Fatalf("writer after gc: %v", err)
+	}
+	w.Close()
 }
 
 // TestReadOnlyBesideWriter reads through a separate read-only Open while

@@ -60,7 +60,8 @@ type GCOptions struct {
 	// DryRun computes what GC would do and changes nothing.
 	DryRun bool
 	// Threshold is the live fraction under which a pack is rewritten
-	// (0 means 0.5). Packs with no live chunk are always deleted.
+	// (0 means 0.5; below 0, no pack is rewritten). Packs with no live
+	// chunk are always deleted.
 	Threshold float64
 	// Progress, if set, is called with the packs handled and to handle.
 	Progress func(done, total int64)

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/engram-vm/engram/chunkstore"
 	"github.com/engram-vm/engram/sketch"
@@ -204,13 +205,21 @@ func LoadRoot(ctx context.Context, r chunkstore.Reader, id ID) (Root, error) {
 const MinPrefix = 4
 
 // Resolve turns a name, a full ID or a unique hex prefix of an ID into an
-// engram ID. Names win over prefixes.
+// engram ID. A full ID of a stored engram wins, then names, then
+// prefixes.
 func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
 	var id ID
 	if s == "" {
 		return id, fmt.Errorf("%w: empty ID", ErrNotFound)
 	}
 	err := r.View(ctx, func(tx chunkstore.MetaTx) error {
+		// A full ID is unambiguous: a name spelled as another engram's
+		// ID (CheckName refuses them now) made `rm ID` remove that
+		// other engram.
+		if full, err := chunkstore.ParseID(s); err == nil && tx.Get(bucketEngrams, full[:]) != nil {
+			id = full
+			return nil
+		}
 		if key := tx.Get(bucketNames, []byte(s)); key != nil {
 			rec, err := decodeRecord(tx.Get(bucketRecords, key))
 			if err != nil {
@@ -264,11 +273,37 @@ func Resolve(ctx context.Context, r chunkstore.Reader, s string) (ID, error) {
 // shows it as by-name/NAME.raw, and a file name holds at most 255 bytes.
 const MaxNameLen = 255 - len(".raw")
 
-// CheckName says why name cannot name an engram, or nil: it must be a
-// file name in engram mount's by-name/ directory, so not "." or "..", no
-// "/" or NUL, at most MaxNameLen bytes. (Other bytes are allowed, and
-// escaped wherever a name is shown.)
+// CheckName says why name cannot be given to an engram, or nil: it must
+// be a by-name/ file of engram mount (CheckFileName), valid UTF-8 and
+// free of control characters (C0, DEL, C1), as git refuses such ref
+// names: a name is typed, pasted and shown, and escaping it everywhere
+// made it one that could not be typed back. Names given before this
+// rule still select, list and rm (and are escaped wherever shown).
 func CheckName(name string) error {
+	if err := CheckFileName(name); err != nil {
+		return err
+	}
+	if _, err := chunkstore.ParseID(name); err == nil {
+		return errors.New("a name cannot be 64 hex digits, the form of a full engram ID")
+	}
+	for i := 0; i < len(name); {
+		r, n := utf8.DecodeRuneInString(name[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			return fmt.Errorf("a name must be UTF-8 (byte 0x%02x at offset %d is not)", name[i], i)
+		case r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0:
+			return fmt.Errorf("a name cannot hold control characters (U+%04X at offset %d)", r, i)
+		}
+		i += n
+	}
+	return nil
+}
+
+// CheckFileName says why name cannot be a file name in engram mount's
+// by-name/ directory, or nil: not "." or "..", no "/" or NUL, at most
+// MaxNameLen bytes. The mount shows every name it allows, those given
+// before CheckName refused control characters too.
+func CheckFileName(name string) error {
 	switch {
 	case name == "":
 		return errors.New("a name cannot be empty")

@@ -148,8 +148,11 @@ func TestNamesMoveAndDangle(t *testing.T) {
 	}
 }
 
+// Names with control characters or invalid UTF-8 are refused, as git
+// refuses such ref names; they stay valid by-name/ files of the mount, for
+// the stores that already hold them.
 func TestCheckName(t *testing.T) {
-	for _, n := range []string{"web-01", "a b", "é", "evil\x1b[2J", strings.Repeat("x", MaxNameLen)} {
+	for _, n := range []string{"web-01", "a b", "é", "✓ ok", "\u00a0nbsp", strings.Repeat("x", MaxNameLen)} {
 		if err := CheckName(n); err != nil {
 			t.Errorf("CheckName(%q) = %v, want nil", n, err)
 		}
@@ -158,5 +161,37 @@ func TestCheckName(t *testing.T) {
 		if err := CheckName(n); err == nil {
 			t.Errorf("CheckName(%q) = nil, want an error", n)
 		}
+		if err := CheckFileName(n); err == nil {
+			t.Errorf("CheckFileName(%q) = nil, want an error", n)
+		}
+	}
+	for _, n := range []string{"evil\x1b[2J", "tab\there", "line\n", "del\x7f", "c1\u009b31m", "bad\xffutf8", "\xc3"} {
+		if err := CheckName(n); err == nil {
+			t.Errorf("CheckName(%q) = nil, want an error", n)
+		}
+		if err := CheckFileName(n); err != nil {
+			t.Errorf("CheckFileName(%q) = %v, want nil (old stores hold such names)", n, err)
+		}
+	}
+}
+
+// A name spelled as another engram's full ID is refused, and in a store
+// that holds one, the full ID still selects its own engram: `rm ID`
+// removed the engram the name pointed at.
+func TestFullIDBeatsName(t *testing.T) {
+	ctx := context.Background()
+	st := newMem()
+	a := commitRoot(t, st, 1<<20, "a", "")
+	b := commitRoot(t, st, 2<<20, a.String(), "")
+	if err := CheckName(a.String()); err == nil {
+		t.Errorf("CheckName(a full ID) = nil, want an error")
+	}
+	if got, err := Resolve(ctx, st, a.String()); err != nil || got != a {
+		t.Errorf("Resolve(%s) = %s, %v; want the engram of that ID, not %s named so", a.Short(), got.Short(), err, b.Short())
+	}
+	// A name that is the full ID of no engram is still a name.
+	c := commitRoot(t, st, 3<<20, strings.Repeat("ab", 32), "")
+	if got, err := Resolve(ctx, st, strings.Repeat("ab", 32)); err != nil || got != c {
+		t.Errorf("Resolve(a 64-hex name of no engram's ID) = %s, %v; want %s", got.Short(), err, c.Short())
 	}
 }

@@ -474,7 +474,7 @@ func (d *byNameDir) Getattr(ctx context.Context, _ fs.FileHandle, out *gofuse.At
 // fileName is the by-name/ entry of name, or false if name cannot be one
 // (a name with a slash, or . and ..).
 func fileName(name string) (string, bool) {
-	if engram.CheckName(name) != nil {
+	if engram.CheckFileName(name) != nil {
 		return "", false
 	}
 	return name + ".raw", true

@@ -21,8 +21,9 @@
 //     overlay reads as zeros past its end;
 //   - internal snapshots and bitmaps are validated and read past: the active
 //     L1 table is the guest view. The dirty bit is fine for reading; so is
-//     the corrupt bit, as in QEMU (read-only, a note through Options.Warn,
-//     Info.CorruptMarked), unless Options.RefuseCorrupt;
+//     the corrupt bit, as in QEMU (read-only, a warning through Options.Warn,
+//     Info.CorruptMarked), unless Options.RefuseCorrupt; the dirty bit
+//     gets a note through Options.Note;
 //   - header names (backing file, backing format, data file) are C strings:
 //     cut at the first NUL, as QEMU reads them.
 //

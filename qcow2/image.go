@@ -21,7 +21,11 @@ import (
 type Options struct {
 	Format        string           // "" = detect by magic, "qcow2", "raw"
 	MaxChainDepth int              // backing layers allowed below the top image; 0 = 64
-	Warn          func(msg string) // one-line notes (e.g. "probed raw"); nil = discard
+	Warn          func(msg string) // one-line warnings (the corrupt bit); nil = discard
+	// Note gets the one-line notes: things worth knowing that need no
+	// action (probed raw, the dirty bit). A caller that is asked to be
+	// quiet drops them and still shows Warn's; nil = Warn.
+	Note func(msg string)
 	// RefuseCorrupt refuses images whose corrupt bit is set (ErrCorruptBit).
 	// By default they are read as QEMU reads them, read-only and with every
 	// structural check, after a note through Warn; Info.CorruptMarked says so.
@@ -71,6 +75,9 @@ func Open(path string, opts Options) (*Image, error) {
 	if opts.MaxChainDepth <= 0 {
 		opts.MaxChainDepth = defaultMaxChainDepth
 	}
+	if opts.Note == nil {
+		opts.Note = opts.Warn
+	}
 	switch opts.Format {
 	case "", "qcow2", "raw":
 	default:
@@ -82,18 +89,18 @@ func Open(path string, opts Options) (*Image, error) {
 		// Name the image the caller asked for, then the layer at fault.
 		err = &Error{Path: path, Msg: "in backing chain: " + e.Error(), Err: e.Err}
 	}
-	if err == nil && opts.Warn != nil {
+	if err == nil {
 		// Only once the whole chain opened: a refused image gets its error
 		// alone.
 		for l := im; l != nil; l = l.backing {
-			if l.info.CorruptMarked {
+			if l.info.CorruptMarked && opts.Warn != nil {
 				opts.Warn(l.path + ": warning: image is marked corrupt (incompatible feature bit 1); reading it read-only as QEMU does")
 			}
-			if l.info.Dirty {
+			if l.info.Dirty && opts.Note != nil {
 				// Left by a killed VM (lazy refcounts): qemu-img check
 				// reports leaks, a read-write open repairs them; the guest
 				// data is what QEMU reads, so a note, not a refusal.
-				opts.Warn(l.path + ": note: image was not closed cleanly (dirty bit; qemu-img check would repair its refcounts); guest data read as QEMU would read it")
+				opts.Note(l.path + ": note: image was not closed cleanly (dirty bit; qemu-img check would repair its refcounts); guest data read as QEMU would read it")
 			}
 		}
 	}
@@ -130,7 +137,7 @@ func openLayer(path, referrer, format string, opts Options, level int, seen map[
 	}
 	fileSize := st.Size()
 	if format == "" {
-		if format, err = detect(path, f, fileSize, opts.Warn); err != nil {
+		if format, err = detect(path, f, fileSize, opts.Note); err != nil {
 			return nil, err
 		}
 	}

@@ -97,6 +97,18 @@ func Replace(ctx context.Context, s Store, name string, data []byte) error {
 	return nil
 }
 
+// StrayLister is implemented by stores where something that is not an
+// object can sit at an object's name (a directory store: a directory, a
+// symbolic link or a device where a file belongs). List skips such
+// entries, so whoever must know that a name it expects is unreadable
+// (verify) asks for them.
+type StrayLister interface {
+	// ListStrays calls fn for every name under prefix that holds
+	// something other than an object, with what it is ("a directory"),
+	// in no particular order.
+	ListStrays(ctx context.Context, prefix string, fn func(name, what string) error) error
+}
+
 // UploadAborter is implemented by stores that can hold unfinished
 // multipart uploads (S3). engram never starts one (Put is one request),
 // but another tool, or a copy into the bucket that was interrupted, can

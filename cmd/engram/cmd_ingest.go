@@ -72,7 +72,7 @@ var ingestCommand = &cli.Command{
 			}
 		}()
 		for _, path := range paths {
-			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), RefuseCorrupt: c.Bool("refuse-corrupt"), Warn: warnFunc(c)})
+			im, err := qcow2.Open(path, qcow2.Options{Format: c.String("format"), RefuseCorrupt: c.Bool("refuse-corrupt"), Warn: warnFunc(c), Note: noteFunc(c)})
 			if err != nil {
 				return err
 			}

@@ -32,7 +32,7 @@ var inspectCommand = &cli.Command{
 		if c.NArg() != 1 {
 			return usagef("inspect needs exactly one IMAGE")
 		}
-		im, err := qcow2.Open(c.Args().First(), qcow2.Options{Format: c.String("format"), Warn: warnFunc(c)})
+		im, err := qcow2.Open(c.Args().First(), qcow2.Options{Format: c.String("format"), Warn: warnFunc(c), Note: noteFunc(c)})
 		if err != nil {
 			return err
 		}

@@ -26,9 +26,15 @@ var gcCommand = &cli.Command{
 		if c.Duration("margin") <= 0 {
 			return usagef("--margin %s: want a positive duration", c.Duration("margin"))
 		}
-		if t := c.Float64("threshold"); t < 0 || t > 1 {
+		threshold := c.Float64("threshold")
+		if !(threshold >= 0 && threshold <= 1) { // NaN too
 			// Above 1 every pack would be rewritten by every gc.
-			return usagef("--threshold %g: want a live fraction from 0 to 1", t)
+			return usagef("--threshold %g: want a live fraction from 0 to 1", threshold)
+		}
+		if threshold == 0 {
+			// No live fraction is below 0: rewrite nothing (GCOptions'
+			// zero value is its default, 0.5, which --threshold 0 got).
+			threshold = -1
 		}
 		// A directory store is locked against ingests for the whole run,
 		// so its dead packs go at once; a bucket waits out --margin.
@@ -45,7 +51,7 @@ var gcCommand = &cli.Command{
 		if err := view.PinnedChunks(c.Context, pinDir(st), st, func(id chunkstore.ID) { live[id] = struct{}{} }); err != nil {
 			return fmt.Errorf("gc: cannot list what pinned engrams need, nothing removed: %w", err)
 		}
-		opts := chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: c.Float64("threshold"), Margin: c.Duration("margin")}
+		opts := chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Threshold: threshold, Margin: c.Duration("margin")}
 		if p := progressFor(c, "gc"); p != nil {
 			started := false
 			var last int64
@@ -114,6 +120,7 @@ var verifyCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
+		ids = uniqueIDs(ids)
 		bad := map[chunkstore.ID]bool{}
 		problems := []string{} // --json: [] when clean, not null
 		objects := 0           // problems of a pack or segment as a whole, not of a chunk
@@ -165,7 +172,9 @@ var verifyCommand = &cli.Command{
 		if len(problems)+len(damaged) > 0 {
 			what := ""
 			if objects > 0 {
-				what = fmt.Sprintf(", %d damaged %s", objects, pick(objects, "pack or segment", "packs or segments"))
+				// Packs, segments, journal entries, lists, or what
+				// stands in their place.
+				what = fmt.Sprintf(", %s", plural(objects, "damaged object"))
 			}
 			return fmt.Errorf("verify: %s%s, %d of %s damaged", plural(len(problems)-objects, "damaged chunk"), what, len(damaged), plural(len(ids), "engram"))
 		}

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/engram-vm/engram/chunkstore/storeurl"
 	"github.com/engram-vm/engram/engram"
 	"github.com/engram-vm/engram/qcow2"
 	"github.com/engram-vm/engram/restore"
@@ -68,6 +70,11 @@ var restoreCommand = &cli.Command{
 			}
 		} else if out != "-" {
 			if err := checkOutputDir("--chain", out); err != nil {
+				return err
+			}
+		}
+		if out != "-" {
+			if err := checkOutsideStore(c, out); err != nil {
 				return err
 			}
 		}
@@ -163,6 +170,50 @@ func checkOutputFile(out string) error {
 		hint = " (to feed a pipe, stream raw: -o -)"
 	}
 	return usagef("-o %s is %s, not a regular file: a restore would replace it with the file it writes%s", escapeControl(out), ne.Kind(), hint)
+}
+
+// checkOutsideStore refuses an -o in a directory store (or the store
+// itself): with --force, `-o STORE/config.json` replaced the store's
+// config and every later command said "not a chunk store"; a pack or
+// index segment would go the same way.
+func checkOutsideStore(c *cli.Context, out string) error {
+	dir, err := storeDir(c)
+	if err != nil || storeurl.IsBucket(dir) {
+		return nil
+	}
+	store, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil // no store there: openStore says so
+	}
+	if store, err = filepath.Abs(store); err != nil {
+		return nil
+	}
+	target := resolvePath(out)
+	if rel, err := filepath.Rel(store, target); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		return usagef("-o %s is inside the store %s: a restore there could replace the store's own files; restore elsewhere", escapeControl(out), escapeControl(dir))
+	}
+	return nil
+}
+
+// resolvePath is p made absolute with its symbolic links followed as far
+// as they exist (a restore writes through a link to its target).
+func resolvePath(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	rest := ""
+	for cur := abs; ; {
+		if r, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return abs
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
 }
 
 // checkOutputDir refuses an -o for --chain or --thin (mode) that exists

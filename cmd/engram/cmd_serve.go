@@ -28,6 +28,13 @@ var serveCommand = &cli.Command{
 		if sock != "" && c.IsSet("listen") {
 			return usagef("serve takes --listen or --socket, not both")
 		}
+		if c.IsSet("socket") && sock == "" {
+			return usagef("--socket needs a path")
+		}
+		if len(sock) > maxSocketPath {
+			// bind(2) says only "invalid argument".
+			return usagef("--socket %s: a unix socket path is at most %d bytes, this one has %d", escapeControl(sock), maxSocketPath, len(sock))
+		}
 		v, err := openView(c, "serve")
 		if err != nil {
 			return err
@@ -159,6 +166,10 @@ func countIDs(exports []nbd.Export) int {
 // listenUnix listens on a unix socket, replacing a stale socket file that
 // nobody listens on (a server killed with -9 leaves one) but never a live
 // one or another kind of file.
+// maxSocketPath is the longest path a unix socket can be bound to on
+// Linux: sun_path holds 108 bytes with the NUL.
+const maxSocketPath = 107
+
 func listenUnix(path string) (net.Listener, error) {
 	l, err := net.Listen("unix", path)
 	if err == nil || !errors.Is(err, syscall.EADDRINUSE) {

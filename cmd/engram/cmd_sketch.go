@@ -76,6 +76,7 @@ var sketchCommand = &cli.Command{
 			}
 			ids = append(ids, id)
 		}
+		ids = uniqueIDs(ids)
 		type row struct {
 			ID      string `json:"id"`
 			Version int    `json:"version,omitempty"`

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,7 +33,7 @@ var (
 		EnvVars: []string{"ENGRAM_CACHE_DIR"},
 	}
 	jsonFlag  = &cli.BoolFlag{Name: "json", Usage: "print results as JSON"}
-	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs), no progress"}
+	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what scripts need (IDs): no progress, plans or notes; warnings and errors still print"}
 	lockFlag  = &cli.DurationFlag{Name: "lock-timeout", Value: 10 * time.Minute, Usage: "how long to wait for the store lock (ingests share it, gc and repair take it alone)",
 		Action: func(_ *cli.Context, d time.Duration) error {
 			if d < 0 {
@@ -180,6 +181,13 @@ func resolveAll(ctx context.Context, st chunkstore.Reader, args []string) ([]eng
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// uniqueIDs drops repeats, keeping the first of each: a name and its ID
+// (or one argument twice) are one engram, verified or listed once.
+func uniqueIDs(ids []engram.ID) []engram.ID {
+	seen := map[engram.ID]bool{}
+	return slices.DeleteFunc(ids, func(id engram.ID) bool { dup := seen[id]; seen[id] = true; return dup })
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -135,9 +135,20 @@ func escapeControl(s string) string {
 	return b.String()
 }
 
-// warnFunc prints the one-line notes of qcow2.Open on stderr.
+// warnFunc prints one-line warnings (qcow2.Open's, a damaged object a
+// store skipped) on stderr, -q or not: as restic's --quiet, -q silences
+// progress and notes, never what may be wrong.
 func warnFunc(c *cli.Context) func(string) {
 	return func(msg string) { fmt.Fprintf(c.App.ErrWriter, "engram: %s\n", escapeControl(msg)) }
+}
+
+// noteFunc prints qcow2.Open's notes (probed raw, the dirty bit) on
+// stderr, and nothing under -q.
+func noteFunc(c *cli.Context) func(string) {
+	if c.Bool(quietFlag.Name) {
+		return func(string) {}
+	}
+	return warnFunc(c)
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {

@@ -124,7 +124,9 @@ func restoreChain(c *cli.Context, st storeurl.Store, id engram.ID, dir string, o
 			// A parent removed since: every engram is a whole guest
 			// view, so the chain ends with the layer above, standalone.
 			below := chain[len(chain)-1].id
-			fmt.Fprintf(c.App.ErrWriter, "engram: --chain: %s's parent %s was removed; writing %s standalone\n", below.Short(), cur.Short(), below.Short())
+			if !c.Bool(quietFlag.Name) {
+				fmt.Fprintf(c.App.ErrWriter, "engram: --chain: %s's parent %s was removed; writing %s standalone\n", below.Short(), cur.Short(), below.Short())
+			}
 			break
 		}
 		if err != nil {

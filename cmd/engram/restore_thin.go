@@ -42,6 +42,9 @@ func restoreThin(c *cli.Context) error {
 	if err := checkOutputDir("--thin", dir); err != nil {
 		return err
 	}
+	if err := checkOutsideStore(c, dir); err != nil {
+		return err
+	}
 	st, err := openStore(c, false, false)
 	if err != nil {
 		return err
@@ -93,7 +96,7 @@ func restoreThin(c *cli.Context) error {
 		}
 	}
 	js := c.Bool(jsonFlag.Name)
-	if !js {
+	if !js && !c.Bool(quietFlag.Name) {
 		printThinPlan(c, dir, rows, plan)
 	}
 	if c.Bool("dry-run") {
@@ -112,9 +115,13 @@ func restoreThin(c *cli.Context) error {
 		return nil
 	})
 	if err != nil {
+		// No half forest is left that looks restored (a failure,
+		// Ctrl-C), as for --chain: the files this restore wrote go, and
+		// the directory if it made it.
+		for _, p := range written {
+			_ = os.Remove(p)
+		}
 		if made {
-			// The directory this restore made, if it stayed empty (a
-			// failure, Ctrl-C): no -o DIR is left that looks restored.
 			_ = os.Remove(dir)
 		}
 		return err

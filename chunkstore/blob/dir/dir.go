@@ -23,7 +23,10 @@ type Store struct {
 	root string
 }
 
-var _ blob.Store = (*Store)(nil)
+var (
+	_ blob.Store       = (*Store)(nil)
+	_ blob.StrayLister = (*Store)(nil)
+)
 
 // Open opens the object directory root, creating it (and its parents)
 // when create is set; otherwise a missing root is blob.ErrNotExist.
@@ -151,11 +154,24 @@ func existing(path string, fi fs.FileInfo) error {
 	if fi.Mode().IsRegular() {
 		return blob.ErrExist
 	}
-	what := "a " + fi.Mode().Type().String() + " file"
-	if fi.IsDir() {
-		what = "a directory"
+	return fmt.Errorf("%s is %s, not an object file; move it away", path, what(fi.Mode()))
+}
+
+// what names a file type that is not an object's.
+func what(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
 	}
-	return fmt.Errorf("%s is %s, not an object file; move it away", path, what)
+	return "a special file (" + m.Type().String() + ")"
 }
 
 // existingAt is existing for what is at path now.
@@ -295,6 +311,52 @@ func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blo
 			return ierr
 		}
 		return fn(blob.Info{Name: name, Size: fi.Size(), ModTime: fi.ModTime()})
+	})
+	if err != nil {
+		return fmt.Errorf("%s: list %q: %w", s, prefix, err)
+	}
+	return nil
+}
+
+// ListStrays implements blob.StrayLister: every directory under prefix
+// (each may stand where an object belongs; the caller knows which names
+// are objects' and filters) and every file under it that is not a
+// regular file.
+func (s *Store) ListStrays(ctx context.Context, prefix string, fn func(name, what string) error) error {
+	if err := blob.CheckPrefix(prefix); err != nil {
+		return fmt.Errorf("%s: list: %w", s, err)
+	}
+	start := s.root
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		start = s.path(prefix[:i])
+	}
+	err := filepath.WalkDir(start, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		rel, rerr := filepath.Rel(s.root, p)
+		if rerr != nil {
+			return rerr
+		}
+		name := filepath.ToSlash(rel)
+		if de.IsDir() {
+			if name == tmpDir {
+				return filepath.SkipDir
+			}
+			if name != "." && !strings.HasPrefix(name+"/", prefix) && !strings.HasPrefix(prefix, name+"/") {
+				return filepath.SkipDir
+			}
+		}
+		if name == "." || !strings.HasPrefix(name, prefix) || de.Type().IsRegular() {
+			return nil
+		}
+		return fn(name, what(de.Type()))
 	})
 	if err != nil {
 		return fmt.Errorf("%s: list %q: %w", s, prefix, err)

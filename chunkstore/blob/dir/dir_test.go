@@ -3,6 +3,7 @@ package dir_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,5 +104,35 @@ func TestPutOverDirectory(t *testing.T) {
 	}
 	if err := s.Put(ctx, "index/def", []byte("x")); !errors.Is(err, blob.ErrExist) {
 		t.Fatalf("Put over a file = %v, want ErrExist", err)
+	}
+}
+
+// ListStrays names what List skips: directories and special files under
+// the prefix, not regular files, not what lies outside it.
+func TestListStrays(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s, err := dir.Open(root, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "meta/file", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"meta/dir", "index/other"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("file", filepath.Join(root, "meta", "link")); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	if err := s.ListStrays(ctx, "meta/", func(n, what string) error { got[n] = what; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"meta/dir": "a directory", "meta/link": "a symbolic link"}
+	if !maps.Equal(got, want) {
+		t.Fatalf("ListStrays(meta/) = %v, want %v", got, want)
 	}
 }
