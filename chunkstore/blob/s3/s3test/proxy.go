@@ -101,6 +101,14 @@ func (p *Proxy) StallAfter(d Direction, n int64) {
 	p.dir[d].stalled = n == 0
 }
 
+// Stalled reports whether d has stopped forwarding (a StallAfter that
+// has run out).
+func (p *Proxy) Stalled(d Direction) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dir[d].stalled
+}
+
 // Trickle forwards d piece bytes at a time with gap between pieces.
 func (p *Proxy) Trickle(d Direction, piece int, gap time.Duration) {
 	p.mu.Lock()
