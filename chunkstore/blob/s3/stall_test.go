@@ -4,7 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,5 +204,45 @@ func TestTimeoutEnv(t *testing.T) {
 		if _, err := s3.ConfigFromEnv("bucket", ""); err == nil || !strings.Contains(err.Error(), s3.TimeoutEnv) {
 			t.Errorf("%s=%q: %v, want an error naming the variable", s3.TimeoutEnv, v, err)
 		}
+	}
+}
+
+// Bounding stalls leaves minio-go's retries of other failures alone: a
+// server that answers 503 SlowDown to the first three attempts of a PUT
+// still gets it stored.
+func TestRetriesOf503Kept(t *testing.T) {
+	ctx := context.Background()
+	cfg := s3test.Config(t)
+	if _, err := open(t, cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	target, err := url.Parse(cfg.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var refused atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && refused.Add(1) <= 3 {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	cfg.Endpoint = srv.URL
+	cfg.IdleTimeout = time.Second
+	s, err := open(t, cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "obj", body(64<<10)); err != nil {
+		t.Fatalf("PUT refused 3 times with 503, then accepted: %v", err)
+	}
+	if n := refused.Load(); n != 4 {
+		t.Fatalf("%d PUT attempts, want 4", n)
 	}
 }
