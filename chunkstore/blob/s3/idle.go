@@ -64,7 +64,7 @@ const writePiece = 16 << 10
 // connection, either way, for idle (rclone's timeoutConn pushes a
 // deadline on at every Read and Write; this does the same, and also
 // counts the kernel's send queue). Progress is: a Read that returned
-// bytes, a Write the kernel took bytes of, or a change in the bytes the
+// bytes, a Write the kernel took bytes of, or a drop in the bytes the
 // kernel still holds unacknowledged (SIOCOUTQ, Linux): after the last
 // Write of an upload the body can sit in the socket's buffer for as long
 // as a slow link needs to drain it, and that is moving, not stalled.
@@ -76,7 +76,7 @@ type idleConn struct {
 	net.Conn
 	idle, tick time.Duration
 	last       atomic.Int64 // UnixNano of the last progress
-	lastQueue  atomic.Int64 // the send queue at the last look (-1: unknown)
+	lastQueue  atomic.Int64 // the send queue at the last look (-1: none since the last progress)
 	raw        syscall.RawConn
 }
 
@@ -90,16 +90,34 @@ func newIdleConn(c net.Conn, idle time.Duration) *idleConn {
 	return ic
 }
 
-func (c *idleConn) moved() { c.last.Store(time.Now().UnixNano()) }
+// moved records progress; the next look at the send queue starts afresh.
+func (c *idleConn) moved() {
+	c.last.Store(time.Now().UnixNano())
+	c.lastQueue.Store(-1)
+}
 
-// waitMore reports whether a Read or Write that timed out on its tick is
-// to go on waiting: something moved within idle.
-func (c *idleConn) waitMore() bool {
-	q := sendQueue(c.raw)
-	if q >= 0 && c.lastQueue.Swap(q) != q {
-		c.moved()
+// deadline is when a Read or Write begun at from next wakes to look:
+// a tick on, or when idle runs out since the last progress (or since
+// from: a call begun after a long pause of the caller's own has its
+// whole idle time), whichever is first.
+func (c *idleConn) deadline(from time.Time) time.Time {
+	now := time.Now().UnixNano()
+	end := max(c.last.Load(), from.UnixNano()) + int64(c.idle)
+	return time.Unix(0, min(now+int64(c.tick), max(end, now+int64(time.Millisecond))))
+}
+
+// waitMore reports whether a Read or Write begun at from that timed out
+// is to go on waiting: something moved within idle.
+func (c *idleConn) waitMore(from time.Time) bool {
+	// Only a shrinking queue is the peer's doing (our Writes that grow
+	// it count already); the first look after progress sets a baseline.
+	if q := sendQueue(c.raw); q >= 0 {
+		if prev := c.lastQueue.Swap(q); prev >= 0 && q < prev {
+			c.last.Store(time.Now().UnixNano())
+		}
 	}
-	return time.Since(time.Unix(0, c.last.Load())) < c.idle
+	last := time.Unix(0, max(c.last.Load(), from.UnixNano()))
+	return time.Since(last) < c.idle
 }
 
 func (c *idleConn) stall(err error) error {
@@ -107,8 +125,9 @@ func (c *idleConn) stall(err error) error {
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
+	from := time.Now()
 	for {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.tick))
+		_ = c.Conn.SetReadDeadline(c.deadline(from))
 		n, err := c.Conn.Read(p)
 		if n > 0 {
 			c.moved()
@@ -116,16 +135,17 @@ func (c *idleConn) Read(p []byte) (int, error) {
 		if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return n, err
 		}
-		if !c.waitMore() {
+		if !c.waitMore(from) {
 			return 0, c.stall(err)
 		}
 	}
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
+	from := time.Now()
 	done := 0
 	for len(p) > 0 {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.tick))
+		_ = c.Conn.SetWriteDeadline(c.deadline(from))
 		n, err := c.Conn.Write(p[:min(len(p), writePiece)])
 		if n > 0 {
 			c.moved()
@@ -134,7 +154,7 @@ func (c *idleConn) Write(p []byte) (int, error) {
 		p = p[n:]
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if c.waitMore() {
+				if c.waitMore(from) {
 					continue
 				}
 				return done, c.stall(err)
