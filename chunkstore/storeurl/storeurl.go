@@ -54,7 +54,11 @@ func openBucket(ctx context.Context, loc string, createBucket bool) (*s3.Store, 
 	if err != nil {
 		return nil, err
 	}
-	return s3.Open(ctx, s3.ConfigFromEnv(bucket, prefix), createBucket)
+	cfg, err := s3.ConfigFromEnv(bucket, prefix)
+	if err != nil {
+		return nil, err
+	}
+	return s3.Open(ctx, cfg, createBucket)
 }
 
 // Open opens the store at loc.

@@ -24,7 +24,7 @@ import (
 var (
 	storeFlag = &cli.StringFlag{
 		Name:    "store",
-		Usage:   "store directory, or s3://BUCKET[/PREFIX] (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...) (default: $XDG_DATA_HOME/engram or ~/.local/share/engram)",
+		Usage:   "store directory, or s3://BUCKET[/PREFIX] (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...; ENGRAM_S3_TIMEOUT: idle timeout, default 30s) (default: $XDG_DATA_HOME/engram or ~/.local/share/engram)",
 		EnvVars: []string{"ENGRAM_STORE"},
 	}
 	cacheDirFlag = &cli.StringFlag{

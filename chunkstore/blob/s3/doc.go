@@ -14,7 +14,11 @@
 // minio-go signs it (SHA-256 per 64 KiB), over HTTPS it carries a
 // Content-MD5. Transient failures (5xx, 429, network errors)
 // are retried by minio-go's retry timer, with exponential backoff and
-// jitter, Config.MaxRetries times. Server errors become one line each,
+// jitter, Config.MaxRetries times. A request on whose connection nothing
+// moves, either way, for Config.IdleTimeout (ENGRAM_S3_TIMEOUT, default
+// 30 s) fails, and is retried once at most: an endpoint that stops
+// answering mid-command is reported within about twice the timeout
+// (idle.go). Server errors become one line each,
 // matching blob.ErrNoBucket, ErrAccessDenied, ErrUnreachable or
 // ErrClockSkew.
 package s3

@@ -12,3 +12,6 @@ func (s *Store) StartUpload(ctx context.Context, name string) error {
 	_, err := minio.Core{Client: s.c}.NewMultipartUpload(ctx, s.bucket, s.prefix+name, minio.PutObjectOptions{})
 	return err
 }
+
+// Stalls is the number of requests that stalled so far.
+func (s *Store) Stalls() int64 { return s.stalls.Load() }

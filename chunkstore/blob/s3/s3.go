@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -29,19 +30,32 @@ type Config struct {
 	Region   string
 	// Static credentials; all empty means the environment chain.
 	AccessKey, SecretKey, SessionToken string
-	// MaxRetries bounds attempts per request (0: 5).
+	// MaxRetries bounds attempts per request (0: 5); a stalled request
+	// gets at most two (see IdleTimeout).
 	MaxRetries int
+	// IdleTimeout fails a request once no byte has moved on its
+	// connection, either way, for this long (0: DefaultIdleTimeout; < 0:
+	// never, leaving only a 2-minute wait for the response's headers).
+	IdleTimeout time.Duration
 }
 
 // ConfigFromEnv fills Endpoint, Region and credentials from the AWS
-// environment variables (credentials are left to the chain when unset).
-func ConfigFromEnv(bucket, prefix string) Config {
+// environment variables (credentials are left to the chain when unset),
+// and IdleTimeout from ENGRAM_S3_TIMEOUT.
+func ConfigFromEnv(bucket, prefix string) (Config, error) {
 	c := Config{Bucket: bucket, Prefix: strings.Trim(prefix, "/"), Endpoint: os.Getenv("AWS_ENDPOINT_URL")}
 	c.Region = os.Getenv("AWS_REGION")
 	if c.Region == "" {
 		c.Region = os.Getenv("AWS_DEFAULT_REGION")
 	}
-	return c
+	if v := os.Getenv(TimeoutEnv); v != "" {
+		d, err := parseTimeout(v)
+		if err != nil {
+			return Config{}, err
+		}
+		c.IdleTimeout = d
+	}
+	return c, nil
 }
 
 // ParseURL splits s3://BUCKET[/PREFIX].
@@ -84,6 +98,9 @@ type Store struct {
 	prefix string // "" or "p/"
 	where  string // s3://bucket/prefix
 	md5    bool   // send Content-MD5 with every PUT (see Open)
+	idle   time.Duration
+	down   atomic.Bool  // a call failed on a stall (see callState)
+	stalls atomic.Int64 // attempts that stalled (for tests)
 }
 
 var _ blob.Store = (*Store)(nil)
@@ -137,9 +154,31 @@ func Open(ctx context.Context, cfg Config, create bool) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3: %w", err)
 	}
-	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	tr.ResponseHeaderTimeout = 2 * time.Minute
-	opts.Transport = tr
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	s.idle = cfg.IdleTimeout
+	if s.idle == 0 {
+		s.idle = DefaultIdleTimeout
+	}
+	if s.idle > 0 {
+		idle := s.idle
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newIdleConn(c, idle), nil
+		}
+		// The pool drops a connection before its pending read (the
+		// transport's, waiting for the next response) reaches the idle
+		// deadline, so an unused connection is not taken for a stall.
+		tr.IdleConnTimeout = min(tr.IdleConnTimeout, idle/2)
+		tr.ResponseHeaderTimeout = 0 // the idle timeout covers it
+		opts.Transport = &stallTripper{rt: tr, s: s}
+	} else {
+		tr.DialContext = dialer.DialContext
+		tr.ResponseHeaderTimeout = 2 * time.Minute
+		opts.Transport = tr
+	}
 	c, err := minio.New(host, opts)
 	if err != nil {
 		return nil, fmt.Errorf("s3: %s: %w", s.where, err)
@@ -153,12 +192,14 @@ func Open(ctx context.Context, cfg Config, create bool) (*Store, error) {
 	exists := true
 	lctx, cancel := context.WithTimeout(ctx, OpenTimeout)
 	defer cancel()
+	lctx, end := s.call(lctx)
+	defer end()
 	for oi := range c.ListObjects(lctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1}) {
 		if oi.Err != nil {
 			if ctx.Err() == nil && errors.Is(lctx.Err(), context.DeadlineExceeded) {
 				return nil, fmt.Errorf("%s: %s gave no answer in %s: %w", s.where, endpointName(cfg.Endpoint), OpenTimeout, blob.ErrUnreachable)
 			}
-			err := s.mapErr("open", "", oi.Err)
+			err := s.mapErr(lctx, "open", "", oi.Err)
 			if !errors.Is(err, blob.ErrNoBucket) {
 				return nil, err
 			}
@@ -179,11 +220,13 @@ func Open(ctx context.Context, cfg Config, create bool) (*Store, error) {
 		if !create {
 			return nil, fmt.Errorf("%s: %w", s.where, blob.ErrNoBucket)
 		}
-		err := c.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: cfg.Region})
+		mctx, end := s.call(ctx)
+		err := c.MakeBucket(mctx, s.bucket, minio.MakeBucketOptions{Region: cfg.Region})
+		end()
 		if err != nil {
 			code := minio.ToErrorResponse(err).Code
 			if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
-				return nil, s.mapErr("create bucket", "", err)
+				return nil, s.mapErr(mctx, "create bucket", "", err)
 			}
 		}
 	}
@@ -197,10 +240,13 @@ func (s *Store) Close() error { return nil }
 
 // mapErr turns a minio-go error into one line matching a blob sentinel
 // where one applies.
-func (s *Store) mapErr(op, name string, err error) error {
+func (s *Store) mapErr(ctx context.Context, op, name string, err error) error {
 	what := s.where + ": " + op
 	if name != "" {
 		what += " " + name
+	}
+	if se := s.stalled(ctx, err); se != nil {
+		return s.stallErr(what, se)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%s: %w", what, err)
@@ -251,6 +297,9 @@ func (s *Store) mapErr(op, name string, err error) error {
 	var ue *url.Error
 	var oe *net.OpError
 	if errors.As(err, &oe) || errors.As(err, &ue) {
+		if se := s.stalledBefore(ctx); se != nil {
+			return s.stallErr(what, se)
+		}
 		ep := s.cfg.Endpoint
 		if ep == "" {
 			ep = "s3.amazonaws.com"
@@ -291,11 +340,16 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	}
 	opts := s.putOptions()
 	opts.SetMatchETagExcept("*")
+	ctx, end := s.call(ctx)
+	defer end()
 	_, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts)
 	if err == nil {
 		return nil
 	}
-	err = s.mapErr("put", name, err)
+	if s.stalled(ctx, err) != nil {
+		return s.mapErr(ctx, "put", name, err) // a StatObject would stall too
+	}
+	err = s.mapErr(ctx, "put", name, err)
 	if errors.Is(err, blob.ErrUnreachable) && ctx.Err() == nil {
 		// A server that refuses the condition (412) before reading the
 		// body resets the connection under a large upload; the object is
@@ -317,8 +371,10 @@ func (s *Store) Replace(ctx context.Context, name string, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: replace %s: %w", s.where, name, err)
 	}
+	ctx, end := s.call(ctx)
+	defer end()
 	if _, err := s.c.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), s.putOptions()); err != nil {
-		return s.mapErr("replace", name, err)
+		return s.mapErr(ctx, "replace", name, err)
 	}
 	return nil
 }
@@ -334,12 +390,14 @@ func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%s: get %s: %w", s.where, name, err)
 	}
+	ctx, end := s.call(ctx)
+	defer end()
 	if length == 0 || (length < 0 && off > 0) {
 		// No empty ranges in HTTP; and a range starting at the end is
 		// refused by some servers: check against the size.
 		st, err := s.c.StatObject(ctx, s.bucket, s.prefix+name, minio.StatObjectOptions{})
 		if err != nil {
-			return nil, s.mapErr("get", name, err)
+			return nil, s.mapErr(ctx, "get", name, err)
 		}
 		if off > st.Size || (length == 0 && off > st.Size) {
 			return nil, fmt.Errorf("%s: get %s: offset %d of a %d-byte object: %w", s.where, name, off, st.Size, blob.ErrRange)
@@ -360,7 +418,7 @@ func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte
 	}
 	obj, err := s.c.GetObject(ctx, s.bucket, s.prefix+name, opts)
 	if err != nil {
-		return nil, s.mapErr("get", name, err)
+		return nil, s.mapErr(ctx, "get", name, err)
 	}
 	defer obj.Close()
 	if length > 0 {
@@ -372,13 +430,13 @@ func (s *Store) Get(ctx context.Context, name string, off, length int64) ([]byte
 			return nil, fmt.Errorf("%s: get %s: %d bytes at %d, object has %d there: %w", s.where, name, length, off, n, blob.ErrRange)
 		}
 		if err != nil {
-			return nil, s.mapErr("get", name, err)
+			return nil, s.mapErr(ctx, "get", name, err)
 		}
 		return buf, nil
 	}
 	b, err := io.ReadAll(io.LimitReader(obj, blob.MaxWholeRead+1))
 	if err != nil {
-		return nil, s.mapErr("get", name, err)
+		return nil, s.mapErr(ctx, "get", name, err)
 	}
 	if int64(len(b)) > blob.MaxWholeRead {
 		return nil, fmt.Errorf("%s: get %s: more than %d bytes: %w", s.where, name, int64(blob.MaxWholeRead), blob.ErrRange)
@@ -397,15 +455,15 @@ func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blo
 	if err := blob.CheckPrefix(prefix); err != nil {
 		return fmt.Errorf("%s: list: %w", s.where, err)
 	}
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	lctx, end := s.call(ctx)
+	defer end()
 	opts := minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}
 	if after != "" {
 		opts.StartAfter = s.prefix + after
 	}
 	for oi := range s.c.ListObjects(lctx, s.bucket, opts) {
 		if oi.Err != nil {
-			return s.mapErr("list", prefix, oi.Err)
+			return s.mapErr(lctx, "list", prefix, oi.Err)
 		}
 		name, ok := strings.CutPrefix(oi.Key, s.prefix)
 		if !ok || blob.CheckName(name) != nil || name <= after {
@@ -429,8 +487,10 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: delete %s: %w", s.where, name, err)
 	}
+	ctx, end := s.call(ctx)
+	defer end()
 	if err := s.c.RemoveObject(ctx, s.bucket, s.prefix+name, minio.RemoveObjectOptions{}); err != nil {
-		err = s.mapErr("delete", name, err)
+		err = s.mapErr(ctx, "delete", name, err)
 		if errors.Is(err, blob.ErrNotExist) {
 			return nil
 		}
@@ -445,13 +505,13 @@ var _ blob.UploadAborter = (*Store)(nil)
 // began before before (ListMultipartUploads, then AbortMultipartUpload for
 // each of their keys).
 func (s *Store) AbortStaleUploads(ctx context.Context, before time.Time) (int, error) {
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	lctx, end := s.call(ctx)
+	defer end()
 	var stale []string
 	seen := map[string]bool{}
 	for u := range s.c.ListIncompleteUploads(lctx, s.bucket, s.prefix, true) {
 		if u.Err != nil {
-			return 0, s.mapErr("list multipart uploads", "", u.Err)
+			return 0, s.mapErr(lctx, "list multipart uploads", "", u.Err)
 		}
 		if u.Initiated.Before(before) && !seen[u.Key] {
 			seen[u.Key] = true
@@ -462,8 +522,11 @@ func (s *Store) AbortStaleUploads(ctx context.Context, before time.Time) (int, e
 	for _, k := range stale {
 		// Aborts every upload of the key: only engram writes under its
 		// prefix, and it never uploads in parts.
-		if err := s.c.RemoveIncompleteUpload(ctx, s.bucket, k); err != nil {
-			return n, s.mapErr("abort multipart upload", k, err)
+		kctx, end := s.call(ctx)
+		err := s.c.RemoveIncompleteUpload(kctx, s.bucket, k)
+		end()
+		if err != nil {
+			return n, s.mapErr(kctx, "abort multipart upload", k, err)
 		}
 		n++
 	}
