@@ -156,12 +156,17 @@ func (d *Disk) readSlices(off, end int64) ([][]byte, error) {
 func (d *Disk) fetch(refs []engram.ChunkRef, put func(int, engram.ChunkRef, []byte)) error {
 	var missing []int
 	for i, r := range refs {
-		b, cached, loading := d.set.chunks.peek(r.ID)
+		blk, j, cached, loading := d.set.chunks.peek(r.ID)
+		if cached {
+			// A chunk that fails its hash or length is loaded again below,
+			// which reports the error.
+			if b, err := d.set.take(d, r, blk, j, nil); err == nil {
+				d.set.readCached.Add(1)
+				put(i, r, b)
+				continue
+			}
+		}
 		switch {
-		case cached && len(b) == int(r.Length): // else chunk() reports the mismatch
-			d.set.readCached.Add(1)
-			put(i, r, b)
-			continue
 		case loading:
 			d.set.readWaited.Add(1)
 		default:
