@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync/atomic"
@@ -106,4 +107,18 @@ func checkedBlock(id ID, data []byte) *Block {
 	b := newBlock(nil, blockKey{}, ID{}, data, []frameChunk{{ID: id, Len: uint32(len(data))}})
 	b.checked[0].Store(1)
 	return b
+}
+
+// Copy returns chunk j (checked as by Chunk) in a block of its own with a
+// copy of its bytes, for a cache that keeps one chunk without the rest
+// of its block.
+func (b *Block) Copy(j int) (*Block, error) {
+	data, err := b.Chunk(j)
+	if err != nil {
+		return nil, err
+	}
+	if data = bytes.Clone(data); data == nil {
+		data = []byte{}
+	}
+	return checkedBlock(b.chunks[j].ID, data), nil
 }

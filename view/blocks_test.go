@@ -12,9 +12,8 @@ import (
 	"github.com/engram-vm/engram/engram"
 )
 
-// TestBlockCacheWholeBlocks: a read of one chunk caches the whole block
-// it lives in, so the block's other chunks are cache hits that share its
-// memory.
+// TestBlockCacheWholeBlocks: a read of most of a block caches the whole
+// block, so its other chunks are cache hits that share its memory.
 func TestBlockCacheWholeBlocks(t *testing.T) {
 	st := chunkstore.NewTestStore(t)
 	img := makeImage(t, st, 4<<20, 21)
@@ -25,25 +24,59 @@ func TestBlockCacheWholeBlocks(t *testing.T) {
 	}
 	r := d.NewReader()
 	defer r.Close()
-	a := img.refs[0]
-	if _, err := r.ReadAt(make([]byte, 512), a.Offset); err != nil {
+	const n = 1 << 20
+	if _, err := r.ReadAt(make([]byte, n), 0); err != nil {
 		t.Fatal(err)
 	}
-	// The first chunks were stored together in the store's first block.
-	b := img.refs[1]
+	// The store's first block holds the first MiB of data, which reaches
+	// past the first MiB of the guest (a quarter of it is holes).
+	var b engram.ChunkRef
+	for _, ref := range img.refs {
+		if ref.Offset >= n {
+			b = ref
+			break
+		}
+	}
 	if !set.chunks.has(b.ID) {
-		t.Fatal("the chunk after the one read is not cached with its block")
+		t.Fatal("the chunk after the ones read is not cached with their block")
 	}
 	before := set.Stats()
-	if before.ChunkBytes < int64(a.Length+b.Length) {
-		t.Fatalf("cache holds %d bytes, less than two chunks", before.ChunkBytes)
-	}
 	got := make([]byte, b.Length)
 	if _, err := r.ReadAt(got, b.Offset); err != nil || !bytes.Equal(got, img.guest[b.Offset:b.End()]) {
 		t.Fatalf("read of the second chunk: %v", err)
 	}
 	if after := set.Stats(); after.ReadLoaded != before.ReadLoaded || after.ReadCached != before.ReadCached+1 {
 		t.Fatalf("second chunk not a hit: before %+v, after %+v", before, after)
+	}
+}
+
+// TestRandomReadKeepsChunk: a read that wants little of a block caches a
+// copy of the chunks it wants, not the block: a set of random reads
+// would otherwise need a block of cache each.
+func TestRandomReadKeepsChunk(t *testing.T) {
+	st := chunkstore.NewTestStore(t)
+	img := makeImage(t, st, 4<<20, 23)
+	set := newSet(t, st, Options{})
+	d, err := set.Open(context.Background(), img.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.NewReader()
+	defer r.Close()
+	k := len(img.refs) / 2
+	a := img.refs[k]
+	got := make([]byte, 100)
+	if _, err := r.ReadAt(got, a.Offset); err != nil || !bytes.Equal(got, img.guest[a.Offset:a.Offset+100]) {
+		t.Fatalf("read: %v", err)
+	}
+	if set.chunks.has(img.refs[k-1].ID) || set.chunks.has(img.refs[k+1].ID) {
+		t.Fatal("a random read of one chunk cached its neighbours")
+	}
+	if st := set.Stats(); st.ChunkBytes > int64(a.Length)+4096 {
+		t.Fatalf("cache holds %d bytes for a chunk of %d", st.ChunkBytes, a.Length)
+	}
+	if _, err := r.ReadAt(got, a.Offset+100); err != nil || set.Stats().ReadLoaded != 1 {
+		t.Fatalf("second read of the chunk: %v, %+v", err, set.Stats())
 	}
 }
 
@@ -153,8 +186,8 @@ func TestDamagedChunkInCachedBlock(t *testing.T) {
 	}
 	r := d.NewReader()
 	defer r.Close()
-	if _, err := r.ReadAt(make([]byte, 100), refs[0].Offset); err != nil {
-		t.Fatal(err) // caches the block
+	if _, err := r.ReadAt(make([]byte, 128<<10), 0); err != nil {
+		t.Fatal(err) // chunks 0 and 1: most of the block, which is cached
 	}
 	if !set.chunks.has(refs[2].ID) {
 		t.Fatal("the damaged chunk's block is not cached")
@@ -176,9 +209,10 @@ func TestDamagedChunkInCachedBlock(t *testing.T) {
 	}
 }
 
-// TestConcurrentReadersOfOneBlock: many readers of the chunks of one
-// block at once, on a cold cache, get the right bytes (or the damaged
-// chunk's error), and the block is cached once.
+// TestConcurrentReadersOfOneBlock: many readers of one block at once, on
+// a cold cache, get the right bytes and cache the block once; then many
+// readers of its chunks at once get the right bytes or, for the damaged
+// chunk, its error.
 func TestConcurrentReadersOfOneBlock(t *testing.T) {
 	st, eid, refs := damagedImage(t)
 	set := newSet(t, st, Options{})
@@ -186,8 +220,51 @@ func TestConcurrentReadersOfOneBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	check := func(k int, got []byte, err error) error {
+		switch {
+		case k == 2 && !errors.As(err, new(*chunkstore.CorruptChunkError)):
+			return errors.New("damaged chunk read without error")
+		case k != 2 && err != nil:
+			return err
+		case k != 2 && (got[0] != byte(k+1) || got[len(got)-1] != byte(k)):
+			return errors.New("wrong bytes")
+		}
+		return nil
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
+	for g := range 16 { // chunks 0 and 1, most of the block
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := d.NewReader()
+			defer r.Close()
+			got := make([]byte, 128<<10)
+			var err error
+			if g%2 == 0 {
+				_, err = r.ReadAt(got, 0)
+			} else {
+				var vec [][]byte
+				vec, err = r.ReadSlices(0, len(got))
+				got = bytes.Join(vec, nil)
+			}
+			if err == nil && len(got) != 128<<10 {
+				err = errors.New("short read")
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			errs <- errors.Join(check(0, got[:refs[0].Length], nil), check(1, got[64<<10:64<<10+refs[1].Length], nil))
+		}()
+	}
+	wg.Wait()
+	set.chunks.mu.Lock()
+	blocks := len(set.chunks.blocks)
+	set.chunks.mu.Unlock()
+	if blocks != 1 {
+		t.Fatalf("%d blocks cached for one", blocks)
+	}
 	for g := range 32 {
 		wg.Add(1)
 		go func() {
@@ -195,27 +272,16 @@ func TestConcurrentReadersOfOneBlock(t *testing.T) {
 			r := d.NewReader()
 			defer r.Close()
 			k := g % 4
-			ref := refs[k]
-			got := make([]byte, ref.Length)
-			_, err := r.ReadAt(got, ref.Offset)
-			switch {
-			case k == 2 && !errors.As(err, new(*chunkstore.CorruptChunkError)):
-				errs <- errors.New("damaged chunk read without error")
-			case k != 2 && err != nil:
-				errs <- err
-			case k != 2 && (got[0] != byte(k+1) || got[len(got)-1] != byte(k)):
-				errs <- errors.New("wrong bytes")
-			}
+			got := make([]byte, refs[k].Length)
+			_, err := r.ReadAt(got, refs[k].Offset)
+			errs <- check(k, got, err)
 		}()
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Fatal(err)
-	}
-	set.chunks.mu.Lock()
-	defer set.chunks.mu.Unlock()
-	if len(set.chunks.blocks) != 1 {
-		t.Fatalf("%d blocks cached for one", len(set.chunks.blocks))
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }

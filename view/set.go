@@ -21,7 +21,7 @@ const MinCacheSize = 16 << 20
 
 // Options configure a Set.
 type Options struct {
-	// CacheSize is the memory budget in bytes for decoded chunks, decoded
+	// CacheSize is the memory budget in bytes for decoded blocks, decoded
 	// manifest pages and the chunk store's decompressed blocks (the part
 	// BlockCacheBytes names, which the opener of the store passes as
 	// chunkstore.OpenOptions.BlockCacheBytes). 0 means DefaultCacheSize.
@@ -136,7 +136,7 @@ func (s *Set) work() {
 		if j.run != nil {
 			j.run()
 		} else {
-			s.loadMany(j.d, j.refs, nil)
+			s.loadMany(j.d, j.refs, true, nil)
 		}
 	}
 	for {
@@ -282,7 +282,7 @@ func (s *Set) take(d *Disk, ref engram.ChunkRef, blk *chunkstore.Block, j int, e
 // are waited for, never loaded twice. Errors are not cached: if the batch
 // fails, each chunk is tried alone, so one bad chunk fails only the reads
 // that need it.
-func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, error)) {
+func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, whole bool, got func(int, []byte, error)) {
 	ids := make([]chunkstore.ID, len(refs))
 	for i, r := range refs {
 		ids[i] = r.ID
@@ -305,6 +305,9 @@ func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, er
 			}
 		}
 		<-s.fetch
+		if !whole {
+			s.copySparse(blocks, idx, errs)
+		}
 		for k, id := range mids {
 			s.chunks.finish(id, blocks[k], idx[k], errs[k])
 		}
@@ -326,6 +329,34 @@ func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, er
 		if !mine[i] {
 			b, err := s.chunk(d, r)
 			got(i, b, err)
+		}
+	}
+}
+
+// copySparse replaces each block of which the batch wants less than a
+// quarter by copies of the chunks it wants: a random read would otherwise
+// keep a whole block (1 MiB by default) in the cache for a 64 KiB chunk,
+// and a warm set of random reads would no longer fit (measured: p99 of
+// warm 4 KiB reads went from 0.2 to 6 ms at the default budget).
+func (s *Set) copySparse(blocks []*chunkstore.Block, idx []int, errs []error) {
+	wanted := map[*chunkstore.Block]int64{}
+	for k, b := range blocks {
+		if errs[k] == nil {
+			n := int64(0)
+			if c, err := b.Chunk(idx[k]); err == nil {
+				n = int64(len(c))
+			}
+			wanted[b] += n
+		}
+	}
+	for k, b := range blocks {
+		if errs[k] != nil || b.Chunks() == 1 || 4*wanted[b] >= b.Size() {
+			continue
+		}
+		if c, err := b.Copy(idx[k]); err == nil {
+			blocks[k], idx[k] = c, 0
+		} else {
+			blocks[k], errs[k] = nil, err
 		}
 	}
 }
