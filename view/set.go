@@ -309,6 +309,13 @@ func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, whole bool, got func(int
 			s.copySparse(blocks, idx, errs)
 		}
 		for k, id := range mids {
+			if got == nil && errs[k] == nil {
+				// Read-ahead checks its chunks now, on a worker: else the
+				// read that takes them hashes them on its own critical
+				// path. A mismatch is remembered by the block and reported
+				// by that read.
+				_, _ = blocks[k].Chunk(idx[k])
+			}
 			s.chunks.finish(id, blocks[k], idx[k], errs[k])
 		}
 		k := 0
