@@ -163,14 +163,24 @@ func (c *blockLRU) addLocked(id chunkstore.ID, b *chunkstore.Block, j int) {
 	e := c.blocks[b]
 	if e == nil {
 		cost := b.Size() + int64(b.Chunks())*chunkIndexCost
-		if cost > c.max {
+		if cost > c.max || !c.newChunksLocked(b) {
+			// Too big, or every chunk of b is cached in another block
+			// already (loaded meanwhile): b would hold memory no read
+			// finds.
 			return
 		}
 		e = c.order.PushFront(&blockEntry{b: b, cost: cost})
 		c.blocks[b] = e
 		c.used += cost
 		for k := range b.Chunks() {
-			if _, ok := c.chunks[b.ID(k)]; !ok {
+			loc, ok := c.chunks[b.ID(k)]
+			if ok && b.Chunks() > 1 && loc.e.Value.(*blockEntry).b.Chunks() == 1 {
+				// A copy of one chunk (Set.copySparse) is superseded by
+				// its whole block: drop the copy.
+				c.removeLocked(loc.e)
+				ok = false
+			}
+			if !ok {
 				c.chunks[b.ID(k)] = chunkLoc{e, k}
 			}
 		}
@@ -183,6 +193,16 @@ func (c *blockLRU) addLocked(id chunkstore.ID, b *chunkstore.Block, j int) {
 	for c.used > c.max {
 		c.removeLocked(c.order.Back())
 	}
+}
+
+// newChunksLocked reports whether b holds a chunk not cached yet.
+func (c *blockLRU) newChunksLocked(b *chunkstore.Block) bool {
+	for k := range b.Chunks() {
+		if _, ok := c.chunks[b.ID(k)]; !ok {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *blockLRU) removeLocked(e *list.Element) {

@@ -285,3 +285,54 @@ func TestConcurrentReadersOfOneBlock(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockLRUShadowedBlock: a block whose chunks are all cached in
+// another block already (a copy loaded while the whole block came in) is
+// not kept: it would hold budget no read can reach; and a whole block
+// cached after a copy of one of its chunks replaces the copy.
+func TestBlockLRUShadowedBlock(t *testing.T) {
+	ctx := context.Background()
+	st := chunkstore.NewTestStore(t)
+	var ids []chunkstore.ID
+	var chunks []chunkstore.Chunk
+	for i := range 2 {
+		data := bytes.Repeat([]byte{byte(i + 1)}, 5000)
+		ids = append(ids, chunkstore.Sum(data))
+		chunks = append(chunks, chunkstore.Chunk{ID: ids[i], Data: data})
+	}
+	if _, err := st.PutMany(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	blocks, idx := make([]*chunkstore.Block, 2), make([]int, 2)
+	if err := chunkstore.GetBlocks(ctx, st, ids, blocks, idx); err != nil {
+		t.Fatal(err)
+	}
+	whole := blocks[0]
+	cp, err := whole.Copy(idx[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newBlockLRU(1 << 20)
+	mine := make([]bool, 2)
+	c.reserve(ids, mine)
+	c.finish(ids[0], whole, idx[0], nil)
+	c.finish(ids[1], cp, 0, nil)
+	if len(c.blocks) != 1 || c.used != whole.Size()+2*chunkIndexCost {
+		t.Fatalf("%d blocks, %d bytes cached; want the whole block only", len(c.blocks), c.used)
+	}
+	if b, _, cached, _ := c.peek(ids[1]); !cached || b != whole {
+		t.Fatal("second chunk not found in the whole block")
+	}
+	// The copy first, then its block: the block takes the chunk over.
+	small := newBlockLRU(whole.Size() + 2*chunkIndexCost + cp.Size() + chunkIndexCost/2)
+	small.finish(ids[1], cp, 0, nil)
+	small.finish(ids[0], whole, idx[0], nil)
+	if len(small.blocks) != 1 || small.used > small.max {
+		t.Fatalf("%d blocks, %d of %d bytes", len(small.blocks), small.used, small.max)
+	}
+	for _, id := range ids {
+		if b, _, cached, _ := small.peek(id); !cached || b != whole {
+			t.Fatalf("chunk %s not in the block that stayed", id.Short())
+		}
+	}
+}
