@@ -44,6 +44,7 @@ var (
 	_ ManyGetter      = (*BlobStore)(nil)
 	_ ReadParallelism = (*BlobStore)(nil)
 	_ BlockStarter    = (*BlobStore)(nil)
+	_ BlockGetter     = (*BlobStore)(nil)
 )
 
 // BlockStarts implements BlockStarter, from the index in one transaction.
@@ -110,9 +111,9 @@ type wantFrame struct {
 	len  int64 // frame length, from the first entry that names it
 	idx  []int // indices into the call's ids
 
-	cb   *cachedBlock // in the block cache already
-	wait *blockLoad   // another caller is loading it
-	mine *blockLoad   // this call loads it
+	cb   *Block     // in the block cache already
+	wait *blockLoad // another caller is loading it
+	mine *blockLoad // this call loads it
 }
 
 // fetchRange is one ranged Get covering frames of one pack.
@@ -134,10 +135,29 @@ func (s *BlobStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 	if len(ids) != len(bufs) {
 		return fmt.Errorf("chunkstore: GetMany of %d IDs into %d buffers", len(ids), len(bufs))
 	}
+	return s.getManyAgain(ctx, ids, bufs, nil, nil)
+}
+
+// GetBlocks implements BlockGetter the way GetMany reads, without copying
+// or hashing chunks.
+func (s *BlobStore) GetBlocks(ctx context.Context, ids []ID, blocks []*Block, idx []int) error {
+	if err := s.check(false); err != nil {
+		return err
+	}
+	if len(ids) != len(blocks) || len(ids) != len(idx) {
+		return fmt.Errorf("chunkstore: GetBlocks of %d IDs into %d blocks and %d indices", len(ids), len(blocks), len(idx))
+	}
+	return s.getManyAgain(ctx, ids, nil, blocks, idx)
+}
+
+// getManyAgain is getMany, and getMany again of the chunks whose pack is
+// gone after a Refresh. Either bufs (GetMany) or blocks and idx
+// (GetBlocks) are set.
+func (s *BlobStore) getManyAgain(ctx context.Context, ids []ID, bufs [][]byte, blocks []*Block, idx []int) error {
 	if err := s.flushFor(ctx, ids); err != nil {
 		return err
 	}
-	errs, err := s.getMany(ctx, ids, bufs)
+	errs, err := s.getMany(ctx, ids, bufs, blocks, idx)
 	if err != nil {
 		return err
 	}
@@ -154,16 +174,32 @@ func (s *BlobStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 		if err := s.Refresh(ctx); err != nil {
 			return err
 		}
-		sub, subBufs := make([]ID, len(again)), make([][]byte, len(again))
-		for k, i := range again {
-			sub[k], subBufs[k] = ids[i], bufs[i]
+		sub := make([]ID, len(again))
+		var subBufs [][]byte
+		var subBlocks []*Block
+		var subIdx []int
+		if bufs != nil {
+			subBufs = make([][]byte, len(again))
+		} else {
+			subBlocks, subIdx = make([]*Block, len(again)), make([]int, len(again))
 		}
-		errs2, err := s.getMany(ctx, sub, subBufs)
+		for k, i := range again {
+			sub[k] = ids[i]
+			if bufs != nil {
+				subBufs[k] = bufs[i]
+			}
+		}
+		errs2, err := s.getMany(ctx, sub, subBufs, subBlocks, subIdx)
 		if err != nil {
 			return err
 		}
 		for k, i := range again {
-			bufs[i], errs[i] = subBufs[k], errs2[k]
+			errs[i] = errs2[k]
+			if bufs != nil {
+				bufs[i] = subBufs[k]
+			} else {
+				blocks[i], idx[i] = subBlocks[k], subIdx[k]
+			}
 		}
 	}
 	for _, e := range errs {
@@ -174,11 +210,20 @@ func (s *BlobStore) GetMany(ctx context.Context, ids []ID, bufs [][]byte) error 
 	return nil
 }
 
-// getMany reads what it can of ids into bufs. It returns the error of each
+// getMany reads what it can of ids into bufs, or sets blocks and idx
+// when bufs is nil. It returns the error of each
 // chunk it could not read (a *CorruptChunkError), or an error that stops
 // the whole batch: a chunk not found or a buffer of the wrong length
 // (before any read), the bucket unreachable, ctx cancelled.
-func (s *BlobStore) getMany(ctx context.Context, ids []ID, bufs [][]byte) ([]error, error) {
+func (s *BlobStore) getMany(ctx context.Context, ids []ID, bufs [][]byte, blocks []*Block, idx []int) ([]error, error) {
+	// fill takes chunk i out of block cb, as the caller asked.
+	fill := func(i int, cb *Block, ents []entry, corrupt func(int, string, error)) {
+		if bufs != nil {
+			s.fillChunk(i, cb, ids, bufs, ents, corrupt)
+		} else if j := findChunk(i, cb, ids, ents, corrupt); j >= 0 {
+			blocks[i], idx[i] = cb, j
+		}
+	}
 	ents := make([]entry, len(ids))
 	hashes := make([]ID, len(ids))
 	frames := map[blockKey]*wantFrame{}
@@ -198,7 +243,7 @@ func (s *BlobStore) getMany(ctx context.Context, ids []ID, bufs [][]byte) ([]err
 			if !ok {
 				return &NotFoundError{ID: id}
 			}
-			if bufs[i] != nil && len(bufs[i]) != int(e.RawLen) {
+			if bufs != nil && bufs[i] != nil && len(bufs[i]) != int(e.RawLen) {
 				return &LengthError{ID: id, Len: int(e.RawLen), Want: len(bufs[i])}
 			}
 			ents[i] = e
@@ -249,7 +294,7 @@ func (s *BlobStore) getMany(ctx context.Context, ids []ID, bufs [][]byte) ([]err
 		}
 		if e := c.items[f.key]; e != nil {
 			c.lru.MoveToFront(e)
-			f.cb = e.Value.(*cachedBlock)
+			f.cb = e.Value.(*Block)
 		} else if l := c.loading[f.key]; l != nil {
 			f.wait = l
 		} else {
@@ -272,13 +317,13 @@ func (s *BlobStore) getMany(ctx context.Context, ids []ID, bufs [][]byte) ([]err
 	// Ranges first: they wait on nothing but the bucket, so callers
 	// waiting on each other's frames cannot deadlock.
 	for _, r := range mergeRanges(todo) {
-		g.Go(func() error { return s.fetchRange(gctx, r, ids, bufs, ents, corrupt, errs) })
+		g.Go(func() error { return s.fetchRange(gctx, r, ents, bufs, ids, fill, corrupt) })
 	}
 	for _, f := range order {
 		if f.cb != nil {
 			g.Go(func() error {
 				for _, i := range f.idx {
-					s.fillChunk(i, f.cb, ids, bufs, ents, corrupt)
+					fill(i, f.cb, ents, corrupt)
 				}
 				return nil
 			})
@@ -301,7 +346,19 @@ func (s *BlobStore) getMany(ctx context.Context, ids []ID, bufs [][]byte) ([]err
 		}
 		for _, i := range f.idx {
 			if f.wait.err == nil {
-				s.fillChunk(i, f.wait.cb, ids, bufs, ents, corrupt)
+				fill(i, f.wait.cb, ents, corrupt)
+				continue
+			}
+			if bufs == nil {
+				b, j, err := s.getBlock(ctx, ids[i])
+				switch {
+				case err == nil:
+					blocks[i], idx[i] = b, j
+				case errors.As(err, new(*CorruptChunkError)):
+					errs[i] = err
+				default:
+					return nil, err
+				}
 				continue
 			}
 			data, err := s.get(ctx, ids[i])
@@ -354,8 +411,8 @@ var rangeBufs = sync.Pool{New: func() any { return new([]byte) }}
 // their loads and fills the chunks wanted. Damage (a missing pack or
 // range, a frame that does not decode) is recorded per chunk; any other
 // error of the bucket is returned.
-func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, bufs [][]byte, ents []entry,
-	corrupt func(int, string, error), errs []error) error {
+func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ents []entry, bufs [][]byte, ids []ID,
+	fill func(int, *Block, []entry, func(int, string, error)), corrupt func(int, string, error)) error {
 	n := r.end - r.off
 	sem := s.many.budget()
 	w := min(n, getManyBudget)
@@ -401,8 +458,10 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 		return err // the bucket cannot be reached: not damage
 	}
 	dsts := make([][]byte, len(r.frames))
-	for k, f := range r.frames {
-		dsts[k] = wholeRun(ents, bufs, f.idx)
+	if bufs != nil {
+		for k, f := range r.frames {
+			dsts[k] = wholeRun(ents, bufs, f.idx)
+		}
 	}
 	for k, f := range r.frames {
 		fb := buf[f.off-r.off : f.off-r.off+f.len]
@@ -419,7 +478,7 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 			}
 		}
 		// A cached raw block must not alias a buffer that is reused.
-		cb, fe := decodeBlobFrame(f, fb, pooled || len(r.frames) > 1)
+		cb, fe := decodeBlobFrame(s.bs, f, fb, pooled || len(r.frames) > 1)
 		if fe != nil {
 			s.finishLoad(f, nil, fe)
 			for _, i := range f.idx {
@@ -429,7 +488,7 @@ func (s *BlobStore) fetchRange(ctx context.Context, r *fetchRange, ids []ID, buf
 		}
 		s.finishLoad(f, cb, nil)
 		for _, i := range f.idx {
-			s.fillChunk(i, cb, ids, bufs, ents, corrupt)
+			fill(i, cb, ents, corrupt)
 		}
 	}
 	return nil
@@ -460,7 +519,7 @@ func (s *BlobStore) decodeDirect(f *wantFrame, fb, dst []byte, slack int, ids []
 // decodeBlobFrame checks and decodes frame f from fb (exactly its bytes).
 // A raw block aliases fb; shared says fb is part of a larger range, and
 // the block is then copied so the cache does not keep the whole range.
-func decodeBlobFrame(f *wantFrame, fb []byte, shared bool) (*cachedBlock, *frameError) {
+func decodeBlobFrame(bs fmt.Stringer, f *wantFrame, fb []byte, shared bool) (*Block, *frameError) {
 	fr, n, err := decodeFrame(fb)
 	if err != nil {
 		return nil, &frameError{"reading frame", err}
@@ -475,12 +534,12 @@ func decodeBlobFrame(f *wantFrame, fb []byte, shared bool) (*cachedBlock, *frame
 	if fr.Codec == codecRaw && shared {
 		block = bytes.Clone(block)
 	}
-	return &cachedBlock{key: f.key, block: block, chunks: fr.Chunks}, nil
+	return newBlock(bs, f.key, f.pack, block, fr.Chunks), nil
 }
 
 // finishLoad ends this call's load of f: waiters get cb or err, and a
 // block of several chunks goes into the cache.
-func (s *BlobStore) finishLoad(f *wantFrame, cb *cachedBlock, err error) {
+func (s *BlobStore) finishLoad(f *wantFrame, cb *Block, err error) {
 	l := f.mine
 	if l == nil {
 		return
@@ -500,7 +559,31 @@ func (s *BlobStore) finishLoad(f *wantFrame, cb *cachedBlock, err error) {
 }
 
 // fillChunk copies chunk i out of block cb into bufs[i] and checks it.
-func (s *BlobStore) fillChunk(i int, cb *cachedBlock, ids []ID, bufs [][]byte, ents []entry, corrupt func(int, string, error)) {
+func (s *BlobStore) fillChunk(i int, cb *Block, ids []ID, bufs [][]byte, ents []entry, corrupt func(int, string, error)) {
+	j := findChunk(i, cb, ids, ents, corrupt)
+	if j < 0 {
+		return
+	}
+	id := ids[i]
+	ch := cb.chunks[j]
+	src := cb.block[ch.Off : ch.Off+ch.Len]
+	var data []byte
+	if bufs[i] != nil {
+		data = bufs[i][:copy(bufs[i], src)]
+	} else if data = bytes.Clone(src); data == nil {
+		data = []byte{}
+	}
+	if got := Sum(data); got != id {
+		corrupt(i, "content hashes to "+got.Short(), nil)
+		return
+	}
+	bufs[i] = data
+}
+
+// findChunk returns the index in cb of chunk i (ids[i], where ents[i]
+// says), or -1 after reporting why the block does not hold it as the
+// index says.
+func findChunk(i int, cb *Block, ids []ID, ents []entry, corrupt func(int, string, error)) int {
 	id, e := ids[i], ents[i]
 	// The chunk list is in block order (decodeFrame checks it): find the
 	// entry by its offset.
@@ -517,25 +600,13 @@ func (s *BlobStore) fillChunk(i int, cb *cachedBlock, ids []ID, bufs [][]byte, e
 	}
 	if j < 0 {
 		corrupt(i, fmt.Sprintf("frame does not list the chunk at block offset %d", e.BlockOff), nil)
-		return
+		return -1
 	}
-	ch := cb.chunks[j]
-	if ch.Len != e.RawLen {
+	if ch := cb.chunks[j]; ch.Len != e.RawLen {
 		corrupt(i, fmt.Sprintf("frame says %d bytes, index says %d", ch.Len, e.RawLen), nil)
-		return
+		return -1
 	}
-	src := cb.block[ch.Off : ch.Off+ch.Len]
-	var data []byte
-	if bufs[i] != nil {
-		data = bufs[i][:copy(bufs[i], src)]
-	} else if data = bytes.Clone(src); data == nil {
-		data = []byte{}
-	}
-	if got := Sum(data); got != id {
-		corrupt(i, "content hashes to "+got.Short(), nil)
-		return
-	}
-	bufs[i] = data
+	return j
 }
 
 // readSegments reads the index segments of packs hs, several at once (a

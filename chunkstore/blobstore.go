@@ -937,18 +937,36 @@ func (s *BlobStore) Get(ctx context.Context, id ID) ([]byte, error) {
 }
 
 func (s *BlobStore) get(ctx context.Context, id ID) ([]byte, error) {
-	e, h, ok, err := s.lookup(ctx, id)
+	b, j, err := s.getBlock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	data, err := b.Chunk(j)
+	if err != nil {
+		return nil, err
+	}
+	if data = bytes.Clone(data); data == nil {
+		data = []byte{}
+	}
+	return data, nil
+}
+
+// getBlock returns the block holding chunk id (from the block cache or
+// its frame) and the chunk's index in it, which the caller checks with
+// Block.Chunk.
+func (s *BlobStore) getBlock(ctx context.Context, id ID) (*Block, int, error) {
+	e, h, ok, err := s.lookup(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
 	if !ok {
-		return nil, &NotFoundError{ID: id}
+		return nil, 0, &NotFoundError{ID: id}
 	}
 	corrupt := func(reason string, err error) error {
 		return &CorruptChunkError{ID: id, Pack: s.bs.String() + "/" + packObject(h), Offset: e.FrameOff, Reason: reason, Err: err}
 	}
 	key := blockKey{e.Pack, e.FrameOff}
-	cb, err := s.cache.load(key, func() (*cachedBlock, error) {
+	cb, err := s.cache.load(key, func() (*Block, error) {
 		if e.FrameLen < frameFixed+frameEntry+frameTrailer || e.FrameLen > maxFrameBytes {
 			return nil, &frameError{"reading frame", fmt.Errorf("index says the frame is %d bytes", e.FrameLen)}
 		}
@@ -967,34 +985,26 @@ func (s *BlobStore) get(ctx context.Context, id ID) ([]byte, error) {
 		if err != nil {
 			return nil, &frameError{"decompressing block", err}
 		}
-		return &cachedBlock{key: key, block: block, chunks: f.Chunks}, nil
+		return newBlock(s.bs, key, h, block, f.Chunks), nil
 	})
 	if err != nil {
 		var fe *frameError
 		if errors.As(err, &fe) {
-			return nil, corrupt(fe.reason, fe.err)
+			return nil, 0, corrupt(fe.reason, fe.err)
 		}
 		if errors.Is(err, blob.ErrNotExist) || errors.Is(err, blob.ErrRange) {
-			return nil, corrupt("reading frame", err)
+			return nil, 0, corrupt("reading frame", err)
 		}
-		return nil, err // the bucket cannot be reached: not damage
+		return nil, 0, err // the bucket cannot be reached: not damage
 	}
 	i := slices.IndexFunc(cb.chunks, func(c frameChunk) bool { return c.ID == id && c.Off == e.BlockOff })
 	if i < 0 {
-		return nil, corrupt(fmt.Sprintf("frame does not list the chunk at block offset %d", e.BlockOff), nil)
+		return nil, 0, corrupt(fmt.Sprintf("frame does not list the chunk at block offset %d", e.BlockOff), nil)
 	}
-	c := cb.chunks[i]
-	if c.Len != e.RawLen {
-		return nil, corrupt(fmt.Sprintf("frame says %d bytes, index says %d", c.Len, e.RawLen), nil)
+	if c := cb.chunks[i]; c.Len != e.RawLen {
+		return nil, 0, corrupt(fmt.Sprintf("frame says %d bytes, index says %d", c.Len, e.RawLen), nil)
 	}
-	data := bytes.Clone(cb.block[c.Off : c.Off+c.Len])
-	if data == nil {
-		data = []byte{}
-	}
-	if got := Sum(data); got != id {
-		return nil, corrupt("content hashes to "+got.Short(), nil)
-	}
-	return data, nil
+	return cb, i, nil
 }
 
 // Stats sums the pack records of the cache.

@@ -14,7 +14,7 @@ type blockCache struct {
 	mu      sync.Mutex
 	max     int64 // bytes of decompressed blocks kept
 	used    int64
-	lru     *list.List // of *cachedBlock, most recent first
+	lru     *list.List // of *Block, most recent first
 	items   map[blockKey]*list.Element
 	loading map[blockKey]*blockLoad
 }
@@ -24,19 +24,13 @@ type blockCache struct {
 // consecutive chunks of one block on several goroutines).
 type blockLoad struct {
 	done chan struct{}
-	cb   *cachedBlock
+	cb   *Block
 	err  error
 }
 
 type blockKey struct {
 	pack uint32
 	off  int64
-}
-
-type cachedBlock struct {
-	key    blockKey
-	block  []byte
-	chunks []frameChunk
 }
 
 // DefaultBlockCacheBytes is the block cache of a store opened without
@@ -50,24 +44,24 @@ func newBlockCache(maxBytes int64) *blockCache {
 	return &blockCache{max: maxBytes, lru: list.New(), items: map[blockKey]*list.Element{}, loading: map[blockKey]*blockLoad{}}
 }
 
-func (c *blockCache) get(k blockKey) *cachedBlock {
+func (c *blockCache) get(k blockKey) *Block {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.items[k]; e != nil {
 		c.lru.MoveToFront(e)
-		return e.Value.(*cachedBlock)
+		return e.Value.(*Block)
 	}
 	return nil
 }
 
 // load returns block k from the cache, or from fn, calling fn once however
 // many goroutines ask at the same time. Blocks of one chunk are not kept.
-func (c *blockCache) load(k blockKey, fn func() (*cachedBlock, error)) (*cachedBlock, error) {
+func (c *blockCache) load(k blockKey, fn func() (*Block, error)) (*Block, error) {
 	c.mu.Lock()
 	if e := c.items[k]; e != nil {
 		c.lru.MoveToFront(e)
 		c.mu.Unlock()
-		return e.Value.(*cachedBlock), nil
+		return e.Value.(*Block), nil
 	}
 	if l := c.loading[k]; l != nil {
 		c.mu.Unlock()
@@ -89,7 +83,7 @@ func (c *blockCache) load(k blockKey, fn func() (*cachedBlock, error)) (*cachedB
 	return l.cb, l.err
 }
 
-func (c *blockCache) addLocked(b *cachedBlock) {
+func (c *blockCache) addLocked(b *Block) {
 	if e := c.items[b.key]; e != nil {
 		c.lru.MoveToFront(e)
 		return
@@ -106,7 +100,7 @@ func (c *blockCache) addLocked(b *cachedBlock) {
 
 func (c *blockCache) removeLocked(e *list.Element) {
 	c.lru.Remove(e)
-	cb := e.Value.(*cachedBlock)
+	cb := e.Value.(*Block)
 	delete(c.items, cb.key)
 	c.used -= int64(len(cb.block))
 }

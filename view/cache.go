@@ -7,7 +7,8 @@ import (
 
 // lru is a byte-bounded LRU cache whose loads are shared: however many
 // goroutines ask for a missing key at once, load runs once and they all get
-// its result. Errors are not cached.
+// its result. Errors are not cached. It holds decoded manifest pages;
+// chunks live in blockLRU.
 type lru[K comparable, V any] struct {
 	mu      sync.Mutex
 	max     int64
@@ -66,62 +67,6 @@ func (c *lru[K, V]) get(k K, load func() (V, int64, error)) (V, error) {
 	c.mu.Unlock()
 	close(l.done)
 	return l.val, l.err
-}
-
-// reserve marks every key of ks that is neither cached nor being loaded
-// as being loaded by the caller, who must then call finish once for each
-// key it got (mine[i] true); the others are left alone. A key listed twice
-// is reserved once. Batch loads (read-ahead through GetMany) use it, so
-// that a read wanting one of the keys waits for the batch instead of
-// loading the chunk a second time.
-func (c *lru[K, V]) reserve(ks []K, mine []bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, k := range ks {
-		mine[i] = false
-		if c.items[k] != nil || c.loading[k] != nil {
-			continue
-		}
-		c.misses++
-		c.loading[k] = &lruLoad[V]{done: make(chan struct{})}
-		mine[i] = true
-	}
-}
-
-// finish ends the load of k that reserve gave the caller: the value is
-// cached (unless err) and whoever waits in get gets it.
-func (c *lru[K, V]) finish(k K, v V, cost int64, err error) {
-	c.mu.Lock()
-	l := c.loading[k]
-	delete(c.loading, k)
-	if err == nil {
-		c.addLocked(k, v, cost)
-	}
-	c.mu.Unlock()
-	if l != nil {
-		l.val, l.err = v, err
-		close(l.done)
-	}
-}
-
-// peek returns k's value if it is cached (a hit, like get), and whether
-// it is being loaded.
-func (c *lru[K, V]) peek(k K) (v V, cached, loading bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e := c.items[k]; e != nil {
-		c.order.MoveToFront(e)
-		c.hits++
-		return e.Value.(*lruEntry[K, V]).val, true, false
-	}
-	return v, false, c.loading[k] != nil
-}
-
-// has reports whether k is cached or being loaded.
-func (c *lru[K, V]) has(k K) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.items[k] != nil || c.loading[k] != nil
 }
 
 func (c *lru[K, V]) addLocked(k K, v V, cost int64) {

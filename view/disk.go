@@ -80,8 +80,8 @@ func (d *Disk) walk(off, end int64, fn func(engram.ChunkRef) error) error {
 }
 
 // read fills p with the guest bytes at off; the range lies inside the
-// disk.
-func (d *Disk) read(p []byte, off int64) error {
+// disk. seq says the read is part of a sequential run (see fetch).
+func (d *Disk) read(p []byte, off int64, seq bool) error {
 	end := off + int64(len(p))
 	var refs []engram.ChunkRef
 	pos := off
@@ -99,7 +99,7 @@ func (d *Disk) read(p []byte, off int64) error {
 	if pos < end {
 		clear(p[pos-off:])
 	}
-	return d.fetch(refs, func(_ int, r engram.ChunkRef, b []byte) {
+	return d.fetch(refs, seq, func(_ int, r engram.ChunkRef, b []byte) {
 		lo, hi := max(r.Offset, off), min(r.End(), end)
 		copy(p[lo-off:hi-off], b[lo-r.Offset:hi-r.Offset])
 	})
@@ -110,7 +110,7 @@ var zeros = make([]byte, 1<<20)
 
 // readSlices returns the guest bytes of [off, end), inside the disk, as
 // slices of cached chunks and of zeros, in order.
-func (d *Disk) readSlices(off, end int64) ([][]byte, error) {
+func (d *Disk) readSlices(off, end int64, seq bool) ([][]byte, error) {
 	var refs []engram.ChunkRef
 	err := d.walk(off, end, func(r engram.ChunkRef) error {
 		refs = append(refs, r)
@@ -120,7 +120,7 @@ func (d *Disk) readSlices(off, end int64) ([][]byte, error) {
 		return nil, err
 	}
 	data := make([][]byte, len(refs))
-	err = d.fetch(refs, func(i int, r engram.ChunkRef, b []byte) {
+	err = d.fetch(refs, seq, func(i int, r engram.ChunkRef, b []byte) {
 		lo, hi := max(r.Offset, off), min(r.End(), end)
 		data[i] = b[lo-r.Offset : hi-r.Offset]
 	})
@@ -151,17 +151,24 @@ func (d *Disk) readSlices(off, end int64) ([][]byte, error) {
 // each, from this or a worker goroutine (never twice for one i). Cached
 // chunks are put here and now (handing them to a worker costs more than
 // the copy). The missing ones are loaded in batches of up to batchBytes
-// through GetMany, as restore loads them: this goroutine loads the first
-// batch itself while workers load the others.
-func (d *Disk) fetch(refs []engram.ChunkRef, put func(int, engram.ChunkRef, []byte)) error {
+// through GetBlocks, as restore loads them: this goroutine loads the first
+// batch itself while workers load the others. The blocks loaded are
+// cached whole when seq (the next reads will want the rest of them), else
+// only when the read wants a good part of them (Set.copySparse).
+func (d *Disk) fetch(refs []engram.ChunkRef, seq bool, put func(int, engram.ChunkRef, []byte)) error {
 	var missing []int
 	for i, r := range refs {
-		b, cached, loading := d.set.chunks.peek(r.ID)
+		blk, j, cached, loading := d.set.chunks.peek(r.ID)
+		if cached {
+			// A chunk that fails its hash or length is loaded again below,
+			// which reports the error.
+			if b, err := d.set.take(d, r, blk, j, nil); err == nil {
+				d.set.readCached.Add(1)
+				put(i, r, b)
+				continue
+			}
+		}
 		switch {
-		case cached && len(b) == int(r.Length): // else chunk() reports the mismatch
-			d.set.readCached.Add(1)
-			put(i, r, b)
-			continue
 		case loading:
 			d.set.readWaited.Add(1)
 		default:
@@ -202,7 +209,7 @@ func (d *Disk) fetch(refs []engram.ChunkRef, put func(int, engram.ChunkRef, []by
 		for j, i := range idx {
 			brefs[j] = refs[i]
 		}
-		d.set.loadMany(d, brefs, func(j int, b []byte, err error) { got(idx[j], b, err) })
+		d.set.loadMany(d, brefs, seq, func(j int, b []byte, err error) { got(idx[j], b, err) })
 	}
 	for _, idx := range batches[1:] {
 		wg.Add(1)

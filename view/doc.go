@@ -4,13 +4,15 @@
 // chunkstore/ only and knows nothing of FUSE or NBD.
 //
 // A Set holds one memory budget (Options.CacheSize, default 256 MiB) for a
-// store: decoded chunks and decoded manifest pages live in two byte-bounded
-// LRU caches shared by every Disk of the Set, and a quarter of the budget
-// is meant for the chunk store's decompressed-block cache
-// (BlockCacheBytes). A chunk or page is loaded once however many requests
-// want it at the same time; the chunks of one request are fetched in
-// parallel, and the loads from the store are bounded in number, so the
-// bytes in flight stay small beside the caches.
+// store: the chunk store's decoded blocks and decoded manifest pages live
+// in two byte-bounded LRU caches shared by every Disk of the Set, and a
+// sixteenth of the budget is meant for the chunk store's own block cache
+// (BlockCacheBytes). A block is counted whole; a read takes its chunks as
+// slices of the block, each checked against its ID the first time
+// (chunkstore.Block.Chunk), never copied. A chunk or page is loaded once
+// however many requests want it at the same time; the chunks of one
+// request are fetched in parallel, and the loads from the store are
+// bounded in number, so the bytes in flight stay small beside the caches.
 //
 // Each client (open file, NBD connection) gets a Reader: reads that follow
 // each other (within 1 MiB, since clients keep several in flight) turn on

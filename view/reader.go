@@ -53,8 +53,8 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	if int64(n) > size-off {
 		n = int(size - off)
 	}
-	r.note(off, int64(n))
-	if err := r.d.read(p[:n], off); err != nil {
+	seq := r.note(off, int64(n))
+	if err := r.d.read(p[:n], off, seq); err != nil {
 		return 0, err
 	}
 	if n < len(p) {
@@ -79,8 +79,8 @@ func (r *Reader) ReadSlices(off int64, n int) ([][]byte, error) {
 	if int64(n) < size-off {
 		end = off + int64(n)
 	}
-	r.note(off, end-off)
-	out, err := r.d.readSlices(off, end)
+	seq := r.note(off, end-off)
+	out, err := r.d.readSlices(off, end, seq)
 	if err != nil {
 		return nil, err
 	}
@@ -90,14 +90,15 @@ func (r *Reader) ReadSlices(off int64, n int) ([][]byte, error) {
 	return out, nil
 }
 
-// note updates the sequential detection with a read of n bytes at off and
-// starts read-ahead when the reads are sequential.
-func (r *Reader) note(off, n int64) {
+// note updates the sequential detection with a read of n bytes at off,
+// starts read-ahead when the reads are sequential and says whether they
+// are.
+func (r *Reader) note(off, n int64) (seq bool) {
 	end := off + n
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return
+		return false
 	}
 	if off >= r.lastEnd-seqSlack && off <= r.lastEnd+seqSlack && (r.lastEnd > 0 || off == 0) {
 		r.seq++
@@ -107,9 +108,10 @@ func (r *Reader) note(off, n int64) {
 		r.lastEnd = end
 	}
 	maxAhead := r.d.set.maxAhead
-	if r.seq < seqReads || maxAhead <= 0 {
+	seq = r.seq >= seqReads
+	if !seq || maxAhead <= 0 {
 		r.mu.Unlock()
-		return
+		return seq
 	}
 	if r.window == 0 {
 		r.window = min(firstAhead, maxAhead)
@@ -122,12 +124,13 @@ func (r *Reader) note(off, n int64) {
 	if from >= to || to-from < r.window/4 && to < r.d.root.Size {
 		// Issue read-ahead in steps of a quarter window, not per read.
 		r.mu.Unlock()
-		return
+		return true
 	}
 	r.front = to
 	r.wg.Add(1)
 	r.mu.Unlock()
 	go r.ahead(from, to)
+	return true
 }
 
 // Read-ahead batches: a run of chunks loaded with one GetMany, as large

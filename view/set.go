@@ -21,7 +21,7 @@ const MinCacheSize = 16 << 20
 
 // Options configure a Set.
 type Options struct {
-	// CacheSize is the memory budget in bytes for decoded chunks, decoded
+	// CacheSize is the memory budget in bytes for decoded blocks, decoded
 	// manifest pages and the chunk store's decompressed blocks (the part
 	// BlockCacheBytes names, which the opener of the store passes as
 	// chunkstore.OpenOptions.BlockCacheBytes). 0 means DefaultCacheSize.
@@ -50,11 +50,13 @@ func (o Options) budget() int64 {
 // with chunkstore.OpenOptions{BlockCacheBytes: view.BlockCacheBytes(n)}
 // and give NewSet Options{CacheSize: n}; the Set keeps the rest.
 //
-// Why a quarter: a block is decompressed once for all its chunks only if
-// it stays cached while the reads of its neighbours arrive (read-ahead
-// asks for them together); decoded chunks are what warm reads hit.
+// Why a sixteenth: the Set caches the store's decoded blocks itself (its
+// chunk cache holds whole blocks and hands out slices of them), and the
+// blocks of both caches are the same memory; the store's cache only
+// needs to bridge loads of one block by several batches at once and the
+// reads of manifest pages.
 func BlockCacheBytes(cacheSize int64) int64 {
-	return Options{CacheSize: cacheSize}.budget() / 4
+	return Options{CacheSize: cacheSize}.budget() / 16
 }
 
 // A Set opens engrams of one store under one memory budget: one chunk
@@ -63,7 +65,7 @@ func BlockCacheBytes(cacheSize int64) int64 {
 type Set struct {
 	store  chunkstore.Reader
 	pins   *Pins
-	chunks *lru[chunkstore.ID, []byte]
+	chunks *blockLRU
 	pages  *lru[pageKey, []engram.ChunkRef]
 
 	// Loads from the store run on long-lived workers (a goroutine per
@@ -101,7 +103,7 @@ func NewSet(store chunkstore.Reader, opts Options) *Set {
 	s := &Set{
 		store:  store,
 		pins:   opts.Pins,
-		chunks: newLRU[chunkstore.ID, []byte](chunks),
+		chunks: newBlockLRU(chunks),
 		pages:  newLRU[pageKey, []engram.ChunkRef](pages),
 		fetch:  make(chan struct{}, n),
 		demand: make(chan job, 4*n),
@@ -134,7 +136,7 @@ func (s *Set) work() {
 		if j.run != nil {
 			j.run()
 		} else {
-			s.loadMany(j.d, j.refs, nil)
+			s.loadMany(j.d, j.refs, true, nil)
 		}
 	}
 	for {
@@ -235,21 +237,33 @@ func (s *Set) Stats() CacheStats {
 
 // chunk returns the bytes of ref, from the cache or the store.
 func (s *Set) chunk(d *Disk, ref engram.ChunkRef) ([]byte, error) {
-	b, err := s.chunks.get(ref.ID, func() ([]byte, int64, error) {
+	b, j, err := s.chunks.get(ref.ID, func() (*chunkstore.Block, int, error) {
 		s.fetch <- struct{}{}
 		defer func() { <-s.fetch }()
-		b, err := s.store.Get(context.Background(), ref.ID)
-		if err != nil {
-			return nil, 0, err
-		}
-		return b, int64(cap(b)) + 64, nil
+		return s.loadOne(ref.ID)
 	})
-	return s.checked(d, ref, b, err)
+	return s.take(d, ref, b, j, err)
 }
 
-// checked returns what chunk returns for ref given the bytes or error of
-// its load.
-func (s *Set) checked(d *Disk, ref engram.ChunkRef, b []byte, err error) ([]byte, error) {
+// loadOne reads the block of chunk id alone.
+func (s *Set) loadOne(id chunkstore.ID) (*chunkstore.Block, int, error) {
+	bs, idx := []*chunkstore.Block{nil}, []int{0}
+	err := chunkstore.GetBlocks(context.Background(), s.store, []chunkstore.ID{id}, bs, idx)
+	return bs[0], idx[0], err
+}
+
+// take returns the bytes of ref, chunk j of block b, given b or the error
+// of its load: the chunk is checked against its ID (once per block) and
+// its length against the manifest. A chunk that fails its hash is dropped
+// from the cache, so a later read asks the store again (and fails again
+// if the store has no good copy).
+func (s *Set) take(d *Disk, ref engram.ChunkRef, blk *chunkstore.Block, j int, err error) ([]byte, error) {
+	var b []byte
+	if err == nil {
+		if b, err = blk.Chunk(j); err != nil {
+			s.chunks.forget(ref.ID, blk)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("engram %s: chunk %s at guest %#x: %w", d.id.Short(), ref.ID.Short(), ref.Offset, err)
 	}
@@ -260,15 +274,15 @@ func (s *Set) checked(d *Disk, ref engram.ChunkRef, b []byte, err error) ([]byte
 	return b, nil
 }
 
-// loadMany loads the chunks of refs that are neither cached nor being
-// loaded into the cache the way restore reads them: one GetMany (one index
-// transaction, each compressed block decoded once, every chunk verified)
-// instead of a Get per chunk. If got is not nil it is called for every
+// loadMany loads the blocks of the chunks of refs that are neither cached
+// nor being loaded into the cache the way restore reads them: one
+// GetBlocks (one index transaction, each compressed block decoded once)
+// instead of a Get per chunk; each chunk is verified when first taken. If got is not nil it is called for every
 // refs[i] with its bytes or error; chunks another goroutine is loading
 // are waited for, never loaded twice. Errors are not cached: if the batch
 // fails, each chunk is tried alone, so one bad chunk fails only the reads
 // that need it.
-func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, error)) {
+func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, whole bool, got func(int, []byte, error)) {
 	ids := make([]chunkstore.ID, len(refs))
 	for i, r := range refs {
 		ids[i] = r.ID
@@ -276,30 +290,39 @@ func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, er
 	mine := make([]bool, len(refs))
 	s.chunks.reserve(ids, mine)
 	var mids []chunkstore.ID
-	var bufs [][]byte
 	for i, r := range refs {
 		if mine[i] {
 			mids = append(mids, r.ID)
-			bufs = append(bufs, nil) // GetMany allocates, unzeroed
 		}
 	}
 	if len(mids) > 0 {
 		errs := make([]error, len(mids))
+		blocks, idx := make([]*chunkstore.Block, len(mids)), make([]int, len(mids))
 		s.fetch <- struct{}{}
-		if chunkstore.GetMany(context.Background(), s.store, mids, bufs) != nil {
+		if chunkstore.GetBlocks(context.Background(), s.store, mids, blocks, idx) != nil {
 			for k, id := range mids {
-				bufs[k], errs[k] = s.store.Get(context.Background(), id)
+				blocks[k], idx[k], errs[k] = s.loadOne(id)
 			}
 		}
 		<-s.fetch
+		if !whole {
+			s.copySparse(blocks, idx, errs)
+		}
 		for k, id := range mids {
-			s.chunks.finish(id, bufs[k], int64(cap(bufs[k]))+64, errs[k])
+			if got == nil && errs[k] == nil {
+				// Read-ahead checks its chunks now, on a worker: else the
+				// read that takes them hashes them on its own critical
+				// path. A mismatch is remembered by the block and reported
+				// by that read.
+				_, _ = blocks[k].Chunk(idx[k])
+			}
+			s.chunks.finish(id, blocks[k], idx[k], errs[k])
 		}
 		k := 0
 		for i := range refs {
 			if mine[i] {
 				if got != nil {
-					b, err := s.checked(d, refs[i], bufs[k], errs[k])
+					b, err := s.take(d, refs[i], blocks[k], idx[k], errs[k])
 					got(i, b, err)
 				}
 				k++
@@ -313,6 +336,34 @@ func (s *Set) loadMany(d *Disk, refs []engram.ChunkRef, got func(int, []byte, er
 		if !mine[i] {
 			b, err := s.chunk(d, r)
 			got(i, b, err)
+		}
+	}
+}
+
+// copySparse replaces each block of which the batch wants less than a
+// quarter by copies of the chunks it wants: a random read would otherwise
+// keep a whole block (1 MiB by default) in the cache for a 64 KiB chunk,
+// and a warm set of random reads would no longer fit (measured: p99 of
+// warm 4 KiB reads went from 0.2 to 6 ms at the default budget).
+func (s *Set) copySparse(blocks []*chunkstore.Block, idx []int, errs []error) {
+	wanted := map[*chunkstore.Block]int64{}
+	for k, b := range blocks {
+		if errs[k] == nil {
+			n := int64(0)
+			if c, err := b.Chunk(idx[k]); err == nil {
+				n = int64(len(c))
+			}
+			wanted[b] += n
+		}
+	}
+	for k, b := range blocks {
+		if errs[k] != nil || b.Chunks() == 1 || 4*wanted[b] >= b.Size() {
+			continue
+		}
+		if c, err := b.Copy(idx[k]); err == nil {
+			blocks[k], idx[k] = c, 0
+		} else {
+			blocks[k], errs[k] = nil, err
 		}
 	}
 }

@@ -18,7 +18,7 @@ import (
 var viewCacheFlag = &cli.StringFlag{
 	Name:  "cache-size",
 	Value: "256M",
-	Usage: "memory for decoded chunks, blocks and manifest pages (peak RSS stays within it + 64 MiB)",
+	Usage: "memory for decoded blocks and manifest pages (peak RSS stays within it + 64 MiB)",
 }
 
 // viewOverhead is what the process needs beside the caches: runtime,
