@@ -267,55 +267,19 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(blob.Info) erro
 // ListAfter is List of the names after after (filtered: a directory
 // store is for tests and single hosts, its listings are local).
 func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blob.Info) error) error {
-	if err := blob.CheckPrefix(prefix); err != nil {
-		return fmt.Errorf("%s: list: %w", s, err)
-	}
-	// Walk from the deepest directory the prefix fixes.
-	start := s.root
-	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
-		start = s.path(prefix[:i])
-	}
-	err := filepath.WalkDir(start, func(p string, de fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		rel, rerr := filepath.Rel(s.root, p)
-		if rerr != nil {
-			return rerr
-		}
-		name := filepath.ToSlash(rel)
-		if de.IsDir() {
-			if name == tmpDir {
-				return filepath.SkipDir
-			}
-			// Skip directories that cannot hold a match.
-			if name != "." && !strings.HasPrefix(name+"/", prefix) && !strings.HasPrefix(prefix, name+"/") {
-				return filepath.SkipDir
-			}
+	return s.walk(ctx, prefix, func(name string, de fs.DirEntry) error {
+		if de.IsDir() || !de.Type().IsRegular() || !strings.HasPrefix(name, prefix) || name <= after {
 			return nil
 		}
-		if !de.Type().IsRegular() || !strings.HasPrefix(name, prefix) || name <= after {
-			return nil
-		}
-		fi, ierr := de.Info()
-		if errors.Is(ierr, fs.ErrNotExist) {
+		fi, err := de.Info()
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil // deleted meanwhile
 		}
-		if ierr != nil {
-			return ierr
+		if err != nil {
+			return err
 		}
 		return fn(blob.Info{Name: name, Size: fi.Size(), ModTime: fi.ModTime()})
 	})
-	if err != nil {
-		return fmt.Errorf("%s: list %q: %w", s, prefix, err)
-	}
-	return nil
 }
 
 // ListStrays implements blob.StrayLister: every directory under prefix
@@ -323,6 +287,19 @@ func (s *Store) ListAfter(ctx context.Context, prefix, after string, fn func(blo
 // are objects' and filters) and every file under it that is not a
 // regular file.
 func (s *Store) ListStrays(ctx context.Context, prefix string, fn func(name, what string) error) error {
+	return s.walk(ctx, prefix, func(name string, de fs.DirEntry) error {
+		if name == "." || !strings.HasPrefix(name, prefix) || de.Type().IsRegular() {
+			return nil
+		}
+		return fn(name, what(de.Type()))
+	})
+}
+
+// walk calls visit with the slash name of every entry under the
+// directories the prefix can match, the store's own .tmp left out; the
+// walk starts from the deepest directory the prefix fixes and skips
+// directories that cannot hold a match.
+func (s *Store) walk(ctx context.Context, prefix string, visit func(name string, de fs.DirEntry) error) error {
 	if err := blob.CheckPrefix(prefix); err != nil {
 		return fmt.Errorf("%s: list: %w", s, err)
 	}
@@ -353,10 +330,7 @@ func (s *Store) ListStrays(ctx context.Context, prefix string, fn func(name, wha
 				return filepath.SkipDir
 			}
 		}
-		if name == "." || !strings.HasPrefix(name, prefix) || de.Type().IsRegular() {
-			return nil
-		}
-		return fn(name, what(de.Type()))
+		return visit(name, de)
 	})
 	if err != nil {
 		return fmt.Errorf("%s: list %q: %w", s, prefix, err)
